@@ -1,0 +1,292 @@
+"""DyRegGNN: regions -> pooled nodes -> K x (space, time) graph processing -> re-mapping."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+
+from .graph import build_graph_batch
+from .kernels import KernelPositionEmbedding, pool_nodes, regions_to_boxes, remap_nodes
+from .nn import RSTGConv, TemporalUpdate, make_spatial_layer
+from .nn.registry import SpatialLayerSpec
+from .regions import REGION_MODES, make_region_generator
+
+__all__ = ["DyRegConfig", "DyRegDetails", "DyRegGNN", "DyRegBlock"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("pyg", "dense")
+NORMS = ("batch", "layer", "none")
+
+
+@dataclass
+class DyRegConfig:
+    """Hyper-parameters of :class:`DyRegGNN` (paper defaults); loadable from YAML presets.
+
+    Attributes:
+        num_nodes: ``N`` regions / graph nodes per frame (paper: 9).
+        node_channels: node feature size; ``None`` keeps the input's channel count.
+        regions: region mode, one of :data:`~dyreg_pyg.regions.REGION_MODES`.
+        init: reference points, ``"center"`` or ``"grid"``.
+        init_size: starting kernel radius (normalised); ``None`` picks one per ``init``.
+        region_channels: ``C'`` of the region branch ``f``/``g``/GRU (Eq. 1-3).
+        gnn: spatial layer: ``"rstg"`` (Eq. 8) or a ``torch_geometric.nn`` conv name.
+        temporal: ``"gru"`` (Eq. 9), ``"lstm"`` or ``"none"``.
+        iterations: ``K`` alternations of space and time (paper: 3).
+        share_weights: one spatial and one temporal layer reused by all iterations.
+        self_loops: frame graphs include ``i -> i`` edges.
+        position_embedding: add ``Linear(K_i)`` to the nodes (Section 3.2).
+        spatial_size: ``(H, W)`` the position embedding reads; ``None``: 14 x 14 unless the
+            caller knows the feature-map size (the model factory infers it).
+        backend: ``"pyg"`` (message passing on a PyG ``Batch``) or ``"dense"`` (batched
+            matmuls; ``gnn="rstg"`` only, same parameters and result).
+        norm: normalisation of the block output in :class:`DyRegBlock`.
+    """
+
+    num_nodes: int = 9
+    node_channels: int | None = None
+    regions: str = "dyreg"
+    init: str = "center"
+    init_size: float | None = None
+    region_channels: int = 32
+    gnn: Any = "rstg"
+    temporal: str = "gru"
+    iterations: int = 3
+    share_weights: bool = False
+    self_loops: bool = True
+    position_embedding: bool = True
+    spatial_size: tuple[int, int] | None = None
+    backend: str = "pyg"
+    norm: str = "batch"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> DyRegConfig:
+        """Build from a mapping, rejecting unknown keys with the list of valid ones."""
+        values = dict(values or {})
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"dyreg config: unknown keys {unknown}; valid keys: {sorted(valid)}")
+        if values.get("spatial_size") is not None:
+            s = values["spatial_size"]
+            values["spatial_size"] = (s, s) if isinstance(s, int) else tuple(s)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not isinstance(self.gnn, str):
+            d["gnn"] = repr(self.gnn)
+        return d
+
+
+@dataclass
+class DyRegDetails:
+    """What a :class:`DyRegGNN` forward predicted (detached from autograd).
+
+    Attributes:
+        regions: ``[B, T, N, 4]`` ``(cx, cy, w, h)`` normalised to the feature map.
+        boxes: ``[B, T, N, 4]`` ``(x0, y0, x1, y1)`` kernel supports, clipped to ``[0, 1]``.
+        kernels: ``[B, T, N, H, W]`` pooling / re-mapping weights (each sums to 1).
+        graph: the PyG ``Batch`` of ``B * T`` frame graphs; ``graph.x`` holds the nodes after
+            the last iteration (``[B*T*N, node_channels]``), ``graph.region`` the regions.
+        attention: per-edge attention of the last RSTG iteration (``[E]``), if available.
+    """
+
+    regions: Tensor
+    boxes: Tensor
+    kernels: Tensor
+    graph: Batch | None = None
+    attention: Tensor | None = None
+
+
+class DyRegGNN(nn.Module):
+    r"""The DyReg-GNN module: feature map in, feature map of the same shape out.
+
+    For every frame :math:`X_t` it predicts :math:`N` regions (Eq. 1-4), pools one node from
+    each with a separable kernel (Eq. 5-7) plus a position embedding of that kernel, runs
+    :math:`K` alternations of spatial message passing (Eq. 8) and a temporal recurrent
+    update (Eq. 9), and sends each node back to the positions it came from (Eq. 10):
+
+    .. math::
+        \mathbf{y}_{p,t} = \sum_{i=1}^{N} \mathcal{K}^{(i)}_t(p)\, \hat{\mathbf{v}}_{i,t}
+
+    Args:
+        in_channels: channels ``C`` of the input map.
+        node_channels: node size; ``None`` keeps ``C``. Linear projections map ``C`` to it
+            after pooling and back before re-mapping (pooling is linear with weights summing
+            to one, so projecting the nodes equals projecting the map, at ``N/(HW)`` the cost).
+        num_nodes, regions, init, gnn, temporal, iterations: see :class:`DyRegConfig`.
+        **kwargs: any other :class:`DyRegConfig` field.
+
+    Shapes:
+        - **input:** ``x [B, T, C, H, W]``; ``regions [B, T, N, 4]`` for ``regions="external"``
+        - **output:** ``[B, T, C, H, W]`` (and :class:`DyRegDetails` with
+          ``return_details=True``)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        node_channels: int | None = None,
+        num_nodes: int = 9,
+        regions: str = "dyreg",
+        init: str = "center",
+        gnn: SpatialLayerSpec = "rstg",
+        temporal: str = "gru",
+        iterations: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        cfg = DyRegConfig.from_dict(
+            dict(node_channels=node_channels, num_nodes=num_nodes, regions=regions, init=init,
+                 gnn=gnn, temporal=temporal, iterations=iterations, **kwargs)
+        )
+        self.config = cfg
+        if in_channels < 1:
+            raise ValueError(f"in_channels: expected a positive integer, got {in_channels}")
+        if cfg.regions not in REGION_MODES:
+            raise ValueError(f"regions: unknown mode {cfg.regions!r}; expected one of {REGION_MODES}")
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {cfg.backend!r}")
+        if cfg.backend == "dense" and cfg.gnn != "rstg":
+            raise ValueError(f"backend: 'dense' implements gnn='rstg' only, got gnn={cfg.gnn!r}")
+        if cfg.iterations < 1:
+            raise ValueError(f"iterations: expected >= 1, got {cfg.iterations}")
+        self.in_channels = in_channels
+        self.num_nodes = cfg.num_nodes
+        ch = cfg.node_channels or in_channels
+        self.node_channels = ch
+
+        self.region_generator = make_region_generator(
+            cfg.regions, in_channels, cfg.num_nodes, cfg.init, cfg.init_size, cfg.region_channels
+        )
+        self.proj_in = nn.Linear(in_channels, ch) if ch != in_channels else nn.Identity()
+        self.proj_out = nn.Linear(ch, in_channels) if ch != in_channels else nn.Identity()
+        grid = cfg.spatial_size or (14, 14)
+        self.pos_embed = KernelPositionEmbedding(grid, ch) if cfg.position_embedding else None
+        n_layers = 1 if cfg.share_weights else cfg.iterations
+        self.spatial = nn.ModuleList(make_spatial_layer(cfg.gnn, ch) for _ in range(n_layers))
+        self.temporal = nn.ModuleList(TemporalUpdate(ch, cfg.temporal) for _ in range(n_layers))
+        self._is_rstg = all(isinstance(m, RSTGConv) for m in self.spatial)
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 5:
+            raise ValueError(
+                f"x: expected a clip of feature maps [B, T, C, H, W], got shape {tuple(x.shape)}"
+            )
+        if x.shape[2] != self.in_channels:
+            raise ValueError(
+                f"x: expected {self.in_channels} channels (in_channels) at dim 2 of "
+                f"[B, T, C, H, W], got {x.shape[2]} (shape {tuple(x.shape)})"
+            )
+
+    def forward(
+        self, x: Tensor, regions: Tensor | None = None, return_details: bool = False
+    ) -> Tensor | tuple[Tensor, DyRegDetails]:
+        """Apply the module; see the class docstring for shapes."""
+        self._check_input(x)
+        b, t, c, h, w = x.shape
+        n = self.num_nodes
+        regions, kernels = self.region_generator(x, regions)  # Eq. 1-6, float32
+        flat_k = kernels.reshape(b * t, n, h, w)
+        nodes = self.proj_in(pool_nodes(x.reshape(b * t, c, h, w), flat_k))  # Eq. 7
+        if self.pos_embed is not None:
+            nodes = nodes + self.pos_embed(flat_k).to(nodes.dtype)
+
+        graph, attention = None, None
+        if self.config.backend == "dense":
+            for k in range(self.config.iterations):
+                idx = 0 if self.config.share_weights else k
+                nodes = self.spatial[idx].forward_dense(nodes)  # Eq. 8
+                nodes = self.temporal[idx](nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # Eq. 9
+        else:
+            graph = build_graph_batch(
+                nodes.view(b, t, n, -1), regions.detach(), self_loops=self.config.self_loops
+            )
+            v = graph.x
+            for k in range(self.config.iterations):
+                idx = 0 if self.config.share_weights else k
+                if self._is_rstg and return_details:
+                    v, (_, attention) = self.spatial[idx](
+                        v, graph.edge_index, return_attention_weights=True
+                    )
+                else:
+                    v = self.spatial[idx](v, graph.edge_index)  # Eq. 8 (or any PyG layer)
+                v = self.temporal[idx](v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
+            nodes = v.view(b * t, n, -1)
+        out = remap_nodes(self.proj_out(nodes), flat_k).view(b, t, c, h, w)  # Eq. 10
+        if not return_details:
+            return out
+        if graph is not None:
+            graph.x = nodes.detach().reshape(b * t * n, -1)
+        details = DyRegDetails(
+            regions=regions.detach(),
+            boxes=regions_to_boxes(regions.detach()),
+            kernels=kernels.detach(),
+            graph=graph,
+            attention=None if attention is None else attention.detach(),
+        )
+        return out, details
+
+
+class DyRegBlock(nn.Module):
+    """Residual insertion of :class:`DyRegGNN`: ``x + gamma * norm(DyRegGNN(x))``.
+
+    ``gamma`` (one per channel) starts at zero, so inserting the block leaves a pretrained
+    network's output unchanged at step 0 (the paper adds the module as a residual to keep the
+    benefit of ImageNet pre-training).
+
+    Args:
+        in_channels: channels of the map.
+        config: a :class:`DyRegConfig` or a dict of its fields.
+        **kwargs: overrides of ``config`` fields.
+
+    Shapes:
+        - **input:** ``[B, T, C, H, W]``
+        - **output:** ``[B, T, C, H, W]``
+    """
+
+    def __init__(
+        self, in_channels: int, config: DyRegConfig | dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__()
+        if isinstance(config, DyRegConfig):
+            cfg = {**config.to_dict(), **kwargs}
+            cfg["gnn"] = config.gnn if "gnn" not in kwargs else kwargs["gnn"]
+        else:
+            cfg = {**(config or {}), **kwargs}
+        norm = cfg.pop("norm", "batch")
+        if norm not in NORMS:
+            raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+        self.gnn = DyRegGNN(in_channels, **cfg)
+        self.norm_kind = norm
+        if norm == "batch":
+            self.norm: nn.Module = nn.BatchNorm2d(in_channels)
+        elif norm == "layer":
+            self.norm = nn.GroupNorm(1, in_channels)
+        else:
+            self.norm = nn.Identity()
+        self.gamma = nn.Parameter(torch.zeros(in_channels))
+        self.last: DyRegDetails | None = None
+        self.record = False
+
+    def forward(self, x: Tensor, regions: Tensor | None = None) -> Tensor:
+        """Residual DyReg update. With ``record=True`` the details land in ``self.last``."""
+        if self.record:
+            y, self.last = self.gnn(x, regions, return_details=True)
+        else:
+            y = self.gnn(x, regions)
+        b, t, c, h, w = y.shape
+        y = self.norm(y.reshape(b * t, c, h, w)).view(b, t, c, h, w)
+        return x + self.gamma.view(1, 1, c, 1, 1).to(y.dtype) * y

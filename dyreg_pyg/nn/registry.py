@@ -1,0 +1,82 @@
+"""Spatial message-passing layers by name: ``"rstg"`` or any ``torch_geometric.nn`` conv."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch_geometric.nn as pyg_nn
+from torch import nn
+from torch_geometric.nn import MessagePassing
+
+from .rstg import RSTGConv
+
+__all__ = ["make_spatial_layer", "available_layers", "TESTED_LAYERS"]
+
+SpatialLayerSpec = str | Callable[[int], MessagePassing]
+
+TESTED_LAYERS = (
+    "rstg", "GATConv", "GATv2Conv", "TransformerConv", "GCNConv", "GraphConv", "SAGEConv",
+    "GINConv",
+)
+"""Names covered by the test-suite; other ``(in, out)`` PyG convs are accepted as well."""
+
+
+def available_layers() -> list[str]:
+    """Names accepted by :func:`make_spatial_layer`: ``"rstg"`` and PyG's conv classes."""
+    names = ["rstg"]
+    for name in sorted(pyg_nn.conv.__all__):
+        cls = getattr(pyg_nn, name, None)
+        if inspect.isclass(cls) and issubclass(cls, MessagePassing):
+            names.append(name)
+    return names
+
+
+def _lookup(name: str) -> type[MessagePassing] | None:
+    wanted = name.lower()
+    for cand in available_layers()[1:]:
+        low = cand.lower()
+        if wanted in (low, low.removesuffix("conv")):
+            return getattr(pyg_nn, cand)
+    return None
+
+
+def make_spatial_layer(spec: SpatialLayerSpec, channels: int) -> MessagePassing:
+    """Build a ``channels -> channels`` message-passing layer.
+
+    Args:
+        spec: ``"rstg"`` (Eq. 8, default of :class:`~dyreg_pyg.DyRegGNN`); the name of a
+            ``torch_geometric.nn`` conv class whose constructor takes
+            ``(in_channels, out_channels)`` (case-insensitive, the ``Conv`` suffix optional,
+            e.g. ``"GATConv"``, ``"gatv2"``, ``"sage"``); ``"GINConv"`` gets a 2-layer MLP; or
+            a callable ``(channels) -> MessagePassing``.
+        channels: node feature size.
+
+    Raises:
+        ValueError: unknown name, or a class that cannot be built as ``(channels, channels)``.
+    """
+    if callable(spec) and not isinstance(spec, str):
+        layer = spec(channels)
+        if not isinstance(layer, nn.Module):
+            raise ValueError(f"gnn: the callable must return an nn.Module, got {type(layer)}")
+        return layer
+    if not isinstance(spec, str):
+        raise ValueError(f"gnn: expected a layer name or a callable, got {type(spec)}")
+    if spec.lower() == "rstg":
+        return RSTGConv(channels, channels)
+    cls = _lookup(spec)
+    if cls is None:
+        raise ValueError(
+            f"gnn: unknown layer {spec!r}; expected 'rstg', a callable, or one of "
+            f"{available_layers()[1:]}"
+        )
+    if cls is pyg_nn.GINConv:
+        mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels))
+        return pyg_nn.GINConv(mlp, train_eps=True)
+    try:
+        return cls(channels, channels)
+    except TypeError as err:
+        raise ValueError(
+            f"gnn: {cls.__name__} cannot be built as {cls.__name__}({channels}, {channels}) "
+            f"({err}); pass a callable (channels) -> MessagePassing instead"
+        ) from err

@@ -1,0 +1,385 @@
+"""Node region generation (Eq. 1-4): one small class per region mode.
+
+Every generator maps a clip of feature maps ``x [B, T, C, H, W]`` to regions
+``[B, T, N, 4]`` as ``(cx, cy, w, h)`` in normalised map coordinates (see
+:mod:`dyreg_pyg.kernels`) and to the kernels ``[B, T, N, H, W]`` that pool the nodes. Regions
+and kernels are always computed in float32, also under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .kernels import region_kernels
+
+__all__ = [
+    "REGION_MODES",
+    "INITS",
+    "RegionAlpha",
+    "RegionGenerator",
+    "DynamicRegions",
+    "PositionOnlyRegions",
+    "ConstantTimeRegions",
+    "StaticRegions",
+    "FixedRegions",
+    "SemanticRegions",
+    "ExternalRegions",
+    "make_region_generator",
+    "reference_points",
+]
+
+INITS = ("center", "grid")
+
+
+def reference_points(num_nodes: int, init: str) -> Tensor:
+    """Reference centres ``c_i`` ``[N, 2]``: all at the frame centre, or on a sqrt(N) grid."""
+    if init not in INITS:
+        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+    if init == "center":
+        return torch.full((num_nodes, 2), 0.5)
+    side = math.isqrt(num_nodes)
+    if side * side != num_nodes:
+        raise ValueError(
+            f"num_nodes: init='grid' needs a perfect square number of nodes, got {num_nodes}"
+        )
+    ticks = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    ys, xs = torch.meshgrid(ticks, ticks, indexing="ij")
+    return torch.stack((xs.reshape(-1), ys.reshape(-1)), -1)
+
+
+def default_init_size(num_nodes: int, init: str) -> float:
+    """Starting kernel radius: one grid cell for ``grid`` (neighbouring tents overlap so that
+    the nodes cover the map), a quarter of the map for ``center``."""
+    if init == "grid":
+        return 1.0 / math.isqrt(num_nodes)
+    return 0.25
+
+
+class RegionAlpha(nn.Module):
+    r"""The transform :math:`\alpha` of Eq. 4: raw outputs -> ``(cx, cy, w, h)``.
+
+    .. math::
+        c_x = \sigma(\operatorname{logit}(r_x) + u_x), \qquad
+        w = w_{\min} + (1 - w_{\min})\,\sigma(s_0 + u_w)
+
+    (and likewise for ``y``/``h``), where :math:`r` is the node's reference point,
+    :math:`w_{\min}` one feature cell (``1/W``) and :math:`s_0` is chosen so that
+    :math:`u = 0` gives the initial radius. Centres stay inside the frame, radii between one
+    cell and the whole frame; at :math:`u = 0` regions sit exactly on their reference points.
+
+    Args:
+        num_nodes: ``N``.
+        init: ``"center"`` or ``"grid"`` reference points.
+        init_size: starting radius (normalised); default :func:`default_init_size`.
+        learn_size: if ``False`` the radius stays at ``init_size`` (the ``pos_only`` mode).
+    """
+
+    def __init__(
+        self, num_nodes: int, init: str = "center", init_size: float | None = None,
+        learn_size: bool = True,
+    ) -> None:
+        super().__init__()
+        ref = reference_points(num_nodes, init).clamp(1e-4, 1 - 1e-4)
+        self.register_buffer("ref_logit", torch.logit(ref), persistent=False)
+        size = default_init_size(num_nodes, init) if init_size is None else float(init_size)
+        if not 0.0 < size <= 1.0:
+            raise ValueError(f"init_size: expected a radius in (0, 1], got {size}")
+        self.init_size = size
+        self.learn_size = learn_size
+
+    def forward(self, raw: Tensor, height: int, width: int) -> Tensor:
+        """``raw [..., N, 4]`` (or ``[..., N, 2]`` when the size is not learned) -> regions."""
+        centre = torch.sigmoid(self.ref_logit + raw[..., :2])  # Eq. 4, position
+        min_size = raw.new_tensor([1.0 / width, 1.0 / height])
+        start = torch.full_like(min_size, self.init_size).maximum(min_size)
+        if not self.learn_size:
+            return torch.cat((centre, start.expand_as(centre)), -1)
+        frac = ((start - min_size) / (1 - min_size)).clamp(1e-4, 1 - 1e-4)
+        size = min_size + (1 - min_size) * torch.sigmoid(torch.logit(frac) + raw[..., 2:4])
+        return torch.cat((centre, size), -1)  # Eq. 4, size
+
+    def extra_repr(self) -> str:
+        return f"init_size={self.init_size}, learn_size={self.learn_size}"
+
+
+class RegionGenerator(nn.Module):
+    """Base class: ``forward(x, regions=None) -> (regions [B,T,N,4], kernels [B,T,N,H,W])``.
+
+    Subclasses implement :meth:`predict`; kernels come from :func:`region_kernels` (Eq. 5-6)
+    unless a subclass overrides :meth:`kernels`.
+    """
+
+    uses_input = True
+
+    def __init__(self, num_nodes: int) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+
+    def predict(self, x: Tensor, regions: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def kernels(self, x: Tensor, regions: Tensor) -> Tensor:
+        return region_kernels(regions, x.shape[-2], x.shape[-1])
+
+    def forward(self, x: Tensor, regions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            regions = self.predict(x, regions)
+            return regions, self.kernels(x, regions)
+
+
+class _RegionFeatures(nn.Module):
+    """``f`` (Eq. 1) and the per-node ``g_i`` (Eq. 2).
+
+    ``f``: two 3x3 convolutions with BatchNorm and ReLU (position-preserving), then an
+    adaptive average pool to a fixed ``pool x pool`` grid so ``g`` works at any ``H x W``.
+    ``g_i`` (``"fc"``): a fully connected layer per node on the flattened ``M_t``.
+    ``g_i`` (``"lite"``): global average pooling enriched with position: node ``i`` pools
+    ``M_t`` with its own learned spatial weights (softmax over the grid) and adds a learned
+    per-node embedding, followed by one shared linear layer.
+    """
+
+    def __init__(
+        self, in_channels: int, channels: int, num_nodes: int, g: str = "fc", pool: int = 4
+    ) -> None:
+        super().__init__()
+        if g not in ("fc", "lite"):
+            raise ValueError(f"g: expected 'fc' or 'lite', got {g!r}")
+        self.g_kind, self.pool = g, pool
+        self.f = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(pool),
+        )
+        cells = pool * pool
+        if g == "fc":
+            self.g_weight = nn.Parameter(torch.empty(num_nodes, cells * channels, channels))
+            self.g_bias = nn.Parameter(torch.zeros(num_nodes, channels))
+        else:
+            self.g_logits = nn.Parameter(torch.zeros(num_nodes, cells))
+            self.g_embed = nn.Parameter(torch.zeros(num_nodes, channels))
+            self.g_lin = nn.Linear(channels, channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.g_kind == "fc":
+            bound = 1.0 / math.sqrt(self.g_weight.shape[1])
+            nn.init.uniform_(self.g_weight, -bound, bound)
+            nn.init.zeros_(self.g_bias)
+        else:
+            nn.init.normal_(self.g_logits, std=0.5)
+            nn.init.normal_(self.g_embed, std=0.02)
+            self.g_lin.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [G, C, H, W]`` -> per-node latents ``[G, N, C']``."""
+        m = self.f(x)  # Eq. 1
+        if self.g_kind == "fc":
+            flat = m.flatten(1)
+            return F.relu(torch.einsum("gd,ndc->gnc", flat, self.g_weight) + self.g_bias)  # Eq. 2
+        att = torch.softmax(self.g_logits, -1)  # [N, cells]
+        pooled = torch.einsum("gcp,np->gnc", m.flatten(2), att) + self.g_embed
+        return F.relu(self.g_lin(pooled))  # Eq. 2 (lite)
+
+
+class DynamicRegions(RegionGenerator):
+    """``dyreg``: position and size predicted from the input at every time step (Eq. 1-4).
+
+    ``f`` and ``g_i`` (Eq. 1-2) give one latent per node and frame, a GRU shared by the nodes
+    runs over time (Eq. 3), and a zero-initialised linear ``W_o`` followed by
+    :class:`RegionAlpha` gives the regions (Eq. 4), which therefore start on the references.
+    """
+
+    learn_size = True
+
+    def __init__(
+        self, in_channels: int, num_nodes: int = 9, init: str = "center",
+        init_size: float | None = None, channels: int = 32, g: str = "fc",
+    ) -> None:
+        super().__init__(num_nodes)
+        self.features = _RegionFeatures(in_channels, channels, num_nodes, g)
+        self.gru = nn.GRU(channels, channels, batch_first=True)
+        self.out = nn.Linear(channels, 4 if self.learn_size else 2)
+        self.alpha = RegionAlpha(num_nodes, init, init_size, learn_size=self.learn_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.features.reset_parameters()
+        self.gru.reset_parameters()
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def latents(self, x: Tensor) -> Tensor:
+        """``z`` ``[B, T, N, C']``: Eq. 1-2 per frame, then the shared GRU over time (Eq. 3)."""
+        b, t, c, h, w = x.shape
+        m = self.features(x.reshape(b * t, c, h, w))  # [BT, N, C']
+        n, cc = m.shape[1:]
+        seq = m.reshape(b, t, n, cc).permute(0, 2, 1, 3).reshape(b * n, t, cc)
+        z, _ = self.gru(seq)  # Eq. 3
+        return z.reshape(b, n, t, cc).permute(0, 2, 1, 3)
+
+    def predict(self, x: Tensor, regions: Tensor | None) -> Tensor:
+        return self.alpha(self.out(self.latents(x)), x.shape[-2], x.shape[-1])  # Eq. 4
+
+
+class PositionOnlyRegions(DynamicRegions):
+    """``pos_only``: as ``dyreg`` but every region keeps its initial size."""
+
+    learn_size = False
+
+
+class ConstantTimeRegions(DynamicRegions):
+    """``constant_time``: regions predicted once per clip from the time-averaged input, then
+    used at every frame (no recurrence over time)."""
+
+    def latents(self, x: Tensor) -> Tensor:
+        b, t = x.shape[:2]
+        z = self.features(x.mean(1))  # [B, N, C'], Eq. 1-2 on the time-pooled clip
+        return z.unsqueeze(1).expand(b, t, *z.shape[1:])
+
+
+class StaticRegions(RegionGenerator):
+    """``static``: regions learned per node over the dataset; the input is ignored.
+
+    The latents ``z_i`` of Eq. 4 become parameters; ``W_o z_i`` is then just a learned
+    4-vector per node, stored directly (zero at initialisation: regions start on the
+    references).
+    """
+
+    uses_input = False
+
+    def __init__(
+        self, num_nodes: int = 9, init: str = "grid", init_size: float | None = None
+    ) -> None:
+        super().__init__(num_nodes)
+        self.raw = nn.Parameter(torch.zeros(num_nodes, 4))
+        self.alpha = RegionAlpha(num_nodes, init, init_size)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.raw)
+
+    def predict(self, x: Tensor, regions: Tensor | None) -> Tensor:
+        b, t = x.shape[:2]
+        r = self.alpha(self.raw, x.shape[-2], x.shape[-1])
+        return r.expand(b, t, *r.shape)
+
+
+class FixedRegions(RegionGenerator):
+    """``fixed``: the reference regions (a grid by default) with a fixed size; no parameters."""
+
+    uses_input = False
+
+    def __init__(
+        self, num_nodes: int = 9, init: str = "grid", init_size: float | None = None
+    ) -> None:
+        super().__init__(num_nodes)
+        self.alpha = RegionAlpha(num_nodes, init, init_size, learn_size=False)
+
+    def predict(self, x: Tensor, regions: Tensor | None) -> Tensor:
+        b, t = x.shape[:2]
+        r = self.alpha(x.new_zeros(self.num_nodes, 2), x.shape[-2], x.shape[-1])
+        return r.expand(b, t, *r.shape)
+
+
+class SemanticRegions(RegionGenerator):
+    """``semantic``: each node pools the whole map with an attention map predicted from the
+    features at each position (a 1x1 convolution, softmax over positions) - the paper's
+    "Semantic" baseline, which cannot tell apart two positions with the same features.
+
+    Its ``regions`` are summaries of the maps for metrics and plots: the attention-weighted
+    mean position as the centre and the standard deviation per axis as the radius.
+    """
+
+    def __init__(self, in_channels: int, num_nodes: int = 9) -> None:
+        super().__init__(num_nodes)
+        self.att = nn.Conv2d(in_channels, num_nodes, 1)
+
+    def reset_parameters(self) -> None:
+        self.att.reset_parameters()
+
+    def predict(self, x: Tensor, regions: Tensor | None) -> Tensor:
+        return self.forward(x)[0]
+
+    def forward(self, x: Tensor, regions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            b, t, c, h, w = x.shape
+            logits = self.att(x.reshape(b * t, c, h, w)).reshape(b, t, self.num_nodes, h * w)
+            maps = torch.softmax(logits, -1).reshape(b, t, self.num_nodes, h, w)
+            px = (torch.arange(w, device=x.device) + 0.5) / w
+            py = (torch.arange(h, device=x.device) + 0.5) / h
+            mx, my = maps.sum(-2), maps.sum(-1)  # marginals [B, T, N, W], [B, T, N, H]
+            cx, cy = (mx * px).sum(-1), (my * py).sum(-1)
+            sx = (mx * (px - cx.unsqueeze(-1)) ** 2).sum(-1).clamp_min(1e-8).sqrt()
+            sy = (my * (py - cy.unsqueeze(-1)) ** 2).sum(-1).clamp_min(1e-8).sqrt()
+            regions = torch.stack((cx, cy, sx.clamp_min(1 / w), sy.clamp_min(1 / h)), -1)
+            return regions, maps
+
+
+class ExternalRegions(RegionGenerator):
+    """``external``: regions given by the caller (e.g. detector boxes), ``[B, T, N, 4]`` as
+    ``(cx, cy, w, h)`` normalised to the feature map."""
+
+    uses_input = False
+
+    def predict(self, x: Tensor, regions: Tensor | None) -> Tensor:
+        b, t, _, h, w = x.shape
+        expected = (b, t, self.num_nodes, 4)
+        if regions is None:
+            raise ValueError(
+                f"regions: mode 'external' needs regions of shape {expected} passed to forward"
+            )
+        if tuple(regions.shape) != expected:
+            raise ValueError(
+                f"regions: expected shape {expected} (B, T, N, 4), got {tuple(regions.shape)}"
+            )
+        return regions.float()
+
+
+REGION_MODES = (
+    "dyreg", "dyreg_lite", "pos_only", "constant_time", "static", "fixed", "semantic", "external"
+)
+
+
+def make_region_generator(
+    mode: str,
+    in_channels: int,
+    num_nodes: int = 9,
+    init: str = "center",
+    init_size: float | None = None,
+    channels: int = 32,
+) -> RegionGenerator:
+    """Build the region generator for ``mode`` (one of :data:`REGION_MODES`).
+
+    ``dyreg_lite`` is ``dyreg`` with the light ``g_i`` (global pooling with positional
+    information). ``fixed`` ignores ``init="center"`` only in the sense that it still uses the
+    reference points it is given; the paper's Fixed model is ``init="grid"``.
+    """
+    if init not in INITS:
+        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+    if init == "grid":
+        reference_points(num_nodes, init)  # validates the perfect square
+    if mode in ("dyreg", "dyreg_lite"):
+        g = "lite" if mode == "dyreg_lite" else "fc"
+        return DynamicRegions(in_channels, num_nodes, init, init_size, channels, g)
+    if mode == "pos_only":
+        return PositionOnlyRegions(in_channels, num_nodes, init, init_size, channels)
+    if mode == "constant_time":
+        return ConstantTimeRegions(in_channels, num_nodes, init, init_size, channels)
+    if mode == "static":
+        return StaticRegions(num_nodes, init, init_size)
+    if mode == "fixed":
+        return FixedRegions(num_nodes, init, init_size)
+    if mode == "semantic":
+        return SemanticRegions(in_channels, num_nodes)
+    if mode == "external":
+        return ExternalRegions(num_nodes)
+    raise ValueError(f"regions: unknown mode {mode!r}; expected one of {REGION_MODES}")
