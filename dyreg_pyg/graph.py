@@ -12,7 +12,9 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-__all__ = ["complete_edge_index", "build_graph_batch", "SPATIAL", "TEMPORAL"]
+__all__ = [
+    "complete_edge_index", "frame_edge_index", "build_graph_batch", "SPATIAL", "TEMPORAL"
+]
 
 SPATIAL = 0
 """``edge_type`` of an edge inside a frame."""
@@ -34,6 +36,17 @@ def complete_edge_index(
         keep = src != dst
         src, dst = src[keep], dst[keep]
     return torch.stack((src, dst))
+
+
+def frame_edge_index(
+    num_graphs: int, num_nodes: int, self_loops: bool = True,
+    device: torch.device | None = None,
+) -> Tensor:
+    """``edge_index`` of ``num_graphs`` disjoint complete graphs of ``num_nodes`` nodes each,
+    numbered consecutively (the ``edge_index`` of :func:`build_graph_batch`)."""
+    one = complete_edge_index(num_nodes, self_loops, device)
+    offsets = torch.arange(num_graphs, device=device) * num_nodes
+    return (one.unsqueeze(1) + offsets.view(1, -1, 1)).reshape(2, -1)
 
 
 def _temporal_edge_index(num_frames: int, num_nodes: int, device: torch.device) -> Tensor:
@@ -94,11 +107,12 @@ def build_graph_batch(
                 torch.full((temporal.shape[1],), TEMPORAL, device=dev, dtype=torch.long),
             )
         )
+        offsets = torch.arange(graphs, device=dev) * nodes_per_graph
+        edge_index = (one.unsqueeze(1) + offsets.view(1, -1, 1)).reshape(2, -1)
     else:
         one, one_type = spatial, None
+        edge_index = frame_edge_index(graphs, n, self_loops, dev)
     e = one.shape[1]
-    offsets = torch.arange(graphs, device=dev) * nodes_per_graph
-    edge_index = (one.unsqueeze(1) + offsets.view(1, -1, 1)).reshape(2, -1)
 
     ids = torch.arange(b * t * n, device=dev)
     video = ids // (t * n)

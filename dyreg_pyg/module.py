@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from .graph import build_graph_batch
+from .graph import build_graph_batch, frame_edge_index
 from .kernels import KernelPositionEmbedding, pool_nodes, regions_to_boxes, remap_nodes
 from .nn import RSTGConv, TemporalUpdate, make_spatial_layer
 from .nn.registry import SpatialLayerSpec
@@ -151,7 +151,9 @@ class DyRegGNN(nn.Module):
         if in_channels < 1:
             raise ValueError(f"in_channels: expected a positive integer, got {in_channels}")
         if cfg.regions not in REGION_MODES:
-            raise ValueError(f"regions: unknown mode {cfg.regions!r}; expected one of {REGION_MODES}")
+            raise ValueError(
+                f"regions: unknown mode {cfg.regions!r}; expected one of {REGION_MODES}"
+            )
         if cfg.backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {cfg.backend!r}")
         if cfg.backend == "dense" and cfg.gnn != "rstg":
@@ -211,25 +213,26 @@ class DyRegGNN(nn.Module):
                 nodes = self.spatial[idx].forward_dense(nodes)  # Eq. 8
                 nodes = self.temporal[idx](nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # Eq. 9
         else:
-            graph = build_graph_batch(
-                nodes.view(b, t, n, -1), regions.detach(), self_loops=self.config.self_loops
-            )
-            v = graph.x
+            # Message passing needs only the edges; the PyG Batch is assembled for details.
+            edge_index = frame_edge_index(b * t, n, self.config.self_loops, x.device)
+            v = nodes.reshape(b * t * n, -1)
             for k in range(self.config.iterations):
                 idx = 0 if self.config.share_weights else k
                 if self._is_rstg and return_details:
                     v, (_, attention) = self.spatial[idx](
-                        v, graph.edge_index, return_attention_weights=True
+                        v, edge_index, return_attention_weights=True
                     )
                 else:
-                    v = self.spatial[idx](v, graph.edge_index)  # Eq. 8 (or any PyG layer)
+                    v = self.spatial[idx](v, edge_index)  # Eq. 8 (or any PyG layer)
                 v = self.temporal[idx](v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
             nodes = v.view(b * t, n, -1)
         out = remap_nodes(self.proj_out(nodes), flat_k).view(b, t, c, h, w)  # Eq. 10
         if not return_details:
             return out
-        if graph is not None:
-            graph.x = nodes.detach().reshape(b * t * n, -1)
+        if self.config.backend == "pyg":
+            graph = build_graph_batch(
+                nodes.detach().view(b, t, n, -1), regions.detach(), self.config.self_loops
+            )
         details = DyRegDetails(
             regions=regions.detach(),
             boxes=regions_to_boxes(regions.detach()),

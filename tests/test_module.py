@@ -1,0 +1,148 @@
+import copy
+
+import pytest
+import torch
+
+from dyreg_pyg import DyRegBlock, DyRegConfig, DyRegGNN
+from dyreg_pyg.regions import INITS, REGION_MODES, reference_points
+
+B, T, C, H, W = 2, 3, 12, 6, 7
+
+
+def _x(seed=0):
+    torch.manual_seed(seed)
+    return torch.randn(B, T, C, H, W)
+
+
+def _ext(n=9):
+    return torch.cat((torch.rand(B, T, n, 2), torch.rand(B, T, n, 2) * 0.3 + 0.15), -1)
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("mode", REGION_MODES)
+def test_output_shape_and_details_every_mode(mode, init):
+    m = DyRegGNN(C, 8, regions=mode, init=init)
+    regions = _ext() if mode == "external" else None
+    y, d = m(_x(), regions, return_details=True)
+    assert y.shape == (B, T, C, H, W) and torch.isfinite(y).all()
+    assert d.regions.shape == (B, T, 9, 4) and d.boxes.shape == (B, T, 9, 4)
+    assert d.kernels.shape == (B, T, 9, H, W)
+    assert torch.allclose(d.kernels.sum((-1, -2)), torch.ones(B, T, 9), atol=1e-5)
+    assert d.graph.num_graphs == B * T and d.graph.x.shape == (B * T * 9, 8)
+    assert d.attention.shape == (d.graph.edge_index.shape[1],)
+    if mode == "external":
+        assert torch.allclose(d.regions, regions)
+    elif mode != "semantic":
+        ref = reference_points(9, init)
+        assert torch.allclose(d.regions[..., :2], ref.expand(B, T, 9, 2), atol=1e-5)
+        assert (d.regions[..., 2] >= 1 / W - 1e-6).all()
+        assert (d.regions[..., 3] >= 1 / H - 1e-6).all()
+
+
+def test_block_is_identity_at_init_and_learns():
+    x = _x()
+    block = DyRegBlock(C, node_channels=8)
+    assert torch.equal(block(x), x)
+    block(x).pow(2).sum().backward()
+    assert block.gamma.grad.abs().sum() > 0
+
+
+def _perturbed(mode, **kw):
+    m = DyRegGNN(C, 8, regions=mode, **kw)
+    with torch.no_grad():  # W_o starts at zero; move it so gradients flow past it
+        m.region_generator.out.weight.normal_(std=0.5)
+    return m
+
+
+def test_gradients_reach_region_branch():
+    m = _perturbed("dyreg")
+    out = m(_x())
+    out.pow(2).sum().backward()
+    gen = m.region_generator
+    assert (gen.out.bias.grad.abs() > 0).all()  # d/d(centre x, centre y, w, h)
+    for name, p in [("f", gen.features.f[0].weight), ("g", gen.features.g_weight),
+                    ("gru", gen.gru.weight_ih_l0)]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_w_o_gets_gradient_at_initialisation():
+    m = DyRegGNN(C, 8)
+    m(_x()).pow(2).sum().backward()
+    assert m.region_generator.out.weight.grad.abs().sum() > 0
+
+
+def test_mode_semantics():
+    x = _x()
+    ct = _perturbed("constant_time")(x, return_details=True)[1].regions
+    assert torch.allclose(ct[:, :1].expand_as(ct), ct)  # same for all frames
+    dy = _perturbed("dyreg")(x, return_details=True)[1].regions
+    assert not torch.allclose(dy[:, :1].expand_as(dy), dy)  # varies in time
+    po = _perturbed("pos_only")(x, return_details=True)[1].regions
+    assert torch.allclose(po[..., 2:], po[0, 0, 0, 2:].expand_as(po[..., 2:]))  # fixed size
+    assert not torch.allclose(po[..., :2], po[0, 0, 0, :2].expand_as(po[..., :2]))
+    st = DyRegGNN(C, 8, regions="static", init="grid")
+    with torch.no_grad():
+        st.region_generator.raw.normal_()
+    r1 = st(x, return_details=True)[1].regions
+    r2 = st(_x(5), return_details=True)[1].regions
+    assert torch.equal(r1, r2)  # ignores the input
+    fixed = DyRegGNN(C, 8, regions="fixed").region_generator
+    assert sum(p.numel() for p in fixed.parameters()) == 0
+
+
+def test_dense_backend_equals_pyg_backend():
+    m = DyRegGNN(C, 8, backend="pyg")
+    m.eval()
+    d = copy.deepcopy(m)
+    d.config.backend = "dense"
+    x = _x()
+    assert torch.allclose(m(x), d(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("gnn", ["GATConv", "sage", "GINConv"])
+@pytest.mark.parametrize("temporal", ["gru", "lstm", "none"])
+def test_alternative_layers_in_module(gnn, temporal):
+    m = DyRegGNN(C, 8, gnn=gnn, temporal=temporal, iterations=2)
+    x = _x().requires_grad_()
+    m(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_config_from_dict_and_block_config():
+    cfg = DyRegConfig.from_dict({"num_nodes": 4, "init": "grid", "spatial_size": 6})
+    assert cfg.spatial_size == (6, 6)
+    blk = DyRegBlock(C, cfg, node_channels=8)
+    assert blk.gnn.num_nodes == 4 and blk.gnn.node_channels == 8
+    with pytest.raises(ValueError, match="unknown keys.*nodes"):
+        DyRegConfig.from_dict({"nodes": 4})
+
+
+@pytest.mark.parametrize(
+    "kwargs, x, regions, match",
+    [
+        ({}, torch.randn(2, C, H, W), None, r"\[B, T, C, H, W\]"),
+        ({}, torch.randn(1, 2, C + 1, H, W), None, "in_channels"),
+        ({"init": "grid", "num_nodes": 8}, None, None, "perfect square"),
+        ({"regions": "external"}, torch.randn(1, 2, C, H, W), None, "external"),
+        ({"regions": "external"}, torch.randn(1, 2, C, H, W), torch.rand(1, 2, 9, 3), "shape"),
+        ({"regions": "moving"}, None, None, "unknown mode"),
+        ({"gnn": "nope"}, None, None, "unknown layer"),
+        ({"temporal": "attention"}, None, None, "temporal"),
+        ({"init": "corner"}, None, None, "init"),
+        ({"backend": "dense", "gnn": "GATConv"}, None, None, "dense"),
+    ],
+)
+def test_bad_input_raises(kwargs, x, regions, match):
+    with pytest.raises(ValueError, match=match):
+        m = DyRegGNN(C, 8, **kwargs)
+        m(x, regions)
+
+
+@pytest.mark.parametrize("backend", ["pyg", "dense"])
+def test_torch_compile_runs_on_cpu(backend):
+    torch.manual_seed(0)
+    m = DyRegGNN(C, 8, backend=backend)
+    x = _x()
+    ref = m(x)
+    compiled = torch.compile(m)
+    assert torch.allclose(compiled(x), ref, atol=1e-5)

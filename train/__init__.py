@@ -1,0 +1,1 @@
+"""Training, evaluation and visualisation of DyReg-GNN video models (``python -m train``)."""
