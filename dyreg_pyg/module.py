@@ -96,6 +96,8 @@ class DyRegDetails:
         graph: the PyG ``Batch`` of ``B * T`` frame graphs; ``graph.x`` holds the nodes after
             the last iteration (``[B*T*N, node_channels]``), ``graph.region`` the regions.
         attention: per-edge attention of the last RSTG iteration (``[E]``), if available.
+        live_regions: ``regions`` still attached to autograd, for losses on the regions
+            (e.g. the offset distillation of the paper's implementation details).
     """
 
     regions: Tensor
@@ -103,6 +105,7 @@ class DyRegDetails:
     kernels: Tensor
     graph: Batch | None = None
     attention: Tensor | None = None
+    live_regions: Tensor | None = None
 
 
 class DyRegGNN(nn.Module):
@@ -239,6 +242,7 @@ class DyRegGNN(nn.Module):
             kernels=kernels.detach(),
             graph=graph,
             attention=None if attention is None else attention.detach(),
+            live_regions=regions,
         )
         return out, details
 

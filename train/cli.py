@@ -1,40 +1,110 @@
-"""Command line of ``python -m train``."""
+"""Command line of ``python -m train``: fit, evaluate, visualize, demo."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
-import torch
+__all__ = ["main"]
 
-from dyreg_pyg import DyRegBlock
+log = logging.getLogger("train")
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """A real forward/backward of a DyReg block on random features; prints region boxes."""
-    torch.manual_seed(args.seed)
-    block = DyRegBlock(64, node_channels=32, init="grid")
-    block.record = True
-    x = torch.randn(2, 4, 64, 14, 14)
-    opt = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9)
-    for step in range(args.steps):
-        loss = (block(x) - x.roll(1, dims=-1)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        print(f"step {step} loss {loss.item():.5f}")
-    boxes = block.last.boxes[0, 0]
-    for i, b in enumerate(boxes.tolist()):
-        print(f"node {i}: box (x0, y0, x1, y1) = ({b[0]:.3f}, {b[1]:.3f}, {b[2]:.3f}, {b[3]:.3f})")
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .dist import cleanup_distributed
+    from .loop import fit
+
+    cfg = load_config(args.config, args.set)
+    try:
+        fit(cfg, resume=args.resume)
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .dist import cleanup_distributed
+    from .loop import evaluate
+
+    try:
+        evaluate(args.checkpoint, args.data, args.num_clips, args.num_crops, args.out,
+                 args.batch_size, args.device, args.set)
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from .visualize import visualize
+
+    paths = visualize(args.checkpoint, args.data, args.out, args.num, args.block, args.export,
+                      args.gif)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, args.minutes, args.train_videos, args.val_videos, args.seed)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m train",
+                                     description="Train and evaluate DyReg-GNN video models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the embedded default main job")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=5)
+
+    p = sub.add_parser("fit", help="train from WebDataset shards (also under torchrun)")
+    p.add_argument("--config", required=True, help="YAML file or preset name in train/configs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
+    p.add_argument("--resume", default=None,
+                   help="'auto' (continue from <out_dir>/last.pt if present) or a checkpoint")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class, confusion, region distance")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="validation/test shard pattern")
+    p.add_argument("--num-clips", type=int, default=1)
+    p.add_argument("--num-crops", type=int, default=1, choices=(1, 3))
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="metrics.json path (default: next to ckpt)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("visualize", help="PNG/GIF of the predicted regions and kernels")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--num", type=int, default=4, help="number of clips")
+    p.add_argument("--block", default=None, help="DyReg block name (default: first)")
+    p.add_argument("--export", default=None, help="also write per-frame boxes to this JSON")
+    p.add_argument("--gif", action="store_true", help="also write one GIF per clip")
+    p.set_defaults(func=_cmd_visualize)
+
+    p = sub.add_parser("demo", help="the embedded default main job (no downloads)")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--minutes", type=float, default=7.0, help="training wall-time budget")
+    p.add_argument("--train-videos", type=int, default=4000)
+    p.add_argument("--val-videos", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return {"demo": _demo}[args.command](args)
+    _setup_logging()
+    return args.func(args)

@@ -1,0 +1,210 @@
+"""Training configuration: dataclasses, YAML presets and ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DataConfig", "ModelConfig", "OptimConfig", "DistillConfig", "TrainConfig",
+    "load_config", "apply_overrides", "config_to_dict", "config_from_dict",
+]
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how clips are sampled."""
+
+    dataset: str = "syncmnist"          # syncmnist | something
+    train: str = ""                     # shard pattern/URL, brace notation allowed
+    val: str = ""
+    num_frames: int = 10
+    crop_size: int | None = None        # None: keep the stored frame size (syncmnist)
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    num_workers: int = 2
+    epoch_size: int | None = None       # training samples per epoch (resampled shards)
+    shuffle: int = 1000                 # shuffle buffer
+    num_clips: int = 1                  # evaluation: temporal clips
+    num_crops: int = 1                  # evaluation: spatial crops (1 or 3)
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.5])
+    num_classes: int | None = None      # None: read from the shards' manifest
+
+
+@dataclass
+class ModelConfig:
+    """A preset of :mod:`dyreg_pyg.models` plus overrides of its arguments."""
+
+    preset: str = "syncmnist_r18_dyreg"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    pretrained_file: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule (paper: SGD 1e-3, momentum 0.9, lr / 10 on plateau x3)."""
+
+    name: str = "sgd"                   # sgd | adam | adamw
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "plateau"           # plateau | cosine | step | onecycle | none
+    plateau_patience: int = 2           # epochs without val top-1 gain before lr / 10
+    max_reductions: int = 3
+    step_epochs: list[int] = field(default_factory=lambda: [20, 30, 40])
+    warmup_steps: int = 0
+    clip_grad: float | None = 20.0
+    accumulate: int = 1                 # gradient accumulation steps
+
+
+@dataclass
+class DistillConfig:
+    """Offset distillation kick-start (paper, implementation details); off by default."""
+
+    teachers: dict[str, str] = field(default_factory=dict)  # block name -> checkpoint file
+    weight: float = 1.0
+    fraction: float = 0.1               # of the total training steps
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``python -m train fit`` needs."""
+
+    out_dir: str = "runs/default"
+    epochs: int = 10
+    max_steps: int | None = None        # stop early after this many optimiser steps
+    max_minutes: float | None = None    # stop (and validate) after this much wall time
+    seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda
+    precision: str = "fp32"             # fp32 | bf16 | fp16 (CUDA autocast)
+    sync_bn: bool = False
+    partial_bn: bool = False            # TSM: freeze all BatchNorm but the first
+    ckpt_every: int = 200               # steps between `last` checkpoints
+    log_every: int = 10
+    eval_every: int = 1                 # epochs
+    channels_last: bool = False
+    compile: bool = False
+    threads: int | None = None          # torch.set_num_threads on CPU
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _valid_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def config_from_dict(values: dict[str, Any], cls: type = TrainConfig, prefix: str = "") -> Any:
+    """Build a (nested) config dataclass; unknown keys raise with the valid ones listed."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config {prefix or 'root'}: expected a mapping, got {type(values)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"config: unknown keys {[prefix + k for k in unknown]}; valid keys: "
+            f"{_valid_keys(cls, prefix)}"
+        )
+    kwargs = {}
+    for k, v in values.items():
+        if dataclasses.is_dataclass(hints[k]):
+            kwargs[k] = config_from_dict(v or {}, hints[k], f"{prefix}{k}.")
+        else:
+            kwargs[k] = v
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict.
+
+    Keys must name a config field (``model.overrides.*`` and ``distill.teachers.*`` are
+    free-form); a typo raises with the list of valid keys.
+    """
+    valid = set(_valid_keys(TrainConfig))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        free = key.startswith(("model.overrides.", "distill.teachers."))
+        if key not in valid and not free:
+            raise ValueError(f"--set: unknown key {key!r}; valid keys: {sorted(valid)}")
+        node = values
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set: {key!r} goes through a non-mapping value")
+        node[parts[-1]] = _parse_value(text)
+    return values
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML path, or the name of a preset in ``train/configs`` (with or without .yaml)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for cand in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
+        if cand.exists():
+            return cand
+    presets = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    raise ValueError(f"--config: {path!s} not found; presets in train/configs: {presets}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML preset (or defaults), apply ``--set`` overrides, validate."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(resolve_config_path(path)) as fh:
+            values = yaml.safe_load(fh) or {}
+    values = apply_overrides(values, overrides or [])
+    cfg = config_from_dict(values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject contradictory settings early."""
+    checks = [
+        (cfg.precision in ("fp32", "bf16", "fp16"), f"precision: fp32|bf16|fp16, got "
+                                                     f"{cfg.precision!r}"),
+        (cfg.device in ("auto", "cpu", "cuda"), f"device: auto|cpu|cuda, got {cfg.device!r}"),
+        (cfg.optim.name in ("sgd", "adam", "adamw"), f"optim.name: sgd|adam|adamw, got "
+                                                      f"{cfg.optim.name!r}"),
+        (cfg.optim.schedule in ("plateau", "cosine", "step", "onecycle", "none"),
+         f"optim.schedule: plateau|cosine|step|onecycle|none, got {cfg.optim.schedule!r}"),
+        (cfg.optim.accumulate >= 1, f"optim.accumulate: >= 1, got {cfg.optim.accumulate}"),
+        (cfg.data.num_crops in (1, 3), f"data.num_crops: 1 or 3, got {cfg.data.num_crops}"),
+        (cfg.data.batch_size >= 1, f"data.batch_size: >= 1, got {cfg.data.batch_size}"),
+        (cfg.epochs >= 1 or cfg.max_steps, "epochs: >= 1 (or set max_steps)"),
+        (0.0 <= cfg.distill.fraction <= 1.0, "distill.fraction: in [0, 1]"),
+        (len(cfg.data.mean) == len(cfg.data.std), "data.mean and data.std: same length"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(f"config: {msg}")

@@ -1,0 +1,110 @@
+"""Glue between the training config and :mod:`dyreg_pyg.data` loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+
+__all__ = ["make_loader", "normalise", "read_num_classes", "read_split_size",
+           "batch_object_centres"]
+
+
+def make_loader(cfg: TrainConfig, split: str, epoch: int = 0):
+    """The streaming clip loader of ``cfg.data`` for ``split`` ("train" or "val")."""
+    from dyreg_pyg.data import make_clip_loader
+
+    d = cfg.data
+    urls = d.train if split == "train" else d.val
+    if not urls:
+        raise ValueError(f"data.{split}: no shard pattern given")
+    train = split == "train"
+    return make_clip_loader(
+        urls,
+        split="train" if train else "val",
+        num_frames=d.num_frames,
+        batch_size=d.batch_size if train else (d.eval_batch_size or d.batch_size),
+        num_workers=d.num_workers,
+        crop_size=d.crop_size,
+        dataset=d.dataset,
+        epoch_size=d.epoch_size if train else None,
+        shuffle_buffer=d.shuffle,
+        num_clips=1 if train else d.num_clips,
+        num_crops=1 if train else d.num_crops,
+        seed=cfg.seed * 100_003 + epoch,
+    )
+
+
+def normalise(video: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """uint8 clips ``[..., C, H, W]`` -> float, ``(x / 255 - mean) / std`` (on any device)."""
+    from dyreg_pyg.data import normalize_clip
+
+    return normalize_clip(video, cfg.data.mean, cfg.data.std)
+
+
+def _manifest(pattern: str) -> dict[str, Any] | None:
+    """The ``<split>-manifest.json`` written next to the shards, if any."""
+    if pattern.startswith("pipe:"):
+        return None
+    first = pattern.split("{")[0]
+    folder = Path(first).parent
+    prefix = Path(first).name.split("-")[0]
+    for cand in (folder / f"{prefix}-manifest.json", folder / "manifest.json"):
+        if cand.exists():
+            return json.loads(cand.read_text())
+    return None
+
+
+def read_num_classes(pattern: str) -> int:
+    """Number of classes from the shards' manifest; set ``data.num_classes`` if there is none."""
+    m = _manifest(pattern)
+    if not m or "num_classes" not in m:
+        raise ValueError(
+            f"data.num_classes: not set and no manifest with 'num_classes' next to {pattern!r}"
+        )
+    return int(m["num_classes"])
+
+
+def read_split_size(pattern: str) -> int:
+    """Number of samples of a split from its manifest; set ``data.epoch_size`` otherwise."""
+    m = _manifest(pattern)
+    if not m:
+        raise ValueError(f"data.epoch_size: not set and no manifest next to {pattern!r}")
+    for key in ("num_samples", "count", "total"):
+        if key in m:
+            return int(m[key])
+    raise ValueError(f"data.epoch_size: the manifest next to {pattern!r} has no sample count")
+
+
+def batch_object_centres(batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Ground-truth object centres ``[B, T, M, 2]`` normalised to the clip, with a mask.
+
+    Reads ``meta["boxes"]`` (per frame, per object ``(x0, y0, x1, y1)`` in pixels of the
+    clip's frames, as MultiSyncMNIST stores them) for samples that have them; ``None`` when
+    no sample of the batch has boxes.
+    """
+    metas = batch.get("meta") or []
+    video = batch["video"]
+    h, w = video.shape[-2:]
+    t = video.shape[-4]
+    if not metas or not any(isinstance(m, dict) and m.get("boxes") for m in metas):
+        return None, None
+    m_max = max(len(f) for m in metas for f in (m.get("boxes") or [[]]))
+    centres = torch.zeros(len(metas), t, max(m_max, 1), 2)
+    mask = torch.zeros(len(metas), t, max(m_max, 1), dtype=torch.bool)
+    for b, meta in enumerate(metas):
+        boxes = meta.get("boxes") if isinstance(meta, dict) else None
+        if not boxes:
+            continue
+        size = meta.get("frame_size") or (w, h)
+        frames = meta.get("frame_indices") or list(range(min(t, len(boxes))))
+        for j, fi in enumerate(frames[:t]):
+            for k, (x0, y0, x1, y1) in enumerate(boxes[fi]):
+                centres[b, j, k, 0] = (x0 + x1) / 2 / size[0]
+                centres[b, j, k, 1] = (y0 + y1) / 2 / size[1]
+                mask[b, j, k] = True
+    return centres, mask

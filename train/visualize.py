@@ -1,0 +1,82 @@
+"""``python -m train visualize``: regions of a trained model drawn on validation clips."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from dyreg_pyg.viz import draw_regions, export_regions, save_regions_gif
+
+from .checkpoint import load_checkpoint, load_model_state
+from .config import config_from_dict
+from .data import make_loader, normalise
+
+__all__ = ["visualize", "collect_regions"]
+
+log = logging.getLogger("train")
+
+
+@torch.no_grad()
+def collect_regions(model, loader, cfg, num: int, block: str | None = None):
+    """Run ``model`` on the first ``num`` clips; returns (block name, list of samples) where a
+    sample is a dict with ``frames`` (uint8), ``regions``, ``kernels``, ``key``, ``meta``."""
+    blocks = model.dyreg_blocks()
+    if not blocks:
+        raise ValueError("visualize: the model has no DyReg block")
+    name = block or next(iter(blocks))
+    if name not in blocks:
+        raise ValueError(f"--block: unknown DyReg block {name!r}; the model has {sorted(blocks)}")
+    blk = blocks[name]
+    blk.record = True
+    model.eval()
+    samples = []
+    try:
+        for batch in loader:
+            video = batch["video"]
+            if video.dim() == 6:  # several views: keep the first
+                video = video[:, 0]
+            model(normalise(video, cfg))
+            for i in range(video.shape[0]):
+                samples.append({"frames": video[i], "regions": blk.last.regions[i].cpu(),
+                                "kernels": blk.last.kernels[i].cpu(), "key": batch["key"][i],
+                                "meta": batch["meta"][i] if batch.get("meta") else {}})
+                if len(samples) >= num:
+                    return name, samples
+    finally:
+        blk.record = False
+        blk.last = None
+    return name, samples
+
+
+def visualize(checkpoint: str, data: str, out: str, num: int = 4, block: str | None = None,
+              export: str | None = None, gif: bool = False) -> list[Path]:
+    """Write ``regions_<i>.png`` (frames + boxes, kernel heat maps), optional GIFs and JSON."""
+    from .loop import build_model
+
+    ck = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ck["config"])
+    cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = data, 1, 1
+    cfg.data.num_workers = 0
+    model = build_model(cfg, ck["num_classes"])
+    load_model_state(model, ck["model"], checkpoint)
+    name, samples = collect_regions(model, make_loader(cfg, "val"), cfg, num, block)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, s in enumerate(samples):
+        boxes = s["meta"].get("boxes") if isinstance(s["meta"], dict) else None
+        size = (s["frames"].shape[-1], s["frames"].shape[-2])
+        img = draw_regions(s["frames"], s["regions"], s["kernels"], boxes, size)
+        p = folder / f"regions_{i}.png"
+        img.save(p)
+        paths.append(p)
+        if gif:
+            paths.append(save_regions_gif(folder / f"regions_{i}.gif", s["frames"], s["regions"],
+                                          boxes, size))
+    if export:
+        paths.append(export_regions(export, [s["key"] for s in samples],
+                                    torch.stack([s["regions"] for s in samples]), name))
+    log.info("wrote %d files to %s (block %s)", len(paths), folder, name)
+    return paths
