@@ -1,0 +1,75 @@
+"""Unit tests of the training package that need no data: config, checkpoints, schedules."""
+
+import pytest
+import torch
+
+from train.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    restore_rng,
+    save_checkpoint,
+)
+from train.config import apply_overrides, config_from_dict, load_config
+from train.loop import PlateauSchedule
+
+
+def test_presets_load_and_overrides_apply():
+    cfg = load_config("syncmnist_demo", ["optim.lr=0.01", "data.batch_size=4",
+                                         "model.overrides.drop_rate=0.2"])
+    assert cfg.optim.lr == 0.01 and cfg.data.batch_size == 4
+    assert cfg.model.overrides == {"drop_rate": 0.2}
+    for name in ("syncmnist_r18_dyreg", "ssv2_tsm_r50_dyreg", "ssv1_tsm_r50_dyreg",
+                 "ssv2_tsm_r50_dyreg_r4"):
+        assert load_config(name).model.preset.startswith(("syncmnist", "tsm"))
+
+
+def test_bad_config_keys_list_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown key 'optim.lrr'.*optim.lr"):
+        load_config("syncmnist_demo", ["optim.lrr=0.1"])
+    with pytest.raises(ValueError, match=r"unknown keys \['data.frames'\]"):
+        config_from_dict({"data": {"frames": 3}})
+    with pytest.raises(ValueError, match="precision"):
+        load_config(None, ["precision=fp8"])
+    with pytest.raises(ValueError, match="presets in train/configs"):
+        load_config("no_such_preset")
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["optim.lr"])
+
+
+def test_checkpoint_atomic_roundtrip_and_truncation(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": model.state_dict(), "rng": capture_rng()}, path)
+    good = path.read_bytes()
+    state = load_checkpoint(path)
+    assert torch.equal(state["model"]["weight"], model.weight)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+    (tmp_path / "bad.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    assert path.read_bytes() == good
+
+
+def test_checkpoint_refuses_other_architecture():
+    with pytest.raises(CheckpointError, match=r"missing keys: \[0.bias, 0.weight\]; "
+                                              r"unexpected keys: \[bias, weight\]"):
+        load_model_state(torch.nn.Sequential(torch.nn.Linear(3, 2)),
+                         torch.nn.Linear(3, 2).state_dict())
+
+
+def test_rng_capture_restore():
+    state = capture_rng()
+    a = torch.rand(3)
+    restore_rng(state)
+    assert torch.equal(torch.rand(3), a)
+
+
+def test_plateau_schedule_at_most_three_reductions():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = PlateauSchedule(opt, patience=0, max_reductions=3)
+    for metric in [0.5, 0.4, 0.4, 0.4, 0.4, 0.4]:
+        sched.step_epoch(metric)
+    assert sched.reductions == 3
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
