@@ -1,0 +1,47 @@
+"""Data: MultiSyncMNIST / SyncMNIST generation, Something-Something converters, WebDataset
+shards and the streaming clip loader."""
+
+from .decode import CorruptSample, decode_jpeg, decode_npy_frames, decode_video
+from .loader import ClipDataset, ClipLoader, SkipCounter, make_clip_loader
+from .shards import ShardWriter, brace_pattern, expand_shard_urls
+from .something import (
+    convert_something,
+    flip_pairs_from_names,
+    read_something_else_boxes,
+    read_ssv1_labels,
+    read_ssv1_split,
+    read_ssv2_labels,
+    read_ssv2_split,
+    template_to_class_name,
+)
+from .syncmnist import (
+    MULTISYNCMNIST_NUM_CLASSES,
+    SYNCMNIST_NUM_CLASSES,
+    SyncMNISTConfig,
+    generate_video,
+    load_digit_pool,
+    syncmnist_class_names,
+    syncmnist_label,
+    syncmnist_num_classes,
+    write_syncmnist_shards,
+)
+from .transforms import (
+    TSM_SCALES,
+    View,
+    eval_indices,
+    normalize_clip,
+    train_indices,
+)
+
+__all__ = [
+    "make_clip_loader", "ClipLoader", "ClipDataset", "SkipCounter",
+    "write_syncmnist_shards", "generate_video", "load_digit_pool", "SyncMNISTConfig",
+    "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "syncmnist_label",
+    "syncmnist_class_names", "syncmnist_num_classes",
+    "normalize_clip", "train_indices", "eval_indices", "View", "TSM_SCALES",
+    "ShardWriter", "brace_pattern", "expand_shard_urls",
+    "convert_something", "flip_pairs_from_names", "read_something_else_boxes",
+    "read_ssv1_labels", "read_ssv1_split", "read_ssv2_labels", "read_ssv2_split",
+    "template_to_class_name",
+    "CorruptSample", "decode_jpeg", "decode_npy_frames", "decode_video",
+]

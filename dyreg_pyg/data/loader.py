@@ -1,0 +1,616 @@
+"""Streaming clip loader over WebDataset shards.
+
+The pipeline is a chain of small generator stages, run inside each DataLoader worker::
+
+    shard list -> (train) resample shards | (eval) split by node and by worker
+               -> tar -> samples -> (eval, few shards) keep every G-th sample
+               -> (train) shuffle buffer -> decode + sample clip + augment -> batch
+
+Samples that cannot be used (corrupt JPEG/video/array, missing or unknown label, bad JSON,
+unreadable shard) are skipped, logged with their key and counted; the counts travel with the
+batches to the main process, where :class:`ClipLoader` accumulates them in a
+:class:`SkipCounter` and logs a summary at the end of every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .decode import (
+    VIDEO_EXTS,
+    CorruptSample,
+    decode_jpeg,
+    decode_npy_frames,
+    decode_video,
+    frame_members,
+)
+from .shards import expand_shard_urls
+from .transforms import (
+    TSM_SCALES,
+    View,
+    apply_view,
+    center_crop_view,
+    eval_indices,
+    multiscale_crop_view,
+    three_crop_views,
+    train_indices,
+    transform_boxes,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SkipCounter", "ClipDataset", "ClipLoader", "make_clip_loader", "DATASETS"]
+
+#: Known ``dataset`` values and their defaults.
+DATASETS: dict[str, dict[str, Any]] = {
+    "syncmnist": {"flip": False, "resize_size": None},
+    "something": {"flip": True, "resize_size": 256},
+    "generic": {"flip": False, "resize_size": None},
+}
+_TRAIN_SPLITS = ("train",)
+_EVAL_SPLITS = ("val", "validation", "test", "eval")
+
+
+@dataclass
+class SkipCounter:
+    """Skipped samples: ``count``, ``reasons`` (reason -> count) and the first ``keep``
+    ``(key, reason, detail)`` examples."""
+
+    count: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    examples: list[tuple[str, str, str]] = field(default_factory=list)
+    keep: int = 50
+
+    def add(self, key: str, reason: str, detail: str = "") -> None:
+        """Record one skipped sample."""
+        self.count += 1
+        self.reasons[reason] += 1
+        if len(self.examples) < self.keep:
+            self.examples.append((key, reason, detail))
+
+    def merge(self, records: Iterable[tuple[str, str, str]]) -> None:
+        """Add ``(key, reason, detail)`` records."""
+        for key, reason, detail in records:
+            self.add(key, reason, detail)
+
+    def reset(self) -> None:
+        """Forget everything."""
+        self.count = 0
+        self.reasons.clear()
+        self.examples.clear()
+
+    def summary(self) -> str:
+        """One line: total and per-reason counts."""
+        if not self.count:
+            return "no sample skipped"
+        parts = ", ".join(f"{r}: {n}" for r, n in sorted(self.reasons.items()))
+        return f"{self.count} samples skipped ({parts})"
+
+
+@dataclass
+class _Params:
+    urls: list[str]
+    train: bool
+    test: bool
+    num_frames: int
+    batch_size: int
+    crop_size: int | None
+    eval_crop_size: int | None
+    resize_size: int | None
+    num_clips: int
+    num_crops: int
+    flip: bool
+    flip_pairs: dict[int, int]
+    scales: tuple[float, ...]
+    num_classes: int | None
+    shuffle_buffer: int
+    seed: int
+    rank: int
+    world_size: int
+    partial: bool
+    channels: int | None
+    jpeg_draft: bool
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class ClipDataset(IterableDataset):
+    """The per-worker pipeline; yields collated batches (see :func:`make_clip_loader`).
+
+    Each yielded dict also carries ``"skipped"``: the ``(key, reason, detail)`` records of the
+    samples skipped since the previous batch; a final dict without ``"video"`` carries those
+    skipped after the last batch.
+    """
+
+    def __init__(self, params: _Params) -> None:
+        super().__init__()
+        self.p = params
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ stages
+    def _shards(self, worker: int, num_workers: int, rng: random.Random
+                ) -> tuple[Iterator[dict[str, str]], int, int]:
+        """Shard URLs for this worker, and the (modulus, remainder) of a sample-level split."""
+        p = self.p
+        if p.train:  # resampled, infinite: each (rank, worker) draws its own sequence
+            def resample() -> Iterator[dict[str, str]]:
+                while True:
+                    yield {"url": p.urls[rng.randrange(len(p.urls))]}
+            return resample(), 1, 0
+        total = p.world_size * num_workers
+        g = p.rank * num_workers + worker
+        if len(p.urls) >= total:  # split by node and by worker at shard level
+            return iter([{"url": u} for u in p.urls[g::total]]), 1, 0
+        # Fewer shards than readers: everybody reads every shard, keeps every total-th sample.
+        return iter([{"url": u} for u in p.urls]), total, g
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        p = self.p
+        worker, num_workers = _worker()
+        seed_seq = [p.seed, self.epoch, p.rank, worker]
+        rng = random.Random(str(seed_seq))
+        nrng = np.random.default_rng(seed_seq)
+        skipped: list[tuple[str, str, str]] = []
+        shards, modulus, remainder = self._shards(worker, num_workers, rng)
+
+        def on_error(exn: Exception) -> bool:  # a tar-level error: the rest of the shard is lost
+            if modulus == 1 or remainder == 0:
+                url = next((a for a in exn.args if isinstance(a, str) and ".tar" in a), "?")
+                self._skip(skipped, f"<shard {url}>", "shard_error", repr(exn)[:300])
+            return True
+
+        samples: Iterator[dict[str, Any]] = wds.tarfile_samples(shards, handler=on_error)
+        if modulus > 1:
+            samples = (s for j, s in enumerate(samples) if j % modulus == remainder)
+        if p.train and p.shuffle_buffer > 1:
+            samples = _shuffle(samples, p.shuffle_buffer, rng)
+        batch: list[dict[str, Any]] = []
+        for sample in samples:
+            key = str(sample.get("__key__", "?"))
+            try:
+                batch.append(self.make_clip(sample, nrng))
+            except CorruptSample as exn:
+                self._skip(skipped, key, exn.reason, exn.detail)
+                continue
+            if len(batch) == p.batch_size:
+                out = _collate(batch)
+                out["skipped"], skipped = skipped, []
+                batch = []
+                yield out
+        if batch and p.partial:
+            out = _collate(batch)
+            out["skipped"], skipped = skipped, []
+            yield out
+        if skipped:
+            yield {"skipped": skipped}
+
+    @staticmethod
+    def _skip(records: list, key: str, reason: str, detail: str) -> None:
+        log.warning("skipping sample %s: %s %s", key, reason, detail[:200])
+        records.append((key, reason, detail[:300]))
+
+    # ------------------------------------------------------------------ one sample
+    def make_clip(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Decode one raw sample into ``{"video", "label", "key", "meta"}`` or raise
+        :class:`CorruptSample`."""
+        p = self.p
+        key = str(sample["__key__"])
+        label = self._label(sample)
+        meta: dict[str, Any] = {}
+        if "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+            except Exception as exn:
+                raise CorruptSample("bad_json", repr(exn)) from exn
+            if not isinstance(meta, dict):
+                raise CorruptSample("bad_json", f"expected an object, got {type(meta).__name__}")
+
+        def choose(n: int) -> np.ndarray:
+            if p.train:
+                return train_indices(n, p.num_frames, rng)[None]
+            return eval_indices(n, p.num_frames, p.num_clips)
+
+        video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
+        draft = None
+        if p.jpeg_draft and p.crop_size:
+            draft = max(p.resize_size or 0, p.crop_size, p.eval_crop_size or 0)
+        if "frames.npy" in sample or "npy" in sample:
+            arr = decode_npy_frames(sample.get("frames.npy", sample.get("npy")))
+            idx = choose(len(arr))
+            uniq, inv = np.unique(idx, return_inverse=True)
+            frames = arr[uniq]
+            if frames.ndim == 3:
+                frames = frames[..., None]
+        elif video_ext is not None:
+            holder: dict[str, np.ndarray] = {}
+
+            def pick(n: int) -> np.ndarray:
+                holder["idx"] = choose(n)
+                holder["uniq"], holder["inv"] = np.unique(holder["idx"], return_inverse=True)
+                return holder["uniq"]
+
+            decoded, _, _ = decode_video(sample[video_ext], pick)
+            idx, uniq, inv = holder["idx"], holder["uniq"], holder["inv"]
+            frames = _stack(decoded)
+        else:
+            names = frame_members(sample)
+            if not names:
+                found = sorted(k for k in sample if not k.startswith("_"))
+                raise CorruptSample("no_frames", f"members {found}")
+            idx = choose(len(names))
+            uniq, inv = np.unique(idx, return_inverse=True)
+            frames = _stack([decode_jpeg(sample[names[i]], draft=draft) for i in uniq])
+        if p.channels is not None and frames.shape[-1] != p.channels:
+            raise CorruptSample("bad_frames", f"expected {p.channels} channels, got "
+                                f"{frames.shape[-1]}")
+        stored_h, stored_w = frames.shape[1:3]
+        clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [K,C,H,W]
+        views, scale = self._views(clip, rng)
+        if views and (scale[0], scale[1]) != (stored_h, stored_w):
+            # Fold the short-side resize into the crop: one resize per view, not two.
+            views = [_unscale_view(v, scale[1] / stored_w, scale[0] / stored_h, stored_w,
+                                   stored_h) for v in views]
+        inv = inv.reshape(idx.shape)  # [clips, T] -> positions in the decoded frames
+        out_views = []
+        for c in range(idx.shape[0]):
+            sub = clip[torch.from_numpy(inv[c])]
+            if views:
+                out_views += [apply_view(sub, v) for v in views]
+            else:
+                out_views.append(sub.contiguous())
+        video = out_views[0] if len(out_views) == 1 else torch.stack(out_views)
+        flipped = bool(views and views[0].flip)
+        if flipped and label in p.flip_pairs:
+            label = p.flip_pairs[label]
+        meta["frame_indices"] = idx[0].tolist()
+        if idx.shape[0] > 1:
+            meta["clip_frame_indices"] = idx.tolist()
+        meta["num_views"] = len(out_views)
+        if views:
+            v0 = views[0]
+            size = meta.get("frame_size")  # boxes are in pixels of the stored frames
+            ow, oh = (size if isinstance(size, list) and len(size) == 2
+                      else (stored_w, stored_h))
+            sx, sy = stored_w / float(ow), stored_h / float(oh)
+            if isinstance(meta.get("boxes"), list):
+                meta["boxes"] = transform_boxes(meta["boxes"], (sx, sy), v0)
+            meta["frame_size"] = [v0.out_w, v0.out_h]
+            meta["flipped"] = flipped
+        else:
+            meta.setdefault("frame_size", [int(stored_w), int(stored_h)])
+        return {"video": video, "label": label, "key": key, "meta": meta}
+
+    def _label(self, sample: dict[str, Any]) -> int:
+        p = self.p
+        raw = sample.get("cls")
+        if raw is None:
+            if p.test:
+                return -1
+            raise CorruptSample("missing_cls", "no .cls member")
+        try:
+            label = int(raw.decode().strip() if isinstance(raw, bytes | bytearray) else raw)
+        except (ValueError, UnicodeDecodeError) as exn:
+            raise CorruptSample("bad_label", repr(raw[:40])) from exn
+        if label < 0 or (p.num_classes is not None and label >= p.num_classes):
+            raise CorruptSample("label_not_in_class_map",
+                                f"label {label} not in [0, {p.num_classes})")
+        return label
+
+    def _views(self, clip: torch.Tensor, rng: np.random.Generator
+               ) -> tuple[list[View], tuple[int, int, int | None]]:
+        """Spatial views and ``(resized H, resized W, short side or None)``."""
+        p = self.p
+        h, w = clip.shape[-2:]
+        if p.crop_size is None:
+            return [], (h, w, None)
+        if p.train:
+            short = p.resize_size
+            rh, rw = _resized(h, w, short)
+            flip = p.flip and bool(rng.random() < 0.5)
+            return [multiscale_crop_view(rh, rw, p.crop_size, rng, p.scales, flip=flip)], \
+                (rh, rw, short)
+        crop = p.eval_crop_size or p.crop_size
+        if p.num_crops == 1:
+            short = p.resize_size or round(crop * 256 / 224)
+            rh, rw = _resized(h, w, short)
+            return [center_crop_view(rh, rw, crop)], (rh, rw, short)
+        rh, rw = _resized(h, w, crop)
+        return three_crop_views(rh, rw, crop), (rh, rw, crop)
+
+
+def _unscale_view(v: View, sx: float, sy: float, w: int, h: int) -> View:
+    """``v`` (in a frame resized by ``sx, sy``) expressed in the pixels of the ``w x h``
+    frame."""
+    x0 = min(max(0, round(v.x0 / sx)), w - 1)
+    y0 = min(max(0, round(v.y0 / sy)), h - 1)
+    cw = min(max(1, round(v.w / sx)), w - x0)
+    ch = min(max(1, round(v.h / sy)), h - y0)
+    return View(x0, y0, cw, ch, v.out_w, v.out_h, v.flip)
+
+
+def _resized(h: int, w: int, short: int | None) -> tuple[int, int]:
+    if short is None or min(h, w) == short:
+        return h, w
+    if h <= w:
+        return short, max(1, round(w * short / h))
+    return max(1, round(h * short / w)), short
+
+
+def _stack(frames: list[np.ndarray]) -> np.ndarray:
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise CorruptSample("bad_frames", f"frames of different shapes {sorted(shapes)}")
+    arr = np.stack(frames)
+    return arr[..., None] if arr.ndim == 3 else arr
+
+
+def _shuffle(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    """Shuffle buffer: fill to ``bufsize``, then emit a random element for each new one."""
+    buf: list[dict] = []
+    for s in samples:
+        if len(buf) < bufsize:
+            buf.append(s)
+            continue
+        i = rng.randrange(bufsize)
+        yield buf[i]
+        buf[i] = s
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    shapes = {tuple(it["video"].shape) for it in items}
+    if len(shapes) != 1:
+        # Variable frame sizes without a crop: the caller must set crop_size.
+        raise ValueError(f"crop_size: clips of a batch differ in shape {sorted(shapes)}; "
+                         "set crop_size so that every clip has the same size")
+    return {
+        "video": torch.stack([it["video"] for it in items]),
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.int64),
+        "key": [it["key"] for it in items],
+        "meta": [it["meta"] for it in items],
+    }
+
+
+class ClipLoader:
+    """Iterable over batches; wraps a :class:`torch.utils.data.DataLoader` over a
+    :class:`ClipDataset`.
+
+    Attributes:
+        skips: :class:`SkipCounter` of all epochs so far.
+        epoch_skips: :class:`SkipCounter` of the current (or last) epoch.
+        num_batches: Batches per epoch on this rank, ``None`` when the stream decides
+            (evaluation: one pass; training without ``epoch_size``: endless).
+        epoch: Number of epochs started (each ``iter()`` starts one and reseeds the workers).
+    """
+
+    def __init__(self, dataset: ClipDataset, num_workers: int, num_batches: int | None,
+                 pin_memory: bool = False, prefetch_factor: int | None = None) -> None:
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.num_batches = num_batches
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.skips = SkipCounter()
+        self.epoch_skips = SkipCounter()
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("ClipLoader: the number of batches is known only with epoch_size")
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.dataset.epoch = self.epoch
+        self.epoch += 1
+        kw: dict[str, Any] = {}
+        if self.num_workers > 0 and self.prefetch_factor is not None:
+            kw["prefetch_factor"] = self.prefetch_factor
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, **kw)
+        self.epoch_skips = SkipCounter()
+        return self._run(loader)
+
+    def _run(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
+        n = 0
+        try:
+            if self.num_batches == 0:
+                return
+            for batch in loader:
+                records = batch.pop("skipped", [])
+                if records:
+                    self.skips.merge(records)
+                    self.epoch_skips.merge(records)
+                if "video" not in batch:
+                    continue
+                yield batch
+                n += 1
+                if self.num_batches is not None and n >= self.num_batches:
+                    break
+        finally:
+            level = logging.WARNING if self.epoch_skips.count else logging.INFO
+            log.log(level, "epoch %d: %d batches, %s", self.epoch - 1, n,
+                    self.epoch_skips.summary())
+
+
+def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None and world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+    rank = 0 if rank is None else rank
+    world_size = 1 if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, got {rank}/"
+                         f"{world_size}")
+    return rank, world_size
+
+
+def _manifest_for(urls: list[str]) -> dict[str, Any] | None:
+    first = urls[0]
+    if first.startswith("pipe:") or "://" in first:
+        return None
+    path = Path(first)
+    for cand in (path.parent / f"{path.name.split('-')[0]}-manifest.json",
+                 path.parent / "manifest.json"):
+        if cand.exists():
+            try:
+                return json.loads(cand.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], split: str,
+                     num_frames: int, batch_size: int, num_workers: int = 0,
+                     crop_size: int | None = None, *, dataset: str = "syncmnist",
+                     epoch_size: int | None = None, shuffle_buffer: int = 1000,
+                     num_clips: int = 1, num_crops: int = 1, eval_crop_size: int | None = None,
+                     resize_size: int | None = None, flip: bool | None = None,
+                     flip_pairs: dict[int, int] | None = None,
+                     scales: Sequence[float] = TSM_SCALES, num_classes: int | None = None,
+                     seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                     pin_memory: bool = False, prefetch_factor: int | None = None,
+                     partial: bool | None = None, jpeg_draft: bool = True) -> ClipLoader:
+    """Streaming clip loader over WebDataset shards (TSN/TSM sampling and augmentation).
+
+    Shards: a brace pattern (``data/train-{000000..000099}.tar``), several joined by ``::``,
+    a list, a local folder (all ``*.tar``), or ``pipe:`` commands / URLs for object stores. An
+    empty list, a pattern that matches nothing or a missing local shard raises ``ValueError``.
+
+    * ``split="train"``: shards are resampled with replacement (each rank and worker has its
+      own seeded sequence), samples go through a shuffle buffer, one random frame is taken in
+      each of ``num_frames`` equal segments, then (if ``crop_size``) short side resize to
+      ``resize_size``, TSM multi-scale crop to ``crop_size`` and a random horizontal flip
+      (default on for ``"something"``, where the labels of left/right class pairs
+      ``flip_pairs`` are swapped; off for ``"syncmnist"``). The stream is endless;
+      ``epoch_size`` (samples over all ranks) makes each ``iter()`` yield
+      ``epoch_size // (batch_size * world_size)`` batches per rank. Partial batches are dropped.
+    * ``split`` in ``val/validation/test/eval``: one pass; shards are split by node and by
+      worker (or, when there are fewer shards than ``world_size * num_workers`` readers, every
+      reader keeps every G-th sample), so every sample is seen exactly once over all ranks;
+      the last batch of each worker may be partial. Frames: segment centres, ``num_clips``
+      temporal clips; with ``crop_size``, ``num_crops=1`` resizes the short side to
+      ``resize_size`` (default ``crop * 256 / 224``) and centre-crops ``eval_crop_size``
+      (default ``crop_size``); ``num_crops=3`` resizes the short side to the crop size and
+      takes centre, left and right (or top and bottom) crops. ``"test"`` accepts samples with
+      no ``.cls`` (label -1).
+
+    Batches are dicts:
+
+    * ``"video"``: uint8 ``[B, T, C, H, W]`` (C = 1 for SyncMNIST, 3 for RGB); with
+      ``num_clips * num_crops = V > 1`` views, ``[B, V, T, C, H, W]``, view ``v = clip *
+      num_crops + crop`` (crop 0 is the centre one). Normalise on the device with
+      :func:`normalize_clip`.
+    * ``"label"``: int64 ``[B]`` (flipped-pair swapped where a flip happened).
+    * ``"key"``: ``list[str]`` sample keys; ``"meta"``: ``list[dict]`` the sample's JSON plus
+      ``frame_indices`` (the frames of clip 0), ``frame_size`` (``[W, H]`` of the output) and,
+      when boxes are stored, ``boxes`` mapped into the pixels of view 0.
+
+    Skipped samples (corrupt data, missing ``.cls``, label outside ``[0, num_classes)``, bad
+    JSON, unreadable shard) are logged with their key and counted in ``loader.skips`` /
+    ``loader.epoch_skips`` (:class:`SkipCounter`); a summary is logged at the end of each epoch.
+
+    Args:
+        urls: Shards (see above).
+        split: ``"train"`` or an evaluation split name.
+        num_frames: Frames per clip (T).
+        batch_size: Clips per batch (per rank).
+        num_workers: DataLoader worker processes.
+        crop_size: Output side; ``None`` keeps the stored frames (SyncMNIST).
+        dataset: ``"syncmnist"``, ``"something"`` or ``"generic"`` (defaults for ``flip`` and
+            ``resize_size``).
+        epoch_size: Training samples per epoch over all ranks (``None``: endless stream).
+        shuffle_buffer: Training shuffle buffer size (samples).
+        num_clips, num_crops: Evaluation views (``num_crops`` 1 or 3).
+        eval_crop_size: Evaluation crop side (default ``crop_size``; the paper uses 256).
+        resize_size: Short side before cropping (default 256 for ``"something"``).
+        flip: Random horizontal flip in training (default per ``dataset``).
+        flip_pairs: Class index -> class index swapped on flip; default: the manifest's
+            ``flip_pairs`` next to the shards (Something-Something), else none.
+        scales: Multi-scale crop scales (TSM).
+        num_classes: Labels outside ``[0, num_classes)`` are skipped; default: the manifest's.
+        seed: Seed of every random choice (shards, shuffle, frames, crops, flips); the loader
+            additionally mixes in its epoch counter, the rank and the worker id.
+        rank, world_size: Default: ``torch.distributed`` if initialised, else 0 and 1.
+        pin_memory, prefetch_factor: Passed to the DataLoader.
+        partial: Keep the last partial batch (default: only for evaluation).
+        jpeg_draft: Let libjpeg decode large JPEGs at reduced size when that still covers
+            the crop (faster; the result is resized anyway).
+
+    Returns:
+        A :class:`ClipLoader` (iterable; ``len()`` when ``epoch_size`` is set).
+    """
+    if split in _TRAIN_SPLITS:
+        train = True
+    elif split in _EVAL_SPLITS:
+        train = False
+    else:
+        raise ValueError(f"split: expected one of {_TRAIN_SPLITS + _EVAL_SPLITS}, got {split!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {dataset!r}")
+    for name, value, low in (("num_frames", num_frames, 1), ("batch_size", batch_size, 1),
+                             ("num_workers", num_workers, 0), ("num_clips", num_clips, 1),
+                             ("shuffle_buffer", shuffle_buffer, 0)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    if num_crops not in (1, 3):
+        raise ValueError(f"num_crops: expected 1 or 3, got {num_crops!r}")
+    for name, value in (("crop_size", crop_size), ("eval_crop_size", eval_crop_size),
+                        ("resize_size", resize_size), ("epoch_size", epoch_size),
+                        ("num_classes", num_classes)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: expected None or an integer >= 1, got {value!r}")
+    if num_crops == 3 and crop_size is None and not train:
+        raise ValueError("num_crops: 3 crops need crop_size, got crop_size=None")
+    if not scales or any(not 0 < s <= 1 for s in scales):
+        raise ValueError(f"scales: expected values in (0, 1], got {tuple(scales)}")
+    shard_urls = expand_shard_urls(urls)
+    rank, world_size = _dist_info(rank, world_size)
+    defaults = DATASETS[dataset]
+    manifest = _manifest_for(shard_urls)
+    if num_classes is None and manifest and "num_classes" in manifest:
+        num_classes = int(manifest["num_classes"])
+    if flip_pairs is None:
+        raw = (manifest or {}).get("flip_pairs") or {}
+        flip_pairs = {int(k): int(v) for k, v in dict(raw).items()}
+    do_flip = defaults["flip"] if flip is None else bool(flip)
+    if train and do_flip and dataset == "something" and not flip_pairs:
+        log.warning("flip: no left/right flip_pairs known for these Something-Something shards "
+                    "(no manifest); horizontal flip is disabled")
+        do_flip = False
+    params = _Params(
+        urls=shard_urls, train=train, test=split == "test", num_frames=num_frames,
+        batch_size=batch_size, crop_size=crop_size, eval_crop_size=eval_crop_size,
+        resize_size=resize_size if resize_size is not None else defaults["resize_size"],
+        num_clips=1 if train else num_clips, num_crops=1 if train else num_crops,
+        flip=do_flip and train, flip_pairs=dict(flip_pairs), scales=tuple(scales),
+        num_classes=num_classes, shuffle_buffer=shuffle_buffer, seed=int(seed), rank=rank,
+        world_size=world_size, partial=(not train) if partial is None else bool(partial),
+        channels=None, jpeg_draft=jpeg_draft,
+    )
+    num_batches = None
+    if train and epoch_size is not None:
+        num_batches = max(1, epoch_size // (batch_size * world_size))
+    if not train and len(shard_urls) < world_size * max(1, num_workers):
+        log.info("%d shards < %d readers: splitting %s by sample (every reader reads every "
+                 "shard)", len(shard_urls), world_size * max(1, num_workers), split)
+    return ClipLoader(ClipDataset(params), num_workers, num_batches, pin_memory=pin_memory,
+                      prefetch_factor=prefetch_factor)
