@@ -20,22 +20,28 @@ log = logging.getLogger(__name__)
 
 
 class _DyRegAfter(nn.Module):
-    """Runs the original block, then a :class:`DyRegBlock` on its ``[B*T, C, H, W]`` output
-    unfolded to ``[B, T, C, H, W]``."""
+    """A :class:`DyRegBlock` applied to the ``[B*T, C, H, W]`` output of the backbone block it
+    is attached to, unfolded to ``[B, T, C, H, W]``. It is registered as the child ``dyreg``
+    of that block and run by a forward hook, so the backbone's own parameter names (and
+    pretrained state dicts) are unchanged."""
 
-    def __init__(self, block: nn.Module, dyreg: DyRegBlock, num_frames: int) -> None:
+    def __init__(self, dyreg: DyRegBlock, num_frames: int) -> None:
         super().__init__()
-        self.block, self.dyreg, self.num_frames = block, dyreg, num_frames
+        self.dyreg, self.num_frames = dyreg, num_frames
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.block(x)
+    def forward(self, y: Tensor) -> Tensor:
         bt, c, h, w = y.shape
         t = self.num_frames
         return self.dyreg(y.view(bt // t, t, c, h, w)).view(bt, c, h, w)
 
 
-def _get(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
+def _run_dyreg_hook(module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+    return module.dyreg_after(output)
+
+
+def _attach(block: nn.Module, dyreg: DyRegBlock, num_frames: int) -> None:
+    block.add_module("dyreg_after", _DyRegAfter(dyreg, num_frames))
+    block.register_forward_hook(_run_dyreg_hook)
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -89,8 +95,8 @@ class VideoModel(nn.Module):
 
     def dyreg_blocks(self) -> dict[str, DyRegBlock]:
         """DyReg blocks by the dotted name of the backbone block they follow."""
-        return {name.removeprefix("backbone."): m.dyreg for name, m in self.named_modules()
-                if isinstance(m, _DyRegAfter)}
+        return {name.removeprefix("backbone.").removesuffix(".dyreg_after"): m.dyreg
+                for name, m in self.named_modules() if isinstance(m, _DyRegAfter)}
 
     def forward(self, clip: Tensor) -> Tensor:
         if clip.dim() != 5:
@@ -170,7 +176,7 @@ def build_video_model(
         c, h, w = shapes[name]
         block_cfg = DyRegConfig.from_dict({**cfg.to_dict(), "gnn": cfg.gnn,
                                            "spatial_size": cfg.spatial_size or (h, w)})
-        _set(net, name, _DyRegAfter(_get(net, name), DyRegBlock(c, block_cfg), num_frames))
+        _attach(net.get_submodule(name), DyRegBlock(c, block_cfg), num_frames)
     return VideoModel(net, num_classes, num_frames, feature_channels, drop_rate)
 
 
