@@ -136,7 +136,14 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+    """YAML scalar, plus numbers YAML 1.1 leaves as strings (``1e-3``)."""
+    value = yaml.safe_load(text) if text != "" else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -463,6 +463,11 @@ def fit(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             barrier()
     finally:
         logger.close()
+    if env.distributed:  # DDP must keep the replicas identical; record the evidence
+        flat = torch.cat([p.detach().float().flatten().cpu() for p in model.parameters()])
+        sums = gather_objects([float(flat.sum()), float(flat.abs().sum())])
+        if env.is_main:
+            (out / "replicas.json").write_text(json.dumps({"checksums": sums}))
     if env.is_main and metrics:
         (out / "val_metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -511,10 +516,10 @@ def _train_step(model, micro, cfg: TrainConfig, env: DistEnv, optimizer, scaler,
             if distill and teachers:
                 loss = loss + cfg.distill.weight * _distill_loss(blocks, teachers, video)
             if not torch.isfinite(loss):
-                return float(loss), 0, label.shape[0]
+                return float(loss.detach()), 0, label.shape[0]
             (loss / len(micro)).backward() if scaler is None else \
                 scaler.scale(loss / len(micro)).backward()
-        total_loss += float(loss) * label.shape[0]
+        total_loss += float(loss.detach()) * label.shape[0]
         hits += int((logits.argmax(-1) == label).sum())
         count += label.shape[0]
     if scaler is not None:
