@@ -135,7 +135,8 @@ class RegionGenerator(nn.Module):
 class _RegionFeatures(nn.Module):
     """``f`` (Eq. 1) and the per-node ``g_i`` (Eq. 2).
 
-    ``f``: two 3x3 convolutions with BatchNorm and ReLU (position-preserving), then an
+    ``f``: a 1x1 then a 3x3 convolution, each with BatchNorm and ReLU (position-preserving,
+    the 1x1 first keeps it cheap on wide maps, as in the authors' code), then an
     adaptive average pool to a fixed ``pool x pool`` grid so ``g`` works at any ``H x W``.
     ``g_i`` (``"fc"``): a fully connected layer per node on the flattened ``M_t``.
     ``g_i`` (``"lite"``): global average pooling enriched with position: node ``i`` pools
@@ -151,7 +152,7 @@ class _RegionFeatures(nn.Module):
             raise ValueError(f"g: expected 'fc' or 'lite', got {g!r}")
         self.g_kind, self.pool = g, pool
         self.f = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, channels, 1, bias=False),
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),

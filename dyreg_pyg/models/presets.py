@@ -10,7 +10,8 @@ from .factory import VideoModel, build_video_model
 __all__ = ["PRESETS", "list_presets", "build_preset", "SYNCMNIST_PAPER_PARAMS_M"]
 
 _SSV = dict(num_classes=174, num_frames=16, shift=True, in_chans=3, input_size=224,
-            dyreg=dict(num_nodes=9, init="center", node_channels=256, iterations=3))
+            dyreg=dict(num_nodes=9, init="center", node_channels=256, iterations=3,
+                       share_weights=True))
 _SYNC = dict(backbone="resnet18", num_classes=56, num_frames=10, in_chans=1, input_size=64,
              remove_stages=["layer4"], dyreg_at=["layer2"],
              dyreg=dict(num_nodes=9, node_channels=64, share_weights=True, region_channels=32,
