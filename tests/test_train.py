@@ -84,6 +84,21 @@ def test_nan_loss_stops_and_keeps_checkpoint(shards, tmp_path, monkeypatch):
     assert (out / "last.pt").read_bytes() == before
 
 
+def test_accumulation_and_offset_distillation(shards, tmp_path):
+    teacher = tmp_path / "teacher"
+    fit(load_config("syncmnist_demo", _overrides(shards, teacher, steps=2)))
+    cfg = load_config("syncmnist_demo", _overrides(shards, tmp_path / "student", steps=2) + [
+        "optim.accumulate=2", f"distill.teachers.layer2={teacher / 'last.pt'}",
+        "distill.fraction=1.0", "data.val="])
+    fit(cfg)
+    state = load_checkpoint(tmp_path / "student" / "last.pt")["state"]
+    assert state["step"] == 2
+    with pytest.raises(ValueError, match="no DyReg block 'layer3'"):
+        bad = load_config("syncmnist_demo", _overrides(shards, tmp_path / "s2", steps=1) + [
+            f"distill.teachers.layer3={teacher / 'last.pt'}"])
+        fit(bad)
+
+
 def test_resume_auto_with_nothing_starts_fresh(shards, tmp_path, caplog):
     cfg = load_config("syncmnist_demo", _overrides(shards, tmp_path / "r", steps=1))
     with caplog.at_level("INFO"):

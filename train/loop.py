@@ -367,8 +367,10 @@ def fit(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
 
     world_batch = cfg.data.batch_size * env.world_size
     train_count = cfg.data.epoch_size or _split_size(cfg.data.train)
-    steps_per_epoch = max(1, train_count // world_batch)
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs // cfg.optim.accumulate
+    # the loader yields train_count // world_batch batches per rank and epoch; an optimiser
+    # step consumes `accumulate` of them
+    steps_per_epoch = max(1, train_count // world_batch // cfg.optim.accumulate)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     distill_steps = int(cfg.distill.fraction * total_steps) if teachers else 0
     logger = _Logger(out, env.is_main)
     val_loader = make_loader(cfg, "val", epoch=0) if cfg.data.val else None
