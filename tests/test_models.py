@@ -96,3 +96,17 @@ def test_temporal_shift_semantics():
     assert out[0, :, 4:].tolist() == [[1] * 12, [2] * 12, [3] * 12]
     with pytest.raises(ValueError, match="num_frames"):
         temporal_shift(torch.zeros(4, 8, 1, 1), 3)
+
+
+@pytest.mark.parametrize("backbone", ["r3d_18", "mc3_18"])
+def test_torchvision_video_resnet_with_dyreg(backbone):
+    torch.manual_seed(0)
+    m = build_video_model(backbone, 4, 4, dyreg_at=["layer2"], input_size=32,
+                          dyreg={"node_channels": 16, "init": "grid"})
+    assert list(m.dyreg_blocks()) == ["layer2"]
+    out = m(torch.randn(2, 4, 3, 32, 32))
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert m.dyreg_blocks()["layer2"].gamma.grad is not None
+    with pytest.raises(ValueError, match="valid names"):
+        build_video_model(backbone, 4, 4, dyreg_at=["layer7"], input_size=32)

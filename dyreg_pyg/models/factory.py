@@ -125,8 +125,8 @@ def build_video_model(
     input_size: int = 224,
     remove_stages: Sequence[str] = (),
     **timm_kwargs: Any,
-) -> VideoModel:
-    """Build a video model from a timm backbone name.
+) -> nn.Module:
+    """Build a video model from a timm backbone name (or a torchvision video ResNet).
 
     Args:
         backbone: any ``timm`` model name producing 4-D feature maps (resnet50, regnety_002,
@@ -135,6 +135,8 @@ def build_video_model(
         num_frames: ``T`` of the clips (needed by DyReg and TSM).
         dyreg_at: dotted names of backbone blocks after which a :class:`DyRegBlock` goes
             (e.g. ``["layer2.2", "layer3.4", "layer4.1"]``); channels and map sizes are inferred.
+            ``r3d_18``, ``r2plus1d_18`` and ``mc3_18`` (torchvision) give a 3-D model whose
+            DyReg blocks act on ``[B, C, T, H, W]`` maps.
         dyreg: :class:`DyRegConfig` fields for every inserted block.
         shift: add the temporal shift (TSM, 1/8 forward + 1/8 backward) to every residual block.
         in_chans: input channels (1 for MultiSyncMNIST).
@@ -148,6 +150,13 @@ def build_video_model(
         raise ValueError(
             "pretrained: hub weights are not downloaded; pass pretrained_file=<local file>"
         )
+    from .video3d import VIDEO_RESNETS, build_video3d_model
+
+    if backbone in VIDEO_RESNETS:
+        if shift or pretrained_file or remove_stages:
+            raise ValueError("backbone: shift/pretrained_file/remove_stages are for 2-D backbones")
+        return build_video3d_model(backbone, num_classes, num_frames, dyreg_at, dyreg,
+                                   drop_rate, input_size, in_chans)
     if backbone not in timm.list_models():
         close = difflib.get_close_matches(backbone, timm.list_models(), n=5)
         raise ValueError(f"backbone: unknown timm model {backbone!r}; close names: {close}")
