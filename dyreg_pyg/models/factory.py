@@ -50,9 +50,10 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def feature_map_blocks(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple]:
-    """Dotted names of the modules whose output is a 4-D map, with ``(C, H, W)`` of that map,
-    from one dummy forward at ``input_shape`` (``[N, C, H, W]``)."""
+def feature_map_blocks(model: nn.Module, input_shape: Sequence[int],
+                       dims: int = 4) -> dict[str, tuple]:
+    """Dotted names of the modules whose output is a ``dims``-D map, with the map's shape
+    without the batch dimension, from one dummy forward at ``input_shape``."""
     shapes: dict[str, tuple] = {}
     hooks = []
     for name, mod in model.named_modules():
@@ -60,7 +61,7 @@ def feature_map_blocks(model: nn.Module, input_shape: Sequence[int]) -> dict[str
             continue
 
         def hook(_m, _i, out, name=name):
-            if isinstance(out, Tensor) and out.dim() == 4:
+            if isinstance(out, Tensor) and out.dim() == dims:
                 shapes[name] = tuple(out.shape[1:])
 
         hooks.append(mod.register_forward_hook(hook))
@@ -83,13 +84,11 @@ class VideoModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, num_frames: int,
-                 feature_channels: int, drop_rate: float = 0.5,
-                 strict_frames: bool = True) -> None:
+                 feature_channels: int, drop_rate: float = 0.5) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
         self.num_frames = num_frames
-        self.strict_frames = strict_frames
         self.dropout = nn.Dropout(drop_rate)
         self.fc = nn.Linear(feature_channels, num_classes)
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..module import DyRegBlock, DyRegConfig
+from .factory import feature_map_blocks
 
 __all__ = ["VIDEO_RESNETS", "Video3DModel", "build_video3d_model"]
 
@@ -65,19 +66,11 @@ def build_video3d_model(backbone: str, num_classes: int, num_frames: int,
     net.fc = nn.Identity()
     net.avgpool = nn.Identity()
     net.forward = _features_forward.__get__(net)
-    shapes: dict[str, tuple] = {}
-    hooks = []
-    for name, mod in net.named_modules():
-        if name:
-            hooks.append(mod.register_forward_hook(
-                lambda _m, _i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:]))
-                if isinstance(o, Tensor) and o.dim() == 5 else None))
-    net.eval()
+    shapes = feature_map_blocks(net, (1, in_chans, num_frames, input_size, input_size), dims=5)
     with torch.no_grad():
+        net.eval()
         out = net(torch.zeros(1, in_chans, num_frames, input_size, input_size))
-    for h in hooks:
-        h.remove()
-    net.train()
+        net.train()
     cfg = dyreg if isinstance(dyreg, DyRegConfig) else DyRegConfig.from_dict(dyreg or {})
     for name in dyreg_at:
         if name not in shapes:
