@@ -8,6 +8,18 @@ from .regions import REGION_MODES, make_region_generator
 
 __version__ = "0.1.0"
 
+# Video models import timm; they load on first access (``dyreg_pyg.build_preset``).
+_MODEL_EXPORTS = ("VideoModel", "build_video_model", "build_preset", "list_presets", "PRESETS")
+
+
+def __getattr__(name: str):
+    if name in _MODEL_EXPORTS:
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DyRegGNN",
     "DyRegBlock",
@@ -24,4 +36,9 @@ __all__ = [
     "regions_to_boxes",
     "make_region_generator",
     "REGION_MODES",
+    "VideoModel",
+    "build_video_model",
+    "build_preset",
+    "list_presets",
+    "PRESETS",
 ]

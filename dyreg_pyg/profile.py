@@ -1,86 +1,161 @@
-"""Parameters and FLOPs of a video model, split into backbone and DyReg modules.
+"""Parameters and FLOPs of a video model, split into backbone and DyReg modules (Table 1).
 
     python -m dyreg_pyg.profile --preset tsm_r50_dyreg --frames 16 --size 224
 
-FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (one multiply-add
-= 2 FLOPs); the paper's "FLOPS" column counts multiply-adds, so both are printed.
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which counts one
+multiply-add as 2 FLOPs and only matrix products and convolutions (no element-wise ops). The
+paper's "FLOPS" column follows TSM's convention of counting multiply-adds (TSM-R50 at
+16 x 224 x 224: 65.8 G), so both are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["ModelProfile", "profile_model", "main"]
+__all__ = ["ModelProfile", "profile_model", "format_profile", "PAPER_TABLE1_GMACS", "main"]
 
 log = logging.getLogger(__name__)
+
+PAPER_TABLE1_GMACS: dict[str, float] = {"backbone": 65.8, "dyreg": 1.6, "dyreg_regions": 0.2}
+"""Paper (Table 1 and Section 4.1), TSM-R50 with three DyReg modules at 16 x 224 x 224:
+backbone, the three modules, and the region prediction inside them, in G multiply-adds."""
+
+_ATTACHMENT_SUFFIX = ".dyreg_after"
 
 
 @dataclass
 class ModelProfile:
-    """Counts for one clip of ``frames x size x size``."""
+    """Counts for one clip ``[batch, frames, channels, size, size]`` (FLOPs: 2 per
+    multiply-add); the DyReg share is everything inside the model's DyReg blocks."""
 
+    frames: int
+    size: int
     params_total: int
     params_dyreg: int
     flops_total: int
     flops_dyreg: int
+    flops_regions: int
+    batch: int = 1
 
     @property
     def params_backbone(self) -> int:
+        """Parameters outside the DyReg blocks (backbone and classifier)."""
         return self.params_total - self.params_dyreg
 
     @property
     def flops_backbone(self) -> int:
+        """FLOPs outside the DyReg blocks (backbone and classifier)."""
         return self.flops_total - self.flops_dyreg
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "params_backbone": self.params_backbone,
+                "flops_backbone": self.flops_backbone}
 
 
 @torch.no_grad()
-def profile_model(model: torch.nn.Module, frames: int, size: int, channels: int = 3
-                  ) -> ModelProfile:
-    """Count parameters and FLOPs of ``model`` on one clip ``[1, frames, channels, size, size]``;
-    the DyReg share is everything inside the model's DyReg blocks."""
+def profile_model(model: nn.Module, frames: int | None = None, size: int | None = None,
+                  channels: int | None = None, batch: int = 1) -> ModelProfile:
+    """Count parameters and FLOPs of ``model`` on one zero clip (eval mode).
+
+    Args:
+        model: a :class:`~dyreg_pyg.models.VideoModel` (any module taking ``[B, T, C, H, W]``
+            works; without ``dyreg_blocks()`` everything counts as backbone).
+        frames, size, channels: clip shape; default the model's ``num_frames``,
+            ``input_size`` and ``in_chans``.
+        batch: clips in the batch.
+    """
+    frames = frames or getattr(model, "num_frames", None)
+    size = size or getattr(model, "input_size", (None,))[0]
+    channels = channels or getattr(model, "in_chans", 3)
+    if not frames or not size or frames < 1 or size < 1 or batch < 1:
+        raise ValueError(f"profile_model: frames, size and batch must be positive, got "
+                         f"frames={frames}, size={size}, batch={batch}")
     blocks = model.dyreg_blocks() if hasattr(model, "dyreg_blocks") else {}
     p_total = sum(p.numel() for p in model.parameters())
     p_dyreg = sum(p.numel() for b in blocks.values() for p in b.parameters())
+    was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False, depth=None)
-    with counter:
-        model(torch.zeros(1, frames, channels, size, size))
+    try:
+        with counter:
+            model(torch.zeros(batch, frames, channels, size, size))
+    finally:
+        model.train(was_training)
     per_module = counter.get_flop_counts()
-    total = sum(per_module.get("Global", {}).values())
-    dyreg = sum(sum(counts.values()) for key, counts in per_module.items()
-                if key.endswith(".dyreg_after"))
-    return ModelProfile(p_total, p_dyreg, int(total), int(dyreg))
+
+    def total(keys_end: str) -> int:
+        return int(sum(sum(counts.values()) for key, counts in per_module.items()
+                       if key.endswith(keys_end)))
+
+    return ModelProfile(
+        frames=frames, size=size, params_total=p_total, params_dyreg=p_dyreg,
+        flops_total=int(sum(per_module.get("Global", {}).values())),
+        flops_dyreg=total(_ATTACHMENT_SUFFIX),
+        flops_regions=total(_ATTACHMENT_SUFFIX + ".dyreg.gnn.region_generator"),
+        batch=batch,
+    )
+
+
+def format_profile(prof: ModelProfile, name: str = "model", paper: bool = False) -> str:
+    """A text table of ``prof``; with ``paper=True`` the paper's Table 1 figures beside it."""
+    g = 1e9
+    rows = [
+        ("parameters (M)", prof.params_backbone / 1e6, prof.params_dyreg / 1e6, None, None),
+        ("GMACs (paper 'FLOPS')", prof.flops_backbone / 2 / g, prof.flops_dyreg / 2 / g,
+         PAPER_TABLE1_GMACS["backbone"], PAPER_TABLE1_GMACS["dyreg"]),
+        ("  region prediction", None, prof.flops_regions / 2 / g,
+         None, PAPER_TABLE1_GMACS["dyreg_regions"]),
+        ("GFLOPs (2 per MAC)", prof.flops_backbone / g, prof.flops_dyreg / g, None, None),
+    ]
+
+    def cell(v: float | None, fmt: str = ">11.3f") -> str:
+        return f"{'':>11}" if v is None else f"{v:{fmt}}"
+
+    head = f"{'':<24}{'backbone':>11}{'DyReg':>11}{'DyReg/bb':>10}"
+    if paper:
+        head += f"{'paper bb':>11}{'paper DyReg':>12}{'paper %':>9}"
+    out = [f"{name}: {prof.batch} x {prof.frames} x {prof.size} x {prof.size}", head]
+    for label, a, b, pa, pb in rows:
+        line = f"{label:<24}{cell(a)}{cell(b)}"
+        line += f"{b / a:>10.2%}" if a and b is not None else f"{'':>10}"
+        if paper:
+            line += cell(pa) + (f"{pb:>12.3f}" if pb is not None else f"{'':>12}")
+            line += f"{pb / pa:>9.2%}" if pa and pb is not None else ""
+        out.append(line)
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .models import build_preset
+    """Command line: profile one preset and print the table (optionally write JSON)."""
+    from .models import build_preset, list_presets
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="tsm_r50_dyreg")
-    ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--preset", default="tsm_r50_dyreg", choices=list_presets())
+    ap.add_argument("--frames", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--size", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--json", default=None, help="also write the counts to this file")
     args = ap.parse_args(argv)
-    model = build_preset(args.preset, num_frames=args.frames, input_size=args.size)
-    chans = model.backbone.conv1.in_channels if hasattr(model.backbone, "conv1") else 3
-    prof = profile_model(model, args.frames, args.size, chans)
-    g = 1e9
-    rows = [
-        ("parameters (M)", prof.params_backbone / 1e6, prof.params_dyreg / 1e6),
-        ("GMACs (paper 'FLOPS')", prof.flops_backbone / 2 / g, prof.flops_dyreg / 2 / g),
-        ("GFLOPs (2 per MAC)", prof.flops_backbone / g, prof.flops_dyreg / g),
-    ]
-    out = [f"{args.preset} at {args.frames} x {args.size} x {args.size}",
-           f"{'':<24}{'backbone':>12}{'DyReg':>12}{'DyReg/backbone':>16}"]
-    for name, a, b in rows:
-        out.append(f"{name:<24}{a:>12.3f}{b:>12.3f}{b / max(a, 1e-12):>16.3%}")
-    if args.preset == "tsm_r50_dyreg" and args.frames == 16 and args.size == 224:
-        out.append("paper (Table 1): TSM-R50 65.8 G, + 1.6 G for three DyReg modules (+2.4 %)")
-    print("\n".join(out))  # noqa: T201 - command-line output
+    overrides = {}
+    if args.frames:
+        overrides["num_frames"] = args.frames
+    if args.size:
+        overrides["input_size"] = args.size
+    model = build_preset(args.preset, **overrides)
+    prof = profile_model(model)
+    paper = args.preset == "tsm_r50_dyreg" and (prof.frames, prof.size) == (16, 224)
+    print(format_profile(prof, args.preset, paper=paper))  # noqa: T201 - command-line output
+    if args.preset == "tsm_r50_dyreg" and not paper:
+        print("(the paper's figures are for 16 x 224 x 224)")  # noqa: T201
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"preset": args.preset, **prof.to_dict()}, fh, indent=2)
     return 0
 
 

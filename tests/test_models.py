@@ -1,58 +1,93 @@
 import pytest
+import timm
 import torch
 
 from dyreg_pyg.models import (
     PRESETS,
     SYNCMNIST_PAPER_PARAMS_M,
+    VideoModel,
+    add_temporal_shift,
     build_preset,
     build_video_model,
+    list_presets,
+    syncmnist_param_table,
     temporal_shift,
 )
+from dyreg_pyg.models.tsm import TemporalShift
+
+PAPER_PRESETS = [
+    "tsm_r50_dyreg", "tsm_r50_dyreg_r4", "tsm_r18_dyreg", "syncmnist_r18_nograph",
+    "syncmnist_r18_fixed", "syncmnist_r18_static", "syncmnist_r18_constant_time",
+    "syncmnist_r18_pos_only", "syncmnist_r18_dyreg", "syncmnist_r18_dyreg_lite",
+    "syncmnist_r18_semantic",
+]
 
 
-def _params_m(model):
-    return sum(p.numel() for p in model.parameters()) / 1e6
-
-
-def syncmnist_param_table() -> dict[str, tuple[float, float]]:
-    """(ours, paper) parameter counts in millions for the Table 6 models."""
-    return {k: (_params_m(build_preset(f"syncmnist_r18_{k}")), v)
-            for k, v in SYNCMNIST_PAPER_PARAMS_M.items()}
+def test_preset_names():
+    assert set(PAPER_PRESETS) <= set(list_presets()) == set(PRESETS)
 
 
 def test_syncmnist_parameter_counts_near_table6():
     table = syncmnist_param_table()
-    print(table)
+    print({k: f"ours {o:.3f} M, paper {p} M" for k, (o, p) in table.items()})
+    assert {k for k, (_, p) in table.items() if p is not None} == set(SYNCMNIST_PAPER_PARAMS_M)
     for name, (ours, paper) in table.items():
-        assert abs(ours - paper) / paper < 0.15, (name, ours, paper)
-    assert table["dyreg"][0] > table["fixed"][0] > table["nograph"][0]
+        if paper is not None:
+            assert abs(ours - paper) / paper < 0.15, (name, ours, paper)
+    assert table["dyreg"][0] > table["dyreg_lite"][0] > table["fixed"][0] > table["nograph"][0]
+
+
+def test_syncmnist_preset_structure():
+    m = build_preset("syncmnist_r18_dyreg")
+    assert m.in_chans == 1 and m.num_frames == 10 and m.num_classes == 56
+    assert isinstance(m.backbone.layer4, torch.nn.Identity) and m.fc.in_features == 256
+    (name, block), = m.dyreg_blocks().items()
+    assert name == "layer2" and block.gnn.in_channels == 128
+    assert block.gnn.config.spatial_size == (8, 8)  # inferred: 64 x 64 input, stride 8
+    assert block.gnn.config.regions == "dyreg" and block.gnn.config.init == "center"
+    fixed = build_preset("syncmnist_r18_fixed").dyreg_blocks()["layer2"].gnn.config
+    assert (fixed.regions, fixed.init) == ("fixed", "grid")
+    assert build_preset("syncmnist_r18_nograph").dyreg_blocks() == {}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_forward_backward(name):
     torch.manual_seed(0)
-    small = name.startswith("tsm")
-    kw = dict(num_frames=2, input_size=64) if small else {}
-    model = build_preset(name, **kw)
-    t, c, s = (2, 3, 64) if small else (10, 1, 64)
-    logits = model(torch.randn(1, t, c, s, s))
+    ssv = name.startswith("tsm")
+    model = build_preset(name, num_frames=2, input_size=64) if ssv else build_preset(name)
+    assert isinstance(model, VideoModel)
+    t, c = (2, 3) if ssv else (10, 1)
+    logits = model(torch.randn(1, t, c, 64, 64))
     assert logits.shape == (1, model.num_classes)
     logits.sum().backward()
-    grads = [p.grad.abs().sum() for p in model.parameters() if p.grad is not None]
-    assert len(grads) > 0 and sum(grads) > 0
+    assert model.fc.weight.grad.abs().sum() > 0
+    for block in model.dyreg_blocks().values():  # gamma = 0 still receives a gradient
+        assert block.gamma.grad is not None and block.gamma.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("backbone, at", [("resnet18", ["layer3.1"]),
+def test_record_regions_normalised():
+    torch.manual_seed(0)
+    m = build_preset("syncmnist_r18_dyreg", num_frames=3).eval()
+    block = m.dyreg_blocks()["layer2"]
+    block.record = True
+    m(torch.randn(2, 3, 1, 64, 64))
+    regions = block.last.regions
+    assert regions.shape == (2, 3, 9, 4)
+    assert torch.allclose(regions[..., :2], torch.full_like(regions[..., :2], 0.5))  # "center"
+    assert (regions >= 0).all() and (regions <= 1).all()
+
+
+@pytest.mark.parametrize("backbone, at", [("resnet18", ["layer2.1", "layer3.1"]),
                                           ("regnetx_002", ["s2"]),
                                           ("convnext_atto", ["stages.2"])])
 def test_dyreg_identity_at_step0_on_three_families(backbone, at):
     torch.manual_seed(0)
     bare = build_video_model(backbone, 5, 2, input_size=64)
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     with_dyreg = build_video_model(backbone, 5, 2, dyreg_at=at, input_size=64,
                                    dyreg={"node_channels": 16})
     missing = with_dyreg.load_state_dict(bare.state_dict(), strict=False).missing_keys
-    assert all("dyreg" in k for k in missing)
+    assert missing and all(".dyreg_after." in k for k in missing)
     bare.eval()
     with_dyreg.eval()
     x = torch.randn(2, 2, 3, 64, 64)
@@ -60,53 +95,120 @@ def test_dyreg_identity_at_step0_on_three_families(backbone, at):
     assert list(with_dyreg.dyreg_blocks()) == at
 
 
+def test_pretrained_file_identity_with_tsm(tmp_path):
+    torch.manual_seed(0)
+    src = timm.create_model("resnet18", num_classes=1000).eval()
+    path = tmp_path / "r18.pth"
+    torch.save(src.state_dict(), path)
+    kw = dict(pretrained_file=str(path), input_size=32, shift=True)
+    bare = build_video_model("resnet18", 4, 2, **kw).eval()
+    dy = build_video_model("resnet18", 4, 2, dyreg_at=["layer3.1"], **kw,
+                           dyreg={"node_channels": 16}).eval()
+    assert torch.equal(dy.backbone.layer1[0].conv1.layer.weight, src.layer1[0].conv1.weight)
+    x = torch.randn(1, 2, 3, 32, 32)
+    fb, fd = bare.forward_features(x), dy.forward_features(x)
+    assert torch.allclose(fb, fd, atol=1e-6)
+    # 1 input channel: timm adapts the pretrained stem (sums the RGB filters)
+    gray = build_video_model("resnet18", 4, 2, in_chans=1, pretrained_file=str(path),
+                             input_size=32)
+    assert torch.allclose(gray.backbone.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
+
+
 def test_bad_inputs_raise():
-    with pytest.raises(ValueError, match="close names.*resnet50"):
+    with pytest.raises(ValueError, match="close timm names.*resnet50"):
         build_video_model("resnet5O", 3, 2, input_size=32)
-    with pytest.raises(ValueError, match="valid names.*layer2"):
+    with pytest.raises(ValueError, match=r"'layer9' is not a module.*valid block names.*layer2"):
         build_video_model("resnet18", 3, 2, dyreg_at=["layer9"], input_size=32)
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="does not output a 4-D map"):
+        build_video_model("resnet18", 3, 2, dyreg_at=["global_pool"], input_size=32,
+                          global_pool="avg")
+    with pytest.raises(ValueError, match="list of block names"):
+        build_video_model("resnet18", 3, 2, dyreg_at="layer2", input_size=32)
+    with pytest.raises(ValueError, match="unknown name 'tsm_r51'"):
         build_preset("tsm_r51")
     with pytest.raises(ValueError, match="pretrained_file"):
         build_video_model("resnet18", 3, 2, pretrained=True)
+    with pytest.raises(ValueError, match="no such file"):
+        build_video_model("resnet18", 3, 2, pretrained_file="/nonexistent/r18.pth")
+    with pytest.raises(ValueError, match="num_frames"):
+        build_video_model("resnet18", 3, 0)
+    with pytest.raises(ValueError, match="dyreg config: unknown keys"):
+        build_video_model("resnet18", 3, 2, dyreg_at=["layer2"], dyreg={"nodes": 4},
+                          input_size=32)
+    with pytest.raises(ValueError, match="shift: temporal shift supports"):
+        build_video_model("convnext_atto", 3, 2, shift=True, input_size=32)
+    with pytest.raises(ValueError, match="4-D feature map"):
+        build_video_model("vit_tiny_patch16_224", 3, 2, img_size=32, input_size=32)
+    with pytest.raises(ValueError, match="input_size: the dummy forward"):
+        build_video_model("vit_tiny_patch16_224", 3, 2, img_size=32)
     m = build_video_model("resnet18", 3, 2, shift=True, input_size=32)
     with pytest.raises(ValueError, match=r"\[B, T, C, H, W\]"):
         m(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="num_frames=2"):
         m(torch.randn(1, 3, 3, 32, 32))
+    with pytest.raises(ValueError, match="C=3 channels"):
+        m(torch.randn(1, 2, 1, 32, 32))
 
 
-def test_pretrained_file_loads_local_weights(tmp_path):
-    import timm
-
-    src = timm.create_model("resnet18", num_classes=1000)
-    torch.save(src.state_dict(), tmp_path / "r18.pth")
-    m = build_video_model("resnet18", 4, 2, pretrained_file=str(tmp_path / "r18.pth"),
-                          input_size=32)
-    assert torch.equal(m.backbone.conv1.weight, src.conv1.weight)
+def test_plain_backbone_accepts_any_clip_length():
+    m = build_video_model("resnet18", 3, 4, input_size=32).eval()
+    assert m(torch.randn(1, 3, 3, 32, 32)).shape == (1, 3)
 
 
 def test_temporal_shift_semantics():
-    b, t, c = 1, 3, 16  # fold = 2 channels each way
-    x = torch.arange(t, dtype=torch.float32).add(1).view(1, t, 1, 1, 1).expand(b, t, c, 1, 1)
-    out = temporal_shift(x.reshape(b * t, c, 1, 1), t).view(b, t, c)
-    # channels 0-1 read the next frame (zero at the last), 2-3 the previous (zero at the first)
-    assert out[0, :, 0].tolist() == [2, 3, 0]
-    assert out[0, :, 2].tolist() == [0, 1, 2]
-    assert out[0, :, 4:].tolist() == [[1] * 12, [2] * 12, [3] * 12]
+    b, t, c = 2, 3, 16  # fold = 16 / 8 = 2 channels each way
+    x = torch.arange(b * t, dtype=torch.float32).add(1).view(b, t, 1, 1, 1)
+    x = x.expand(b, t, c, 1, 1).reshape(b * t, c, 1, 1)
+    out = temporal_shift(x, t).view(b, t, c)
+    for v, off in enumerate((0, 3)):  # clips do not leak into each other
+        first, second, third = 1 + off, 2 + off, 3 + off
+        # channels 0-1 read the next frame (zero at the clip's last frame)
+        assert out[v, :, 0:2].tolist() == [[second] * 2, [third] * 2, [0] * 2]
+        # channels 2-3 read the previous frame (zero at the clip's first frame)
+        assert out[v, :, 2:4].tolist() == [[0] * 2, [first] * 2, [second] * 2]
+        # the other 3/4 stay
+        assert out[v, :, 4:].tolist() == [[first] * 12, [second] * 12, [third] * 12]
     with pytest.raises(ValueError, match="num_frames"):
         temporal_shift(torch.zeros(4, 8, 1, 1), 3)
+
+
+def test_shift_sits_in_the_residual_branch_only():
+    net = timm.create_model("resnet18", num_classes=0)
+    assert add_temporal_shift(net, 2) == 8  # every BasicBlock
+    block = net.layer1[0].eval()
+    assert isinstance(block.conv1, TemporalShift)
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 4, 4)  # 2 clips x 2 frames
+    with torch.no_grad():
+        branch = block.bn2(block.conv2(block.act1(block.bn1(
+            block.conv1.layer(temporal_shift(x, 2))))))
+        expected = block.act2(branch + x)  # the shortcut carries the unshifted input
+        assert torch.allclose(block(x), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("backbone", ["r3d_18", "mc3_18"])
 def test_torchvision_video_resnet_with_dyreg(backbone):
     torch.manual_seed(0)
+    bare = build_video_model(backbone, 4, 4, input_size=32)
     m = build_video_model(backbone, 4, 4, dyreg_at=["layer2"], input_size=32,
                           dyreg={"node_channels": 16, "init": "grid"})
-    assert list(m.dyreg_blocks()) == ["layer2"]
-    out = m(torch.randn(2, 4, 3, 32, 32))
+    assert isinstance(m, VideoModel) and list(m.dyreg_blocks()) == ["layer2"]
+    m.load_state_dict(bare.state_dict(), strict=False)
+    x = torch.randn(2, 4, 3, 32, 32)
+    bare.eval()
+    m.eval()
+    assert torch.allclose(bare(x), m(x), atol=1e-6)  # identity at step 0 in 3-D too
+    m.train()
+    out = m(x)
     assert out.shape == (2, 4)
     out.sum().backward()
     assert m.dyreg_blocks()["layer2"].gamma.grad is not None
-    with pytest.raises(ValueError, match="valid names"):
+    with pytest.raises(ValueError, match="valid block names"):
         build_video_model(backbone, 4, 4, dyreg_at=["layer7"], input_size=32)
+
+
+def test_video_resnet_one_channel_input():
+    m = build_video_model("r3d_18", 3, 2, in_chans=1, input_size=32).eval()
+    assert m(torch.randn(1, 2, 1, 32, 32)).shape == (1, 3)
+    with pytest.raises(ValueError, match="2-D timm backbones"):
+        build_video_model("r3d_18", 3, 2, shift=True)

@@ -1,9 +1,16 @@
-"""Video models: a timm 2-D backbone run per frame, DyReg blocks inserted by block name."""
+"""Video models: a timm 2-D backbone run per frame, DyReg blocks inserted by block name.
+
+A :class:`~dyreg_pyg.module.DyRegBlock` is attached to a backbone block as its child
+``dyreg_after`` and run by a forward hook on that block, so the backbone keeps its own module
+tree and parameter names (a pretrained timm state dict loads unchanged) and the block names
+used in ``dyreg_at`` are exactly ``backbone.named_modules()`` names.
+"""
 
 from __future__ import annotations
 
 import difflib
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,20 +21,29 @@ from torch import Tensor, nn
 from ..module import DyRegBlock, DyRegConfig
 from .tsm import add_temporal_shift
 
-__all__ = ["VideoModel", "build_video_model", "feature_map_blocks"]
+__all__ = ["VideoModel", "build_video_model", "feature_map_blocks", "attach_dyreg"]
 
 log = logging.getLogger(__name__)
 
+ATTACHMENT_NAME = "dyreg_after"
+"""Child-module name under which a DyReg block hangs off the backbone block it follows."""
 
-class _DyRegAfter(nn.Module):
-    """A :class:`DyRegBlock` applied to the ``[B*T, C, H, W]`` output of the backbone block it
-    is attached to, unfolded to ``[B, T, C, H, W]``. It is registered as the child ``dyreg``
-    of that block and run by a forward hook, so the backbone's own parameter names (and
-    pretrained state dicts) are unchanged."""
+
+class _DyRegAttachment(nn.Module):
+    """Base of the adapters that run a :class:`DyRegBlock` on a backbone block's output."""
+
+    def __init__(self, dyreg: DyRegBlock) -> None:
+        super().__init__()
+        self.dyreg = dyreg
+
+
+class _DyRegAfter2D(_DyRegAttachment):
+    """DyReg on the ``[B*T, C, H, W]`` output of a per-frame 2-D block, unfolded to
+    ``[B, T, C, H, W]`` and folded back."""
 
     def __init__(self, dyreg: DyRegBlock, num_frames: int) -> None:
-        super().__init__()
-        self.dyreg, self.num_frames = dyreg, num_frames
+        super().__init__(dyreg)
+        self.num_frames = num_frames
 
     def forward(self, y: Tensor) -> Tensor:
         bt, c, h, w = y.shape
@@ -35,32 +51,45 @@ class _DyRegAfter(nn.Module):
         return self.dyreg(y.view(bt // t, t, c, h, w)).view(bt, c, h, w)
 
 
-def _run_dyreg_hook(module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
-    return module.dyreg_after(output)
+class _DyRegAfter3D(_DyRegAttachment):
+    """DyReg on the ``[B, C, T, H, W]`` output of a 3-D block (permuted to ``[B, T, C, H, W]``)."""
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.dyreg(y.transpose(1, 2)).transpose(1, 2)
 
 
-def _attach(block: nn.Module, dyreg: DyRegBlock, num_frames: int) -> None:
-    block.add_module("dyreg_after", _DyRegAfter(dyreg, num_frames))
-    block.register_forward_hook(_run_dyreg_hook)
+def _run_attachment(module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+    return getattr(module, ATTACHMENT_NAME)(output)
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+def attach_dyreg(block: nn.Module, dyreg: DyRegBlock, num_frames: int | None = None) -> None:
+    """Run ``dyreg`` on the output of ``block`` (in place).
+
+    Args:
+        block: a backbone module whose output is ``[B*T, C, H, W]`` (2-D backbone run per
+            frame; give ``num_frames``) or ``[B, C, T, H, W]`` (3-D backbone; ``num_frames=None``).
+        dyreg: the block to run; it is registered as ``block.dyreg_after.dyreg``.
+        num_frames: ``T`` folded into the batch of a 2-D backbone.
+    """
+    if hasattr(block, ATTACHMENT_NAME):
+        raise ValueError(f"block: {type(block).__name__} already has a DyReg block attached")
+    adapter = _DyRegAfter3D(dyreg) if num_frames is None else _DyRegAfter2D(dyreg, num_frames)
+    block.add_module(ATTACHMENT_NAME, adapter)
+    block.register_forward_hook(_run_attachment)
 
 
 @torch.no_grad()
-def feature_map_blocks(model: nn.Module, input_shape: Sequence[int],
-                       dims: int = 4) -> dict[str, tuple]:
-    """Dotted names of the modules whose output is a ``dims``-D map, with the map's shape
-    without the batch dimension, from one dummy forward at ``input_shape``."""
-    shapes: dict[str, tuple] = {}
+def _probe(model: nn.Module, input_shape: Sequence[int], dims: int
+           ) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
+    """One dummy forward (eval mode): ``{name: output shape without batch}`` for every module
+    whose output is a ``dims``-D tensor, in execution order, and the model's output shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
     for name, mod in model.named_modules():
         if not name:
             continue
 
-        def hook(_m, _i, out, name=name):
+        def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
             if isinstance(out, Tensor) and out.dim() == dims:
                 shapes[name] = tuple(out.shape[1:])
 
@@ -68,47 +97,134 @@ def feature_map_blocks(model: nn.Module, input_shape: Sequence[int],
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(*input_shape))
+        out = model(torch.zeros(*input_shape))
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return shapes
+    return shapes, tuple(out.shape)
+
+
+def feature_map_blocks(model: nn.Module, input_shape: Sequence[int],
+                       dims: int = 4) -> dict[str, tuple[int, ...]]:
+    """Dotted names of the modules of ``model`` whose output is a ``dims``-D map, with the
+    map's shape without the batch dimension, from one dummy forward at ``input_shape``."""
+    return _probe(model, input_shape, dims)[0]
+
+
+def _check_block_names(names: Sequence[str], net: nn.Module,
+                       shapes: dict[str, tuple[int, ...]], dims: int) -> None:
+    if isinstance(names, str):
+        raise ValueError(f"dyreg_at: expected a list of block names, got the string {names!r}")
+    dup = sorted({n for n in names if list(names).count(n) > 1})
+    if dup:
+        raise ValueError(f"dyreg_at: block names given more than once: {dup}")
+    for name in names:
+        if name in shapes:
+            continue
+        # Blocks (modules with children) are the useful insertion points; any module with a
+        # dims-D output is accepted.
+        blocks = [n for n in shapes if any(True for _ in net.get_submodule(n).children())]
+        close = difflib.get_close_matches(name, list(shapes), n=3)
+        why = "is not a module of the backbone" if name not in dict(net.named_modules()) \
+            else f"does not output a {dims}-D map"
+        raise ValueError(
+            f"dyreg_at: {name!r} {why}; close names: {close}; valid block names: {blocks}"
+        )
+
+
+def _block_config(cfg: DyRegConfig, height: int, width: int) -> DyRegConfig:
+    """``cfg`` with ``spatial_size`` set to the block's map size unless the caller fixed it."""
+    return DyRegConfig.from_dict({**cfg.to_dict(), "gnn": cfg.gnn,
+                                  "spatial_size": cfg.spatial_size or (height, width)})
+
+
+def _as_config(dyreg: dict[str, Any] | DyRegConfig | None) -> DyRegConfig:
+    if dyreg is None or isinstance(dyreg, dict):
+        return DyRegConfig.from_dict(dyreg)
+    if isinstance(dyreg, DyRegConfig):
+        return dyreg
+    raise ValueError(f"dyreg: expected a dict, a DyRegConfig or None, got {type(dyreg).__name__}")
+
+
+def _size_pair(input_size: int | Sequence[int], name: str = "input_size") -> tuple[int, int]:
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)[-2:]
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"{name}: expected a positive int or (H, W), got {input_size!r}")
+    return int(size[0]), int(size[1])
 
 
 class VideoModel(nn.Module):
     """Clip ``[B, T, C, H, W]`` -> logits ``[B, num_classes]``.
 
     Frames are folded into the batch for the 2-D backbone; each DyReg block unfolds
-    ``(B, T)`` around itself. Head: spatial and temporal average (consensus), dropout, linear.
+    ``(B, T)`` around itself. Head: spatial and temporal average (the consensus), dropout,
+    linear.
+
+    Args:
+        backbone: the feature extractor; maps ``[B*T, C_in, H, W]`` to ``[B*T, C, h, w]``.
+        num_classes: classifier outputs.
+        num_frames: ``T`` the model was built for.
+        feature_channels: ``C`` of the backbone output.
+        drop_rate: dropout before the classifier (paper: 0.5).
+        in_chans: input channels ``C_in``.
+        input_size: the ``(H, W)`` feature-map sizes were inferred at (the default frame size).
+        fixed_frames: clips must have exactly ``num_frames`` frames (temporal shift or DyReg
+            blocks fold time into the batch).
+
+    Shapes:
+        - **input:** ``clip [B, T, C_in, H, W]``, float, normalised
+        - **output:** ``[B, num_classes]``
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, num_frames: int,
-                 feature_channels: int, drop_rate: float = 0.5) -> None:
+                 feature_channels: int, drop_rate: float = 0.5, in_chans: int = 3,
+                 input_size: tuple[int, int] = (224, 224), fixed_frames: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
         self.num_frames = num_frames
+        self.in_chans = in_chans
+        self.input_size = tuple(input_size)
+        self.fixed_frames = fixed_frames
         self.dropout = nn.Dropout(drop_rate)
         self.fc = nn.Linear(feature_channels, num_classes)
 
     def dyreg_blocks(self) -> dict[str, DyRegBlock]:
-        """DyReg blocks by the dotted name of the backbone block they follow."""
-        return {name.removeprefix("backbone.").removesuffix(".dyreg_after"): m.dyreg
-                for name, m in self.named_modules() if isinstance(m, _DyRegAfter)}
+        """DyReg blocks by the dotted backbone name of the block they follow (the names given
+        to ``dyreg_at``). Set ``block.record = True`` to keep each forward's
+        :class:`~dyreg_pyg.module.DyRegDetails` in ``block.last``."""
+        suffix = "." + ATTACHMENT_NAME
+        return {name.removeprefix("backbone.").removesuffix(suffix): m.dyreg
+                for name, m in self.named_modules() if isinstance(m, _DyRegAttachment)}
 
-    def forward(self, clip: Tensor) -> Tensor:
+    def check_clip(self, clip: Tensor) -> None:
+        """Raise ``ValueError`` unless ``clip`` is ``[B, T, in_chans, H, W]`` with the
+        model's ``T`` (where it needs one)."""
         if clip.dim() != 5:
             raise ValueError(f"clip: expected [B, T, C, H, W], got shape {tuple(clip.shape)}")
-        b, t = clip.shape[:2]
-        if t != self.num_frames:
+        if clip.shape[2] != self.in_chans:
             raise ValueError(
-                f"clip: the model was built for num_frames={self.num_frames} (DyReg/TSM fold "
-                f"time into the batch), got T={t}"
+                f"clip: expected C={self.in_chans} channels at dim 2 of [B, T, C, H, W], got "
+                f"shape {tuple(clip.shape)}"
             )
-        feats = self.backbone(clip.flatten(0, 1))  # [B*T, C, H, W]
-        pooled = feats.mean((-2, -1)).view(b, t, -1).mean(1)  # consensus
-        return self.fc(self.dropout(pooled))
+        if self.fixed_frames and clip.shape[1] != self.num_frames:
+            raise ValueError(
+                f"clip: the model was built for num_frames={self.num_frames} (temporal shift / "
+                f"DyReg fold time into the batch), got T={clip.shape[1]} "
+                f"(shape {tuple(clip.shape)})"
+            )
+
+    def forward_features(self, clip: Tensor) -> Tensor:
+        """Backbone features averaged over space and time: ``[B, C]``."""
+        b, t = clip.shape[:2]
+        feats = self.backbone(clip.flatten(0, 1))  # [B*T, C, h, w]
+        return feats.mean((-2, -1)).view(b, t, -1).mean(1)  # consensus
+
+    def forward(self, clip: Tensor) -> Tensor:
+        """Logits ``[B, num_classes]`` of ``clip [B, T, C, H, W]``."""
+        self.check_clip(clip)
+        return self.fc(self.dropout(self.forward_features(clip)))
 
 
 def build_video_model(
@@ -121,78 +237,119 @@ def build_video_model(
     in_chans: int = 3,
     pretrained_file: str | None = None,
     drop_rate: float = 0.5,
-    input_size: int = 224,
+    input_size: int | tuple[int, int] | None = None,
     remove_stages: Sequence[str] = (),
     **timm_kwargs: Any,
-) -> nn.Module:
+) -> VideoModel:
     """Build a video model from a timm backbone name (or a torchvision video ResNet).
 
     Args:
-        backbone: any ``timm`` model name producing 4-D feature maps (resnet50, regnety_002,
-            convnext_atto, ...), created with ``timm.create_model``.
+        backbone: any ``timm`` model name producing 4-D feature maps (``resnet50``,
+            ``regnety_002``, ``convnext_atto``, ``efficientnet_b0`` ...), created with
+            ``timm.create_model``; or ``r3d_18`` / ``r2plus1d_18`` / ``mc3_18`` (torchvision)
+            for a 3-D model whose DyReg blocks act on ``[B, C, T, H, W]`` maps.
         num_classes: classifier outputs.
-        num_frames: ``T`` of the clips (needed by DyReg and TSM).
-        dyreg_at: dotted names of backbone blocks after which a :class:`DyRegBlock` goes
-            (e.g. ``["layer2.2", "layer3.4", "layer4.1"]``); channels and map sizes are inferred.
-            ``r3d_18``, ``r2plus1d_18`` and ``mc3_18`` (torchvision) give a 3-D model whose
-            DyReg blocks act on ``[B, C, T, H, W]`` maps.
-        dyreg: :class:`DyRegConfig` fields for every inserted block.
-        shift: add the temporal shift (TSM, 1/8 forward + 1/8 backward) to every residual block.
+        num_frames: ``T`` of the clips (DyReg and TSM fold time into the batch).
+        dyreg_at: dotted backbone names of the blocks after which a :class:`DyRegBlock` goes
+            (``["layer2.2", "layer3.4", "layer4.1"]`` is the paper's ResNet-50 ``r3-4-5``).
+            Channels and map sizes are inferred by a dummy forward.
+        dyreg: :class:`DyRegConfig` (or a dict of its fields) for every inserted block;
+            ``spatial_size`` defaults to each block's map size.
+        shift: temporal shift (TSM, 1/8 of the channels forward and 1/8 backward in time) in
+            the residual branch of every block; timm ResNet-family models only.
         in_chans: input channels (1 for MultiSyncMNIST).
-        pretrained_file: local ImageNet weights for the backbone (timm state dict); the hub is
-            never contacted.
-        input_size: frame size used to infer feature-map sizes.
-        remove_stages: backbone children replaced by identity (e.g. ``["layer4"]`` for the
+        pretrained_file: local ImageNet weights for the backbone (a timm / torchvision state
+            dict, ``.pth`` or ``.safetensors``), loaded with timm's ``pretrained_cfg_overlay``
+            mechanism (input conv adapted to ``in_chans``, classifier dropped). The hub is
+            never contacted; ``pretrained=True`` without a file raises.
+        drop_rate: dropout before the classifier.
+        input_size: frame size ``H`` or ``(H, W)`` of the dummy forward that infers the map
+            sizes; default: the backbone's own default input size.
+        remove_stages: backbone children replaced by identity (``["layer4"]`` gives the
             3-stage ResNet-18 of the MultiSyncMNIST experiments).
+        **timm_kwargs: passed on to ``timm.create_model`` (e.g. ``drop_path_rate``).
+
+    Raises:
+        ValueError: unknown backbone (with close timm names), a backbone without 4-D maps, a
+            ``dyreg_at`` name that is not a block with a 4-D output (with the valid names),
+            ``shift`` on a non-ResNet backbone, a missing ``pretrained_file``, bad sizes.
     """
+    for arg, value in (("num_classes", num_classes), ("num_frames", num_frames),
+                       ("in_chans", in_chans)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg}: expected a positive integer, got {value!r}")
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate: expected a probability in [0, 1), got {drop_rate}")
     if timm_kwargs.pop("pretrained", False):
         raise ValueError(
-            "pretrained: hub weights are not downloaded; pass pretrained_file=<local file>"
+            "pretrained: hub weights are never downloaded (no network is assumed); pass "
+            "pretrained_file=<local state-dict file> instead"
         )
+    if pretrained_file is not None and not os.path.isfile(pretrained_file):
+        raise ValueError(f"pretrained_file: no such file {pretrained_file!r}")
+    cfg = _as_config(dyreg)
+
     from .video3d import VIDEO_RESNETS, build_video3d_model
 
     if backbone in VIDEO_RESNETS:
-        if shift or pretrained_file or remove_stages:
-            raise ValueError("backbone: shift/pretrained_file/remove_stages are for 2-D backbones")
-        return build_video3d_model(backbone, num_classes, num_frames, dyreg_at, dyreg,
-                                   drop_rate, input_size, in_chans)
-    if backbone not in timm.list_models():
-        close = difflib.get_close_matches(backbone, timm.list_models(), n=5)
-        raise ValueError(f"backbone: unknown timm model {backbone!r}; close names: {close}")
-    net = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="",
-                            in_chans=in_chans, **timm_kwargs)
-    if pretrained_file:
-        state = torch.load(pretrained_file, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state))
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        log.info("loaded %s (missing %d, unexpected %d keys, e.g. the classifier)",
-                 pretrained_file, len(missing), len(unexpected))
-    for stage in remove_stages:
-        _set(net, stage, nn.Identity())
-    if shift:
-        add_temporal_shift(net, num_frames)
-    shapes = feature_map_blocks(net, (num_frames, in_chans, input_size, input_size))
-    feature_channels = net(torch.zeros(num_frames, in_chans, input_size, input_size)).shape[1] \
-        if not shapes else _out_channels(net, num_frames, in_chans, input_size)
-    cfg = dyreg if isinstance(dyreg, DyRegConfig) else DyRegConfig.from_dict(dyreg or {})
-    for name in dyreg_at:
-        if name not in shapes:
+        if shift or remove_stages or timm_kwargs:
             raise ValueError(
-                f"dyreg_at: {name!r} is not a block with a 4-D output; valid names: "
-                f"{sorted(shapes)}"
+                f"backbone: shift / remove_stages / timm keyword arguments apply to 2-D timm "
+                f"backbones, not to the torchvision 3-D model {backbone!r}"
             )
-        c, h, w = shapes[name]
-        block_cfg = DyRegConfig.from_dict({**cfg.to_dict(), "gnn": cfg.gnn,
-                                           "spatial_size": cfg.spatial_size or (h, w)})
-        _attach(net.get_submodule(name), DyRegBlock(c, block_cfg), num_frames)
-    return VideoModel(net, num_classes, num_frames, feature_channels, drop_rate)
+        return build_video3d_model(backbone, num_classes, num_frames, dyreg_at, cfg,
+                                   drop_rate, input_size, in_chans, pretrained_file)
 
-
-@torch.no_grad()
-def _out_channels(net: nn.Module, t: int, c: int, s: int) -> int:
-    was = net.training
-    net.eval()
+    names = timm.list_models()
+    if backbone not in names and backbone.split(".")[0] not in names:
+        close = difflib.get_close_matches(backbone, names, n=5)
+        raise ValueError(
+            f"backbone: unknown model {backbone!r}; close timm names: {close} (torchvision "
+            f"3-D: {list(VIDEO_RESNETS)})"
+        )
+    create_kw: dict[str, Any] = dict(num_classes=0, global_pool="", in_chans=in_chans)
+    if pretrained_file is not None:
+        create_kw.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file))
     try:
-        return int(net(torch.zeros(t, c, s, s)).shape[1])
-    finally:
-        net.train(was)
+        net = timm.create_model(backbone, **{**create_kw, **timm_kwargs})
+    except RuntimeError as err:
+        if pretrained_file is None:
+            raise
+        raise ValueError(
+            f"pretrained_file: {pretrained_file!r} does not fit backbone {backbone!r}: {err}"
+        ) from err
+    if pretrained_file is not None:
+        log.info("%s: loaded ImageNet weights from %s", backbone, pretrained_file)
+    for stage in remove_stages:
+        if stage not in dict(net.named_children()):
+            raise ValueError(f"remove_stages: {stage!r} is not a child of {backbone!r}; "
+                             f"children: {[n for n, _ in net.named_children()]}")
+        setattr(net, stage, nn.Identity())
+
+    if input_size is None:
+        input_size = net.pretrained_cfg.get("input_size", (in_chans, 224, 224))
+    size = _size_pair(input_size)
+    # Map shapes do not depend on time: probe one frame, before the shift is added.
+    try:
+        shapes, out_shape = _probe(net, (1, in_chans, *size), dims=4)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(
+            f"input_size: the dummy forward of {backbone!r} at {size} failed ({err}); pass "
+            f"the frame size the backbone accepts"
+        ) from err
+    _check_block_names(dyreg_at, net, shapes, dims=4)
+    if len(out_shape) != 4:
+        raise ValueError(
+            f"backbone: {backbone!r} does not produce a 4-D feature map (output shape "
+            f"{out_shape} at input {size}); use a convolutional model without global pooling"
+        )
+    if shift:
+        n_shift = add_temporal_shift(net, num_frames)
+        log.debug("%s: temporal shift in %d blocks", backbone, n_shift)
+    for name in dyreg_at:
+        c, h, w = shapes[name]
+        attach_dyreg(net.get_submodule(name), DyRegBlock(c, _block_config(cfg, h, w)),
+                     num_frames)
+    fixed = bool(shift or dyreg_at)
+    return VideoModel(net, num_classes, num_frames, out_shape[1], drop_rate, in_chans, size,
+                      fixed_frames=fixed)

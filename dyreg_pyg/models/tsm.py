@@ -14,6 +14,10 @@ def temporal_shift(x: Tensor, num_frames: int, fold_div: int = 8) -> Tensor:
     towards the past), channels ``[C/fold, 2C/fold)`` take frame ``t - 1``; the rest stay. The
     clip ends are zero-padded.
     """
+    if x.dim() != 4:
+        raise ValueError(f"x: expected [B*T, C, H, W], got shape {tuple(x.shape)}")
+    if fold_div < 2:
+        raise ValueError(f"fold_div: expected >= 2 (two folds are shifted), got {fold_div}")
     bt, c, h, w = x.shape
     if bt % num_frames:
         raise ValueError(
@@ -44,7 +48,12 @@ class TemporalShift(nn.Module):
 
 def add_temporal_shift(model: nn.Module, num_frames: int, fold_div: int = 8) -> int:
     """Insert the shift in the residual branch (``conv1``) of every ResNet block of a timm
-    ResNet-family model; returns the number of blocks shifted."""
+    ResNet-family model (TSM's "blockres" placement: the shortcut sees the unshifted input);
+    returns the number of blocks shifted.
+
+    Raises:
+        ValueError: the model has no ``BasicBlock`` / ``Bottleneck`` blocks.
+    """
     count = 0
     for module in model.modules():
         if type(module).__name__ in ("BasicBlock", "Bottleneck") and hasattr(module, "conv1"):

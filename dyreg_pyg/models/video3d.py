@@ -2,92 +2,109 @@
 
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..module import DyRegBlock, DyRegConfig
-from .factory import feature_map_blocks
+from .factory import (
+    VideoModel,
+    _as_config,
+    _block_config,
+    _check_block_names,
+    _probe,
+    _size_pair,
+    attach_dyreg,
+)
 
 __all__ = ["VIDEO_RESNETS", "Video3DModel", "build_video3d_model"]
 
+log = logging.getLogger(__name__)
+
 VIDEO_RESNETS = ("r3d_18", "r2plus1d_18", "mc3_18")
+"""torchvision video ResNets accepted as backbones (Table 2 of the paper uses an I3D-R50)."""
 
 
-class _DyReg3D(nn.Module):
-    """A :class:`DyRegBlock` on a ``[B, C, T, H, W]`` map (permuted to ``[B, T, C, H, W]``)."""
+class Video3DModel(VideoModel):
+    """Clip ``[B, T, C, H, W]`` -> logits; the backbone sees ``[B, C, T, H, W]`` and returns
+    ``[B, C', T', H', W']``, averaged over time and space before dropout and the classifier.
 
-    def __init__(self, dyreg: DyRegBlock) -> None:
-        super().__init__()
-        self.dyreg = dyreg
+    The 3-D backbone accepts any ``T`` (``fixed_frames=False``): DyReg blocks act on the
+    temporal length of their own map.
+    """
 
-    def forward(self, y: Tensor) -> Tensor:
-        return self.dyreg(y.transpose(1, 2)).transpose(1, 2)
-
-
-def _hook(module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
-    return module.dyreg_after(output)
+    def forward_features(self, clip: Tensor) -> Tensor:
+        return self.backbone(clip.transpose(1, 2)).mean((2, 3, 4))
 
 
-class Video3DModel(nn.Module):
-    """Clip ``[B, T, C, H, W]`` -> logits; the backbone sees ``[B, C, T, H, W]``."""
+def _features(net: nn.Module, in_chans: int) -> nn.Sequential:
+    """The stem and four stages of a torchvision ``VideoResNet`` (names kept), with the stem
+    convolution re-made for ``in_chans`` inputs when that differs from 3 (as timm adapts 2-D
+    stems: one channel sums the RGB filters, more repeat them scaled by ``3 / in_chans``)."""
+    if in_chans != 3:
+        conv = net.stem[0]
+        new = nn.Conv3d(in_chans, conv.out_channels, conv.kernel_size, conv.stride,
+                        conv.padding, bias=conv.bias is not None)
+        with torch.no_grad():
+            w = conv.weight  # [out, 3, kt, kh, kw]
+            if in_chans == 1:
+                new.weight.copy_(w.sum(1, keepdim=True))
+            else:
+                reps = -(-in_chans // 3)
+                new.weight.copy_(w.repeat(1, reps, 1, 1, 1)[:, :in_chans] * (3 / in_chans))
+        net.stem[0] = new
+    return nn.Sequential(OrderedDict(
+        (name, getattr(net, name)) for name in ("stem", "layer1", "layer2", "layer3", "layer4")
+    ))
 
-    def __init__(self, backbone: nn.Module, num_classes: int, num_frames: int,
-                 feature_channels: int, drop_rate: float = 0.5) -> None:
-        super().__init__()
-        self.backbone, self.num_classes, self.num_frames = backbone, num_classes, num_frames
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(feature_channels, num_classes)
 
-    def dyreg_blocks(self) -> dict[str, DyRegBlock]:
-        return {name.removeprefix("backbone.").removesuffix(".dyreg_after"): m.dyreg
-                for name, m in self.named_modules() if isinstance(m, _DyReg3D)}
+def build_video3d_model(
+    backbone: str,
+    num_classes: int,
+    num_frames: int,
+    dyreg_at: Sequence[str] = (),
+    dyreg: dict | DyRegConfig | None = None,
+    drop_rate: float = 0.5,
+    input_size: int | tuple[int, int] | None = None,
+    in_chans: int = 3,
+    pretrained_file: str | None = None,
+) -> Video3DModel:
+    """A torchvision video ResNet (``r3d_18``, ``r2plus1d_18``, ``mc3_18``) with DyReg blocks
+    after the named blocks (e.g. ``["layer3"]`` or ``["layer3.1"]``).
 
-    def forward(self, clip: Tensor) -> Tensor:
-        if clip.dim() != 5:
-            raise ValueError(f"clip: expected [B, T, C, H, W], got shape {tuple(clip.shape)}")
-        feats = self.backbone(clip.transpose(1, 2))  # [B, C', T', H', W']
-        return self.fc(self.dropout(feats.mean((2, 3, 4))))
-
-
-def build_video3d_model(backbone: str, num_classes: int, num_frames: int,
-                        dyreg_at: Sequence[str] = (), dyreg: dict | DyRegConfig | None = None,
-                        drop_rate: float = 0.5, input_size: int = 112,
-                        in_chans: int = 3) -> Video3DModel:
-    """A torchvision video ResNet (``r3d_18``, ``r2plus1d_18``, ``mc3_18``), random init,
-    with DyReg blocks after the named blocks (e.g. ``["layer3"]``)."""
+    Args:
+        backbone: one of :data:`VIDEO_RESNETS`.
+        num_classes, num_frames, dyreg_at, dyreg, drop_rate, in_chans: as in
+            :func:`~dyreg_pyg.models.build_video_model`.
+        input_size: frame size of the dummy forward that infers map sizes (default 112, the
+            Kinetics size of these models).
+        pretrained_file: a local torchvision state dict of the same architecture (its ``fc``
+            is dropped); loaded with ``weights_only=True``.
+    """
     import torchvision.models.video as tvv
 
     if backbone not in VIDEO_RESNETS:
         raise ValueError(f"backbone: expected one of {VIDEO_RESNETS}, got {backbone!r}")
     net = getattr(tvv, backbone)(weights=None)
-    net.fc = nn.Identity()
-    net.avgpool = nn.Identity()
-    net.forward = _features_forward.__get__(net)
-    shapes = feature_map_blocks(net, (1, in_chans, num_frames, input_size, input_size), dims=5)
-    with torch.no_grad():
-        net.eval()
-        out = net(torch.zeros(1, in_chans, num_frames, input_size, input_size))
-        net.train()
-    cfg = dyreg if isinstance(dyreg, DyRegConfig) else DyRegConfig.from_dict(dyreg or {})
+    if pretrained_file is not None:
+        state = torch.load(pretrained_file, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing = [k for k in net.load_state_dict(state, strict=False).missing_keys
+                   if not k.startswith("fc.")]
+        if missing:
+            raise ValueError(f"pretrained_file: {pretrained_file!r} lacks {len(missing)} keys of "
+                             f"{backbone!r}, e.g. {missing[:3]}")
+        log.info("%s: loaded weights from %s", backbone, pretrained_file)
+    features = _features(net, in_chans)
+    size = _size_pair(112 if input_size is None else input_size)
+    shapes, out_shape = _probe(features, (1, in_chans, num_frames, *size), dims=5)
+    cfg = _as_config(dyreg)
+    _check_block_names(dyreg_at, features, shapes, dims=5)
     for name in dyreg_at:
-        if name not in shapes:
-            raise ValueError(f"dyreg_at: {name!r} is not a block with a 5-D output; valid names: "
-                             f"{sorted(shapes)}")
         c, _t, h, w = shapes[name]
-        bcfg = DyRegConfig.from_dict({**cfg.to_dict(), "gnn": cfg.gnn,
-                                      "spatial_size": cfg.spatial_size or (h, w)})
-        block = net.get_submodule(name)
-        block.add_module("dyreg_after", _DyReg3D(DyRegBlock(c, bcfg)))
-        block.register_forward_hook(_hook)
-    return Video3DModel(net, num_classes, num_frames, out.shape[1], drop_rate)
-
-
-def _features_forward(self: nn.Module, x: Tensor) -> Tensor:
-    x = self.stem(x)
-    x = self.layer1(x)
-    x = self.layer2(x)
-    x = self.layer3(x)
-    return self.layer4(x)
+        attach_dyreg(features.get_submodule(name), DyRegBlock(c, _block_config(cfg, h, w)))
+    return Video3DModel(features, num_classes, num_frames, out_shape[1], drop_rate, in_chans,
+                        size, fixed_frames=False)
