@@ -73,3 +73,12 @@ def test_plateau_schedule_at_most_three_reductions():
         sched.step_epoch(metric)
     assert sched.reductions == 3
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_teacher_block_names_keep_their_dots():
+    cfg = load_config("ssv2_tsm_r50_dyreg", ["distill.teachers.layer2.2=a.pt",
+                                             "distill.teachers.layer4.1=b.pt"])
+    assert cfg.distill.teachers == {"layer2.2": "a.pt", "layer4.1": "b.pt"}
+    # other keys still nest: a dyreg override is a dict merged into the preset's
+    cfg = load_config("syncmnist_demo", ["model.overrides.dyreg.iterations=1"])
+    assert cfg.model.overrides == {"dyreg": {"iterations": 1}}

@@ -30,6 +30,8 @@ class DataConfig:
     batch_size: int = 16
     eval_batch_size: int | None = None
     num_workers: int = 2
+    in_memory: bool = False             # decode the training split once, keep it in RAM
+                                        # (no training augmentation: MultiSyncMNIST)
     epoch_size: int | None = None       # training samples per epoch (resampled shards)
     shuffle: int = 1000                 # shuffle buffer
     num_clips: int = 1                  # evaluation: temporal clips
@@ -84,7 +86,7 @@ class TrainConfig:
     max_minutes: float | None = None    # stop (and validate) after this much wall time
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda
-    precision: str = "fp32"             # fp32 | bf16 | fp16 (CUDA autocast)
+    precision: str = "fp32"             # fp32 | bf16 (CUDA or CPU autocast) | fp16 (CUDA)
     sync_bn: bool = False
     partial_bn: bool = False            # TSM: freeze all BatchNorm but the first
     ckpt_every: int = 200               # steps between `last` checkpoints
@@ -163,6 +165,8 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             raise ValueError(f"--set: unknown key {key!r}; valid keys: {sorted(valid)}")
         node = values
         parts = key.split(".")
+        if key.startswith("distill.teachers."):  # a block name may hold dots: layer2.2
+            parts = ["distill", "teachers", key.removeprefix("distill.teachers.")]
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
@@ -211,6 +215,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.epochs >= 1 or cfg.max_steps, "epochs: >= 1 (or set max_steps)"),
         (0.0 <= cfg.distill.fraction <= 1.0, "distill.fraction: in [0, 1]"),
         (len(cfg.data.mean) == len(cfg.data.std), "data.mean and data.std: same length"),
+        (not cfg.data.in_memory or (cfg.data.dataset == "syncmnist" and
+                                    cfg.data.crop_size is None),
+         "data.in_memory: only for data without training augmentation (dataset 'syncmnist', "
+         f"crop_size None), got dataset {cfg.data.dataset!r}, crop_size {cfg.data.crop_size}"),
     ]
     for ok, msg in checks:
         if not ok:

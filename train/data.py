@@ -10,12 +10,18 @@ import torch
 
 from .config import TrainConfig
 
-__all__ = ["make_loader", "normalise", "read_num_classes", "read_split_size",
-           "batch_object_centres"]
+__all__ = ["make_loader", "load_train_in_memory", "normalise", "read_num_classes",
+           "read_split_size", "batch_object_centres"]
 
 
-def make_loader(cfg: TrainConfig, split: str, epoch: int = 0):
-    """The streaming clip loader of ``cfg.data`` for ``split`` ("train" or "val")."""
+def _seed(cfg: TrainConfig, epoch: int) -> int:
+    return cfg.seed * 100_003 + epoch
+
+
+def make_loader(cfg: TrainConfig, split: str, epoch: int = 0, memory=None):
+    """The clip loader of ``cfg.data`` for ``split`` ("train" or "val"): streaming from the
+    shards, or, for training with ``memory`` (:class:`~dyreg_pyg.data.InMemoryClips`),
+    shuffled batches of the decoded clips."""
     from dyreg_pyg.data import make_clip_loader
 
     d = cfg.data
@@ -23,6 +29,11 @@ def make_loader(cfg: TrainConfig, split: str, epoch: int = 0):
     if not urls:
         raise ValueError(f"data.{split}: no shard pattern given")
     train = split == "train"
+    if train and memory is not None:
+        dist = torch.distributed
+        ddp = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+        return memory.loader(d.batch_size, _seed(cfg, epoch), rank, world)
     return make_clip_loader(
         urls,
         split="train" if train else "val",
@@ -35,8 +46,23 @@ def make_loader(cfg: TrainConfig, split: str, epoch: int = 0):
         shuffle_buffer=d.shuffle,
         num_clips=1 if train else d.num_clips,
         num_crops=1 if train else d.num_crops,
-        seed=cfg.seed * 100_003 + epoch,
+        seed=_seed(cfg, epoch),
     )
+
+
+def load_train_in_memory(cfg: TrainConfig):
+    """Decode every training clip of ``cfg.data.train`` once (deterministic frames, no
+    augmentation) into :class:`~dyreg_pyg.data.InMemoryClips`; skipped samples are counted.
+    The caller's random state is left untouched, so a run is the same whether its clips were
+    decoded inside :func:`~train.loop.fit` or passed in."""
+    from dyreg_pyg.data import InMemoryClips, make_clip_loader
+
+    d = cfg.data
+    loader = make_clip_loader(d.train, split="val", num_frames=d.num_frames,
+                              batch_size=256, num_workers=d.num_workers,
+                              crop_size=d.crop_size, dataset=d.dataset, rank=0, world_size=1)
+    with torch.random.fork_rng(devices=[]):  # iterating a DataLoader draws from torch's RNG
+        return InMemoryClips.from_batches(loader, loader.skips)
 
 
 def normalise(video: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:

@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from dyreg_pyg.data import InMemoryClips
 from dyreg_pyg.metrics import DistanceMeter, confusion_matrix, topk_correct
 from dyreg_pyg.regions import reference_points
 
@@ -30,7 +31,13 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig, config_from_dict, config_to_dict
-from .data import batch_object_centres, make_loader, normalise, read_num_classes
+from .data import (
+    batch_object_centres,
+    load_train_in_memory,
+    make_loader,
+    normalise,
+    read_num_classes,
+)
 from .dist import DistEnv, all_reduce_sum, barrier, gather_objects, setup_distributed
 
 __all__ = ["fit", "evaluate", "build_model", "NonFiniteLossError"]
@@ -194,10 +201,13 @@ class _Logger:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
-    if device.type != "cuda" or cfg.precision == "fp32":
+    """Mixed precision: fp16/bf16 autocast on CUDA, bf16 on CPU (oneDNN; 1.4-1.7x faster
+    training on AVX512-BF16 cores, see benchmarks/bench_train_speed.py). DyReg's regions and
+    kernels stay float32 either way."""
+    if cfg.precision == "fp32" or (device.type == "cpu" and cfg.precision != "bf16"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _forward_views(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
@@ -214,7 +224,15 @@ def _forward_views(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
 def validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv,
              num_classes: int, record_regions: bool = True) -> dict[str, Any]:
     """Top-1/top-5, per-class accuracy, confusion matrix and the region-object distance,
-    gathered over ranks. Every sample is counted once (checked by key)."""
+    gathered over ranks. Every sample is counted once (checked by key). Torch's CPU random
+    state is left as it was (the loader draws from it), so that stopping, validating and
+    resuming continues the same run."""
+    with torch.random.fork_rng(devices=[]):
+        return _validate(model, loader, cfg, env, num_classes, record_regions)
+
+
+def _validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv, num_classes: int,
+              record_regions: bool) -> dict[str, Any]:
     model.eval()
     blocks = _dyreg_blocks(model)
     for blk in blocks.values():
@@ -301,11 +319,14 @@ def _save(path: Path, model, optimizer, plateau, scaler, state: _State, cfg: Tra
     }, path)
 
 
-def fit(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+def fit(cfg: TrainConfig, resume: str | None = None,
+        train_clips: InMemoryClips | None = None) -> dict[str, Any]:
     """Train ``cfg``; returns the last validation metrics (rank 0) and writes checkpoints.
 
     ``resume="auto"`` continues from ``<out_dir>/last.pt`` when it exists (and says so when it
-    does not); a path resumes from that checkpoint.
+    does not); a path resumes from that checkpoint. With ``cfg.data.in_memory`` the training
+    split is decoded once (or ``train_clips``, already decoded, is used: a study that trains
+    several models on the same data decodes it once).
     """
     env = setup_distributed(cfg.device)
     if cfg.threads and env.device.type == "cpu":
@@ -363,10 +384,17 @@ def fit(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
                         find_unused_parameters=bool(cfg.model.overrides.get(
                             "find_unused_parameters", False)))
     if cfg.compile:
-        ddp_model = torch.compile(ddp_model)
+        # static shapes: with automatic dynamic shapes, inductor fails on the DyReg hook's
+        # fold/unfold of [B*T, C, H, W] (symbolic stride comparison); a last, smaller batch
+        # just compiles once more
+        ddp_model = torch.compile(ddp_model, dynamic=False)
 
+    if cfg.data.in_memory and train_clips is None:
+        train_clips = load_train_in_memory(cfg)
+    memory = train_clips if cfg.data.in_memory else None
     world_batch = cfg.data.batch_size * env.world_size
-    train_count = cfg.data.epoch_size or _split_size(cfg.data.train)
+    train_count = len(memory) if memory is not None else (
+        cfg.data.epoch_size or _split_size(cfg.data.train))
     # the loader yields train_count // world_batch batches per rank and epoch; an optimiser
     # step consumes `accumulate` of them
     steps_per_epoch = max(1, train_count // world_batch // cfg.optim.accumulate)
@@ -382,7 +410,7 @@ def fit(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             ddp_model.train()
             if cfg.partial_bn:
                 freeze_partial_bn(ddp_model)
-            loader = make_loader(cfg, "train", epoch=state.epoch)
+            loader = make_loader(cfg, "train", epoch=state.epoch, memory=memory)
             it = iter(loader)
             for _ in range(state.epoch_step):  # fast-forward a resumed epoch
                 next(it)
@@ -394,6 +422,9 @@ def fit(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             t0 = time.time()
             progress = _progress(env, steps_per_epoch, state)
             while state.epoch_step < steps_per_epoch:
+                if cfg.max_steps and state.step >= cfg.max_steps:  # resumed a finished run
+                    stop = True
+                    break
                 micro = []
                 for _ in range(cfg.optim.accumulate):
                     micro.append(next(it))

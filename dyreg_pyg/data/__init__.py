@@ -3,6 +3,7 @@ shards and the streaming clip loader."""
 
 from .decode import CorruptSample, decode_jpeg, decode_npy_frames, decode_video
 from .loader import ClipDataset, ClipLoader, SkipCounter, make_clip_loader
+from .memory import InMemoryClips, InMemoryLoader
 from .shards import ShardWriter, brace_pattern, expand_shard_urls
 from .something import (
     convert_something,
@@ -34,7 +35,8 @@ from .transforms import (
 )
 
 __all__ = [
-    "make_clip_loader", "ClipLoader", "ClipDataset", "SkipCounter",
+    "make_clip_loader", "ClipLoader", "ClipDataset", "SkipCounter", "InMemoryClips",
+    "InMemoryLoader",
     "write_syncmnist_shards", "generate_video", "load_digit_pool", "SyncMNISTConfig",
     "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "syncmnist_label",
     "syncmnist_class_names", "syncmnist_num_classes",

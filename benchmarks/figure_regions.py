@@ -1,0 +1,93 @@
+"""The paper's Figure 2 from a study folder: regions of trained models on the same clips.
+
+    python benchmarks/figure_regions.py --study /data/study --variants static,dyreg \\
+        --num 3 --out docs/figure2_regions.png
+
+For each variant the checkpoint ``<study>/<variant>/seed<k>/last.pt`` (written by
+``benchmarks/reproduce_syncmnist.py``) runs on the first ``--num`` validation clips of the
+study; every clip gives one block of rows (one row per variant: the frames with each node's
+region in its colour and the ground-truth digit boxes in white), so the variants are compared
+on identical inputs. Frames are evenly spaced (``--frames`` of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from dyreg_pyg.viz import draw_regions
+from train.checkpoint import load_checkpoint, load_model_state
+from train.config import config_from_dict
+from train.data import make_loader
+from train.loop import build_model
+from train.visualize import collect_regions
+
+log = logging.getLogger("figure")
+
+LABEL_WIDTH = 110
+
+
+def _rows(checkpoint: Path, data: str, num: int) -> list[dict]:
+    ck = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ck["config"])
+    cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = data, 1, 1
+    cfg.data.num_workers = 0
+    model = build_model(cfg, ck["num_classes"])
+    load_model_state(model, ck["model"], str(checkpoint))
+    return collect_regions(model, make_loader(cfg, "val"), cfg, num)[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", required=True, help="folder of reproduce_syncmnist.py")
+    ap.add_argument("--variants", default="static,dyreg")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num", type=int, default=3, help="validation clips")
+    ap.add_argument("--frames", type=int, default=5, help="frames shown per clip")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    study = Path(args.study)
+    shards = sorted((study / "data").glob("val-*.tar"))
+    if not shards:
+        raise SystemExit(f"--study: no val-*.tar shards under {study / 'data'}")
+    data = str(shards[0])
+    per_variant = {}
+    for v in args.variants.split(","):
+        ck = study / v / f"seed{args.seed}" / "last.pt"
+        if not ck.exists():
+            raise SystemExit(f"--variants: no checkpoint {ck}")
+        per_variant[v] = _rows(ck, data, args.num)
+    tiles = []
+    for i in range(args.num):
+        for v, samples in per_variant.items():
+            s = samples[i]
+            boxes = s["meta"].get("boxes") if isinstance(s["meta"], dict) else None
+            size = (s["frames"].shape[-1], s["frames"].shape[-2])
+            img = draw_regions(s["frames"], s["regions"], None, boxes, size, scale=3,
+                               max_frames=args.frames)
+            label = Image.new("RGB", (LABEL_WIDTH, img.height), (255, 255, 255))
+            ImageDraw.Draw(label).text((6, img.height // 2 - 12), f"{v}\nclip {i}",
+                                       fill=(0, 0, 0))
+            row = Image.new("RGB", (LABEL_WIDTH + img.width, img.height), (255, 255, 255))
+            row.paste(label, (0, 0))
+            row.paste(img, (LABEL_WIDTH, 0))
+            tiles.append(row)
+    gap = 4
+    canvas = Image.new("RGB", (max(t.width for t in tiles),
+                               sum(t.height for t in tiles) + gap * len(tiles)), (255, 255, 255))
+    y = 0
+    for t in tiles:
+        canvas.paste(t, (0, y))
+        y += t.height + gap
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    log.info("wrote %s (%d clips x %s)", out, args.num, list(per_variant))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Decoded training clips in memory, CPU bf16 autocast, and what the study script relies on."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyreg_pyg.data import InMemoryClips, SkipCounter, make_clip_loader, write_syncmnist_shards
+from train.checkpoint import load_checkpoint
+from train.config import load_config
+from train.data import load_train_in_memory
+from train.loop import _autocast, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("msm_mem")
+    write_syncmnist_shards(d, "train", 30, seed=3, size=32, shard_size=8)
+    write_syncmnist_shards(d, "val", 10, seed=4, size=32, shard_size=5)
+    return d
+
+
+def _clips(n: int) -> InMemoryClips:
+    videos = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1, 1).expand(n, 2, 1, 3, 3)
+    return InMemoryClips(videos.contiguous(), torch.arange(n), [f"k{i:03d}" for i in range(n)],
+                         SkipCounter())
+
+
+def test_loader_is_a_seeded_permutation_split_over_ranks():
+    clips = _clips(23)
+    one = [b["label"].tolist() for b in clips.loader(4, seed=5)]
+    assert len(one) == 5 and all(len(b) == 4 for b in one)  # 23 // 4 full batches
+    assert one == [b["label"].tolist() for b in clips.loader(4, seed=5)]  # deterministic
+    assert one != [b["label"].tolist() for b in clips.loader(4, seed=6)]  # reseeded per epoch
+    flat = sum(one, [])
+    assert len(set(flat)) == 20
+    # the video rows travel with their labels and keys
+    batch = next(iter(clips.loader(4, seed=5)))
+    assert batch["video"][:, 0, 0, 0, 0].tolist() == batch["label"].tolist()
+    assert batch["key"] == [f"k{i:03d}" for i in batch["label"].tolist()]
+    # two ranks: disjoint, each 23 // 8 = 2 batches, together the first 4 batches of rank-less
+    r0 = sum((b["label"].tolist() for b in clips.loader(4, 5, rank=0, world_size=2)), [])
+    r1 = sum((b["label"].tolist() for b in clips.loader(4, 5, rank=1, world_size=2)), [])
+    assert not set(r0) & set(r1) and len(r0) == len(r1) == 8
+    assert sorted(r0 + r1) == sorted(flat[:16])
+
+
+def test_bad_input_is_rejected_with_the_expected_shape():
+    with pytest.raises(ValueError, match=r"uint8 \[N, T, C, H, W\]"):
+        InMemoryClips(torch.zeros(3, 2, 1, 3, 3), torch.arange(3), ["a", "b", "c"],
+                      SkipCounter())
+    with pytest.raises(ValueError, match="expected 3 of each"):
+        InMemoryClips(torch.zeros(3, 2, 1, 3, 3, dtype=torch.uint8), torch.arange(2),
+                      ["a", "b", "c"], SkipCounter())
+    with pytest.raises(ValueError, match="no full batch"):
+        _clips(3).loader(4, seed=0)
+
+
+def test_decoded_clips_equal_the_streamed_ones_and_ignore_worker_count(shards):
+    pattern = f"{shards}/train-{{000000..000003}}.tar"
+    cfg = load_config("syncmnist_demo", [f"data.train={pattern}", "data.num_frames=10",
+                                         "data.num_workers=0", "data.in_memory=true"])
+    mem = load_train_in_memory(cfg)
+    assert len(mem) == 30 and mem.keys == sorted(mem.keys) and mem.skips.count == 0
+    cfg.data.num_workers = 2
+    assert torch.equal(load_train_in_memory(cfg).videos, mem.videos)
+    streamed = {}
+    for b in make_clip_loader(pattern, "val", num_frames=10, batch_size=7):
+        for k, v, y in zip(b["key"], b["video"], b["label"]):
+            streamed[k] = (v, int(y))
+    for i, k in enumerate(mem.keys):
+        assert torch.equal(mem.videos[i], streamed[k][0]) and int(mem.labels[i]) == streamed[k][1]
+
+
+def test_in_memory_needs_data_without_augmentation():
+    with pytest.raises(ValueError, match="data.in_memory"):
+        load_config("ssv2_tsm_r50_dyreg", ["data.in_memory=true"])
+
+
+def _overrides(shards, out, steps):
+    return [
+        f"data.train={shards}/train-{{000000..000003}}.tar",
+        f"data.val={shards}/val-{{000000..000001}}.tar", f"out_dir={out}",
+        "data.num_frames=10", "data.batch_size=4", "data.num_workers=0", "data.in_memory=true",
+        "epochs=5", f"max_steps={steps}", "ckpt_every=3", "max_minutes=null",
+        "model.preset=syncmnist_r18_dyreg", "model.overrides.input_size=32",
+        "optim.name=adam", "optim.lr=0.001", "optim.schedule=none", "threads=1",
+        "precision=bf16", "channels_last=true",
+    ]
+
+
+def test_in_memory_fit_shares_decoded_clips_and_resumes_exactly(shards, tmp_path):
+    # 30 clips / batch 4 = 7 steps per epoch: 9 steps cross an epoch boundary
+    a = load_config("syncmnist_demo", _overrides(shards, tmp_path / "a", 9))
+    fit(a)
+    b = load_config("syncmnist_demo", _overrides(shards, tmp_path / "b", 9))
+    fit(b, train_clips=load_train_in_memory(b))  # decoded by the caller: same run
+    # stopped (and validated) after 6 steps, resumed to 9
+    c = load_config("syncmnist_demo", _overrides(shards, tmp_path / "c", 6))
+    fit(c)
+    c = load_config("syncmnist_demo", _overrides(shards, tmp_path / "c", 9))
+    fit(c, resume="auto")
+    ref = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert ref["state"]["step"] == 9 and ref["state"]["epoch"] == 1
+    for run in ("b", "c"):
+        other = load_checkpoint(tmp_path / run / "last.pt")
+        assert other["state"] == ref["state"]
+        for k, v in ref["model"].items():
+            assert torch.allclose(v.float(), other["model"][k].float(), atol=1e-6), (run, k)
+    # resuming a finished run trains no further step
+    fit(c, resume="auto")
+    assert load_checkpoint(tmp_path / "c" / "last.pt")["state"]["step"] == 9
+    metrics = json.loads((tmp_path / "a" / "val_metrics.json").read_text())
+    assert metrics["samples"] == 10
+
+
+def test_bf16_autocast_on_cpu_only_when_asked():
+    cpu = torch.device("cpu")
+    conv = torch.nn.Conv2d(1, 2, 3)
+    x = torch.randn(1, 1, 5, 5)
+    with _autocast(load_config(None, ["precision=bf16"]), cpu):
+        assert conv(x).dtype == torch.bfloat16
+    for precision in ("fp32", "fp16"):  # fp16 autocast is CUDA-only
+        with _autocast(load_config(None, [f"precision={precision}"]), cpu):
+            assert conv(x).dtype == torch.float32
