@@ -57,10 +57,15 @@ def main() -> None:
     data = str(shards[0])
     per_variant = {}
     for v in args.variants.split(","):
+        if v == "nograph":
+            raise SystemExit("--variants: nograph has no regions to draw")
         ck = study / v / f"seed{args.seed}" / "last.pt"
         if not ck.exists():
             raise SystemExit(f"--variants: no checkpoint {ck}")
         per_variant[v] = _rows(ck, data, args.num)
+        if len(per_variant[v]) < args.num:
+            raise SystemExit(f"--num: the first validation shard has only "
+                             f"{len(per_variant[v])} clips")
     tiles = []
     for i in range(args.num):
         for v, samples in per_variant.items():

@@ -90,7 +90,9 @@ def write_tables(out: Path, variants: list[str]) -> list[dict[str, Any]]:
             "acc_mean": statistics.mean(accs),
             "acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
             "top5_mean": 100 * statistics.mean(r["top5"] for r in res),
-            "train_top1_mean": 100 * statistics.mean(r["train_top1"] or 0 for r in res),
+            "train_top1_mean": 100 * statistics.mean(
+                r["train_top1"] for r in res if r["train_top1"] is not None)
+            if any(r["train_top1"] is not None for r in res) else None,
             "params_m": res[0]["params_m"], "paper_acc": PAPER[v],
             "distance": statistics.mean(dists) if dists else None,
             "grid_distance": res[0].get("grid_distance"),
@@ -105,8 +107,9 @@ def write_tables(out: Path, variants: list[str]) -> list[dict[str, Any]]:
         d = "-" if r["distance"] is None else f"{r['distance']:.3f}"
         std = "-" if r["acc_std"] is None else f"{r['acc_std']:.2f}"
         vps = "-" if r["videos_per_s"] is None else f"{r['videos_per_s']:.1f}"
+        tr = "-" if r["train_top1_mean"] is None else f"{r['train_top1_mean']:.2f}"
         lines.append(f"| {r['variant']} | {len(r['seeds'])} | {r['acc_mean']:.2f} | {std} | "
-                     f"{r['top5_mean']:.2f} | {r['train_top1_mean']:.2f} | {r['paper_acc']} | "
+                     f"{r['top5_mean']:.2f} | {tr} | {r['paper_acc']} | "
                      f"{r['params_m']:.2f} | {d} | {vps} |")
     head = "no finished run yet"
     if rows:

@@ -219,6 +219,9 @@ def validate(cfg: TrainConfig) -> None:
                                     cfg.data.crop_size is None),
          "data.in_memory: only for data without training augmentation (dataset 'syncmnist', "
          f"crop_size None), got dataset {cfg.data.dataset!r}, crop_size {cfg.data.crop_size}"),
+        (not (cfg.data.in_memory and cfg.data.epoch_size),
+         "data.in_memory: an epoch is the decoded split; data.epoch_size must be null, got "
+         f"{cfg.data.epoch_size}"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -61,8 +61,21 @@ def load_train_in_memory(cfg: TrainConfig):
     loader = make_clip_loader(d.train, split="val", num_frames=d.num_frames,
                               batch_size=256, num_workers=d.num_workers,
                               crop_size=d.crop_size, dataset=d.dataset, rank=0, world_size=1)
+    def checked(batches):
+        want = list(range(d.num_frames))
+        for batch in batches:
+            for key, meta in zip(batch["key"], batch.get("meta") or []):
+                if meta.get("frame_indices") != want:
+                    raise ValueError(
+                        f"data.in_memory: sample {key!r} does not store exactly "
+                        f"data.num_frames={d.num_frames} frames (picked "
+                        f"{meta.get('frame_indices')}), so training would sample frames at "
+                        "random; stream it instead (data.in_memory=false)"
+                    )
+            yield batch
+
     with torch.random.fork_rng(devices=[]):  # iterating a DataLoader draws from torch's RNG
-        return InMemoryClips.from_batches(loader, loader.skips)
+        return InMemoryClips.from_batches(checked(loader), loader.skips)
 
 
 def normalise(video: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:

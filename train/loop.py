@@ -412,7 +412,7 @@ def fit(cfg: TrainConfig, resume: str | None = None,
                 freeze_partial_bn(ddp_model)
             loader = make_loader(cfg, "train", epoch=state.epoch, memory=memory)
             it = iter(loader)
-            for _ in range(state.epoch_step):  # fast-forward a resumed epoch
+            for _ in range(state.epoch_step * cfg.optim.accumulate):  # resumed epoch: skip
                 next(it)
             if rng_state is not None:
                 restore_rng(rng_state)
@@ -476,7 +476,10 @@ def fit(cfg: TrainConfig, resume: str | None = None,
                          correct / max(seen, 1), seen * env.world_size / (time.time() - t0))
             if val_loader is not None and (stop or state.epoch % cfg.eval_every == 0):
                 metrics = validate(ddp_model, val_loader, cfg, env, num_classes)
-                plateau.step_epoch(metrics["top1"] if cfg.optim.schedule == "plateau" else None)
+                # only whole epochs count towards a plateau (a time/step stop validates a
+                # partial one, and the run may be resumed)
+                plateau.step_epoch(metrics["top1"] if cfg.optim.schedule == "plateau" and
+                                   epoch_done else None)
                 if env.is_main:
                     d = metrics["region_object_distance"]
                     log.info("val: top1 %.4f top5 %.4f (%d samples) region-object distance %s",

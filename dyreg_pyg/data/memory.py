@@ -2,9 +2,8 @@
 
 For small datasets whose training clips need no random augmentation (MultiSyncMNIST: the
 stored 10 frames are the clip), decoding the shards once and drawing batches from a seeded
-permutation removes the data pipeline from the training loop. On 2 CPU cores, where a loader
-worker competes with the two compute threads, this is ~1.3x more training videos per second
-(``benchmarks/bench_train_speed.py --e2e``).
+permutation removes the data pipeline from the training loop - on a small CPU machine the
+loader's decoding otherwise competes with the compute threads.
 """
 
 from __future__ import annotations
@@ -71,7 +70,9 @@ class InMemoryClips:
             raise ValueError("batches: the loader yielded no sample")
         order = sorted(range(len(keys)), key=keys.__getitem__)
         index = torch.tensor(order, dtype=torch.long)
-        clips = cls(torch.cat(videos)[index], torch.cat(labels).long()[index],
+        stacked = torch.cat(videos)
+        videos.clear()  # at most two copies of the split at once
+        clips = cls(stacked[index], torch.cat(labels).long()[index],
                     [keys[i] for i in order], skips or SkipCounter())
         log.info("in memory: %d clips of %s (%.0f MB), %s", len(clips),
                  tuple(clips.videos.shape[1:]), clips.videos.numel() / 2**20,
