@@ -8,14 +8,22 @@ For each variant the checkpoint ``<study>/<variant>/seed<k>/last.pt`` (written b
 study; every clip gives one block of rows (one row per variant: the frames with each node's
 region in its colour and the ground-truth digit boxes in white), so the variants are compared
 on identical inputs. Frames are evenly spaced (``--frames`` of them).
+
+It also prints (and with ``--stats`` writes as JSON) what the trained regions look like on
+those clips - the quantities to check when a region mode does not help: the residual scale
+``|gamma|`` (how much the graph writes back into the backbone), the mean region radius, the
+spread of the N centres within a frame, how far the centres move from frame to frame, and how
+far they moved from their reference points.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageDraw
 
 from dyreg_pyg.viz import draw_regions
@@ -30,14 +38,32 @@ log = logging.getLogger("figure")
 LABEL_WIDTH = 110
 
 
-def _rows(checkpoint: Path, data: str, num: int) -> list[dict]:
+def _rows(checkpoint: Path, data: str, num: int) -> tuple[list[dict], dict[str, float]]:
+    """Regions of the first ``num`` clips, and statistics of the regions and of ``gamma``."""
     ck = load_checkpoint(checkpoint)
     cfg = config_from_dict(ck["config"])
     cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = data, 1, 1
     cfg.data.num_workers = 0
     model = build_model(cfg, ck["num_classes"])
     load_model_state(model, ck["model"], str(checkpoint))
-    return collect_regions(model, make_loader(cfg, "val"), cfg, num)[1]
+    samples = collect_regions(model, make_loader(cfg, "val"), cfg, num)[1]
+    block = next(iter(model.dyreg_blocks().values()))
+    reg = torch.stack([s["regions"] for s in samples])  # [S, T, N, 4]
+    centres = reg[..., :2]
+    n = reg.shape[2]
+    pair = torch.cdist(centres.flatten(0, 1), centres.flatten(0, 1))  # [S*T, N, N]
+    gen = block.gnn.region_generator
+    ref = gen.alpha.ref_logit.sigmoid() if hasattr(gen, "alpha") else None
+    stats = {
+        "abs_gamma_mean": float(block.gamma.detach().abs().mean()),
+        "radius_mean": float(reg[..., 2:].mean()),
+        "centre_spread": float(pair.sum((-1, -2)).mean() / (n * (n - 1))),
+        "centre_motion_per_frame": float((centres[:, 1:] - centres[:, :-1]).norm(dim=-1).mean())
+        if reg.shape[1] > 1 else 0.0,
+        "offset_from_reference": float((centres - ref).norm(dim=-1).mean())
+        if ref is not None else None,
+    }
+    return samples, stats
 
 
 def main() -> None:
@@ -48,6 +74,7 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=3, help="validation clips")
     ap.add_argument("--frames", type=int, default=5, help="frames shown per clip")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--stats", default=None, help="also write the region statistics here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     study = Path(args.study)
@@ -55,14 +82,16 @@ def main() -> None:
     if not shards:
         raise SystemExit(f"--study: no val-*.tar shards under {study / 'data'}")
     data = str(shards[0])
-    per_variant = {}
+    per_variant, stats = {}, {}
     for v in args.variants.split(","):
         if v == "nograph":
             raise SystemExit("--variants: nograph has no regions to draw")
         ck = study / v / f"seed{args.seed}" / "last.pt"
         if not ck.exists():
             raise SystemExit(f"--variants: no checkpoint {ck}")
-        per_variant[v] = _rows(ck, data, args.num)
+        per_variant[v], stats[v] = _rows(ck, data, args.num)
+        log.info("%s: %s", v, {k: None if x is None else round(x, 4)
+                               for k, x in stats[v].items()})
         if len(per_variant[v]) < args.num:
             raise SystemExit(f"--num: the first validation shard has only "
                              f"{len(per_variant[v])} clips")
@@ -91,6 +120,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
+    if args.stats:
+        Path(args.stats).write_text(json.dumps(stats, indent=1))
     log.info("wrote %s (%d clips x %s)", out, args.num, list(per_variant))
 
 

@@ -13,6 +13,12 @@ with ``--resume``. A finished run writes ``result.json``; the tables ``<out>/tab
 Defaults are the fastest faithful CPU settings measured by ``benchmarks/bench_train_speed.py``
 (bf16 autocast + channels-last; the regions stay float32) and a one-cycle schedule that every
 variant shares. ``--table-only`` rebuilds the tables from the finished runs.
+
+Investigations change the DyReg module of the chosen variants and tag the runs, which then
+live in ``<out>/<variant>-<tag>/seed<k>`` and get their own table rows:
+
+    python benchmarks/reproduce_syncmnist.py --out /data/study --variants dyreg \
+        --dyreg init_size=0.42 --tag size42 --resume
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from dyreg_pyg.data import write_syncmnist_shards
 from dyreg_pyg.models import build_preset
@@ -75,10 +83,16 @@ def _train_log(run: Path) -> dict[str, float | None]:
             "train_loss": last.get("train/loss"), "train_top1": last.get("train/top1")}
 
 
-def write_tables(out: Path, variants: list[str]) -> list[dict[str, Any]]:
-    """Aggregate ``<out>/<variant>/seed*/result.json`` into ``table.json`` and ``table.md``."""
+def _run_names(out: Path) -> list[str]:
+    """Finished run folders: the paper's variants in table order, then tagged ones."""
+    found = {p.parent.parent.name for p in out.glob("*/seed*/result.json")}
+    return [v for v in PAPER if v in found] + sorted(found - set(PAPER))
+
+
+def write_tables(out: Path) -> list[dict[str, Any]]:
+    """Aggregate ``<out>/<name>/seed*/result.json`` into ``table.json`` and ``table.md``."""
     rows = []
-    for v in variants:
+    for v in _run_names(out):
         res = [json.loads(p.read_text()) for p in sorted((out / v).glob("seed*/result.json"))]
         if not res:
             continue
@@ -93,7 +107,8 @@ def write_tables(out: Path, variants: list[str]) -> list[dict[str, Any]]:
             "train_top1_mean": 100 * statistics.mean(
                 r["train_top1"] for r in res if r["train_top1"] is not None)
             if any(r["train_top1"] is not None for r in res) else None,
-            "params_m": res[0]["params_m"], "paper_acc": PAPER[v],
+            "params_m": res[0]["params_m"], "paper_acc": PAPER.get(v.split("-")[0]),
+            "dyreg_overrides": res[0].get("dyreg_overrides") or {},
             "distance": statistics.mean(dists) if dists else None,
             "grid_distance": res[0].get("grid_distance"),
             "videos_per_s": statistics.mean(vps) if vps else None,
@@ -122,10 +137,21 @@ def write_tables(out: Path, variants: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _dyreg_overrides(items: list[str]) -> dict[str, Any]:
+    values = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--dyreg: expected KEY=VALUE, got {item!r}")
+        values[key.strip()] = yaml.safe_load(text)
+    return values
+
+
 def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
             memory: dict[str, Any]) -> dict[str, Any]:
     """Train and validate one (variant, seed); writes and returns ``result.json``."""
-    run = out / variant / f"seed{seed}"
+    name = f"{variant}-{args.tag}" if args.tag else variant
+    run = out / name / f"seed{seed}"
     data = out / "data"
     steps = args.budget // args.batch_size
     settings = {"optim": args.optim, "lr": args.lr, "schedule": args.schedule,
@@ -146,7 +172,7 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
         f"optim.weight_decay={args.weight_decay}", f"ckpt_every={args.ckpt_every}",
         f"precision={args.precision}", f"channels_last={str(args.channels_last).lower()}",
         f"threads={args.threads}", "log_every=20", f"model.preset=syncmnist_r18_{variant}",
-    ]
+    ] + [f"model.overrides.dyreg.{item}" for item in args.dyreg]
     if args.in_memory:
         overrides.append("data.in_memory=true")
     cfg = load_config("syncmnist_demo", overrides)
@@ -155,15 +181,18 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     t0 = time.time()
     metrics = fit(cfg, resume="auto", train_clips=memory.get("train"))
     dists = metrics["region_object_distance"]
-    params = sum(p.numel() for p in build_preset(f"syncmnist_r18_{variant}").parameters())
-    result = {"variant": variant, "seed": seed, "budget": steps * args.batch_size,
+    dyreg = _dyreg_overrides(args.dyreg)
+    model = build_preset(f"syncmnist_r18_{variant}", **({"dyreg": dyreg} if dyreg else {}))
+    params = sum(p.numel() for p in model.parameters())
+    result = {"variant": name, "seed": seed, "dyreg_overrides": dyreg,
+              "budget": steps * args.batch_size,
               "top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"],
               "val_samples": metrics["samples"], "distance": dists.get("layer2"),
               "grid_distance": dists.get("fixed_grid"), "params_m": params / 1e6,
               "settings": settings, "last_session_wall_s": time.time() - t0,
               **_train_log(run)}
     (run / "result.json").write_text(json.dumps(result, indent=1))
-    log.info("%s seed %d: val top-1 %.2f %%", variant, seed, 100 * result["top1"])
+    log.info("%s seed %d: val top-1 %.2f %%", name, seed, 100 * result["top1"])
     return result
 
 
@@ -195,6 +224,10 @@ def main() -> None:
                     help="decode the training split once and train from RAM")
     ap.add_argument("--resume", action="store_true", help="continue unfinished runs")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the tables")
+    ap.add_argument("--dyreg", action="append", default=[], metavar="KEY=VALUE",
+                    help="investigation: a DyRegConfig field for every run (repeatable; needs "
+                         "--tag)")
+    ap.add_argument("--tag", default="", help="name suffix of investigation runs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -205,14 +238,17 @@ def main() -> None:
     if args.budget < args.batch_size:
         raise SystemExit(f"--budget: expected at least one batch ({args.batch_size}), got "
                          f"{args.budget}")
+    if bool(args.dyreg) != bool(args.tag) or "-" in args.tag:
+        raise SystemExit("--dyreg and --tag go together; the tag may not contain '-'")
+    _dyreg_overrides(args.dyreg)  # fail early on a malformed item
     if args.table_only:
-        write_tables(out, list(PAPER))
+        write_tables(out)
         return
     make_data(out / "data", args.train_videos, args.val_videos)
     memory: dict[str, Any] = {}  # the decoded training split, shared by the runs
     for seed in [int(s) for s in args.seeds.split(",")]:
         for v in variants:
-            run = out / v / f"seed{seed}"
+            run = out / (f"{v}-{args.tag}" if args.tag else v) / f"seed{seed}"
             if (run / "result.json").exists():
                 log.info("%s seed %d: finished earlier, skipped", v, seed)
                 continue
@@ -224,7 +260,7 @@ def main() -> None:
             result = run_one(out, v, seed, args, memory)
             if not math.isfinite(result["val_loss"] or 0.0):
                 log.warning("%s seed %d: non-finite validation loss", v, seed)
-            write_tables(out, list(PAPER))
+            write_tables(out)
 
 
 if __name__ == "__main__":
