@@ -1,0 +1,50 @@
+"""The ablation-study script (benchmarks/reproduce_syncmnist.py) on a tiny budget."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "reproduce_syncmnist.py"
+
+
+def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--train-videos", "24",
+           "--val-videos", "8", "--budget", "16", "--batch-size", "8", "--threads", "1",
+           "--workers", "0", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_study_tables_resume_and_investigation_rows(tmp_path):
+    out = tmp_path / "study"
+    done = _run(out, "--variants", "nograph,fixed", "--seeds", "0,1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads((out / "table.json").read_text())}
+    assert list(rows) == ["nograph", "fixed"]
+    assert rows["fixed"]["seeds"] == [0, 1] and rows["fixed"]["acc_std"] is not None
+    assert rows["nograph"]["paper_acc"] == 52.29 and rows["fixed"]["distance"] is not None
+    result = json.loads((out / "fixed" / "seed0" / "result.json").read_text())
+    assert result["budget"] == 16 and result["val_samples"] == 8
+    assert result["settings"]["precision"] == "bf16" and result["settings"]["in_memory"]
+    assert "Budget: 16 training videos per run" in (out / "table.md").read_text()
+
+    # finished runs are not trained again
+    before = (out / "fixed" / "seed0" / "result.json").read_text()
+    again = _run(out, "--variants", "fixed", "--seeds", "0")
+    assert again.returncode == 0 and "finished earlier, skipped" in again.stderr
+    assert (out / "fixed" / "seed0" / "result.json").read_text() == before
+
+    # an unfinished run folder needs --resume
+    (out / "dyreg" / "seed0").mkdir(parents=True)
+    refused = _run(out, "--variants", "dyreg", "--seeds", "0")
+    assert refused.returncode != 0 and "--resume" in refused.stderr
+
+    # an investigation gets its own row, with the override recorded
+    inv = _run(out, "--variants", "fixed", "--seeds", "0", "--dyreg", "node_channels=32",
+               "--tag", "narrow")
+    assert inv.returncode == 0, inv.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads((out / "table.json").read_text())}
+    assert rows["fixed-narrow"]["dyreg_overrides"] == {"node_channels": 32}
+    assert rows["fixed-narrow"]["params_m"] < rows["fixed"]["params_m"]
+    assert _run(out, "--dyreg", "init=grid").returncode != 0  # --dyreg needs --tag
