@@ -19,6 +19,9 @@ live in ``<out>/<variant>-<tag>/seed<k>`` and get their own table rows:
 
     python benchmarks/reproduce_syncmnist.py --out /data/study --variants dyreg \
         --dyreg init_size=0.42 --tag size42 --resume
+
+``--set`` changes a training-config field the same way, e.g. a 10x learning rate for the
+region branch: ``--set optim.lr_mult.region_generator=10 --tag regionlr10``.
 """
 
 from __future__ import annotations
@@ -83,6 +86,23 @@ def _train_log(run: Path) -> dict[str, float | None]:
             "train_loss": last.get("train/loss"), "train_top1": last.get("train/top1")}
 
 
+def _val_curve(run: Path, batch_size: int) -> dict[int, float]:
+    """Validation top-1 (%) by training videos seen, from the run's metrics.jsonl."""
+    curve = {}
+    path = run / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        rec = json.loads(line)
+        if "val/top1" in rec:
+            curve[rec["step"] * batch_size] = 100 * rec["val/top1"]
+    return curve
+
+
+def _mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
+    """Seed mean at the points every seed has."""
+    common = set.intersection(*(set(c) for c in curves)) if curves else set()
+    return {k: statistics.mean(c[k] for c in curves) for k in sorted(common)}
+
+
 def _run_names(out: Path) -> list[str]:
     """Finished run folders: the paper's variants in table order, then tagged ones."""
     found = {p.parent.parent.name for p in out.glob("*/seed*/result.json")}
@@ -93,9 +113,12 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
     """Aggregate ``<out>/<name>/seed*/result.json`` into ``table.json`` and ``table.md``."""
     rows = []
     for v in _run_names(out):
-        res = [json.loads(p.read_text()) for p in sorted((out / v).glob("seed*/result.json"))]
+        paths = sorted((out / v).glob("seed*/result.json"))
+        res = [json.loads(p.read_text()) for p in paths]
         if not res:
             continue
+        curve = _mean_curve([_val_curve(p.parent, r["settings"]["batch_size"])
+                             for p, r in zip(paths, res)])
         accs = [100 * r["top1"] for r in res]
         dists = [r["distance"] for r in res if r["distance"] is not None]
         vps = [r["videos_per_s"] for r in res if r.get("videos_per_s")]
@@ -109,23 +132,27 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
             if any(r["train_top1"] is not None for r in res) else None,
             "params_m": res[0]["params_m"], "paper_acc": PAPER.get(v.split("-")[0]),
             "dyreg_overrides": res[0].get("dyreg_overrides") or {},
+            "train_overrides": res[0].get("train_overrides") or {},
             "distance": statistics.mean(dists) if dists else None,
             "grid_distance": res[0].get("grid_distance"),
             "videos_per_s": statistics.mean(vps) if vps else None,
             "budget": res[0]["budget"], "settings": res[0]["settings"],
+            "val_curve": curve,
         })
     (out / "table.json").write_text(json.dumps(rows, indent=1))
     lines = ["| variant | seeds | val top-1 % | +- std | val top-5 % | train top-1 % (last "
-             "epoch) | paper top-1 % | params M | region-object dist | videos/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "epoch) | paper top-1 % | params M | region-object dist | videos/s | "
+             "val top-1 % along the run (k videos: %) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = "-" if r["distance"] is None else f"{r['distance']:.3f}"
         std = "-" if r["acc_std"] is None else f"{r['acc_std']:.2f}"
         vps = "-" if r["videos_per_s"] is None else f"{r['videos_per_s']:.1f}"
         tr = "-" if r["train_top1_mean"] is None else f"{r['train_top1_mean']:.2f}"
+        cur = ", ".join(f"{k / 1000:g}: {a:.1f}" for k, a in r["val_curve"].items()) or "-"
         lines.append(f"| {r['variant']} | {len(r['seeds'])} | {r['acc_mean']:.2f} | {std} | "
                      f"{r['top5_mean']:.2f} | {tr} | {r['paper_acc']} | "
-                     f"{r['params_m']:.2f} | {d} | {vps} |")
+                     f"{r['params_m']:.2f} | {d} | {vps} | {cur} |")
     head = "no finished run yet"
     if rows:
         s = rows[0]["settings"]
@@ -172,7 +199,7 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
         f"optim.weight_decay={args.weight_decay}", f"ckpt_every={args.ckpt_every}",
         f"precision={args.precision}", f"channels_last={str(args.channels_last).lower()}",
         f"threads={args.threads}", "log_every=20", f"model.preset=syncmnist_r18_{variant}",
-    ] + [f"model.overrides.dyreg.{item}" for item in args.dyreg]
+    ] + [f"model.overrides.dyreg.{item}" for item in args.dyreg] + args.set
     if args.in_memory:
         overrides.append("data.in_memory=true")
     cfg = load_config("syncmnist_demo", overrides)
@@ -185,6 +212,7 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     model = build_preset(f"syncmnist_r18_{variant}", **({"dyreg": dyreg} if dyreg else {}))
     params = sum(p.numel() for p in model.parameters())
     result = {"variant": name, "seed": seed, "dyreg_overrides": dyreg,
+              "train_overrides": _dyreg_overrides(args.set),
               "budget": steps * args.batch_size,
               "top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"],
               "val_samples": metrics["samples"], "distance": dists.get("layer2"),
@@ -227,6 +255,9 @@ def main() -> None:
     ap.add_argument("--dyreg", action="append", default=[], metavar="KEY=VALUE",
                     help="investigation: a DyRegConfig field for every run (repeatable; needs "
                          "--tag)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="investigation: a training-config field (as train --set) for every "
+                         "run (repeatable; needs --tag)")
     ap.add_argument("--tag", default="", help="name suffix of investigation runs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -238,9 +269,9 @@ def main() -> None:
     if args.budget < args.batch_size:
         raise SystemExit(f"--budget: expected at least one batch ({args.batch_size}), got "
                          f"{args.budget}")
-    if bool(args.dyreg) != bool(args.tag) or "-" in args.tag:
-        raise SystemExit("--dyreg and --tag go together; the tag may not contain '-'")
-    _dyreg_overrides(args.dyreg)  # fail early on a malformed item
+    if bool(args.dyreg or args.set) != bool(args.tag) or "-" in args.tag:
+        raise SystemExit("--dyreg/--set and --tag go together; the tag may not contain '-'")
+    _dyreg_overrides(args.dyreg + args.set)  # fail early on a malformed item
     if args.table_only:
         write_tables(out)
         return

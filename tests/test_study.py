@@ -28,6 +28,8 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
     assert result["budget"] == 16 and result["val_samples"] == 8
     assert result["settings"]["precision"] == "bf16" and result["settings"]["in_memory"]
     assert "Budget: 16 training videos per run" in (out / "table.md").read_text()
+    # the validation curve: the one validation, after 2 steps of 8 videos, for both seeds
+    assert rows["fixed"]["val_curve"] == {"16": rows["fixed"]["acc_mean"]}
 
     # finished runs are not trained again
     before = (out / "fixed" / "seed0" / "result.json").read_text()
@@ -48,3 +50,12 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
     assert rows["fixed-narrow"]["dyreg_overrides"] == {"node_channels": 32}
     assert rows["fixed-narrow"]["params_m"] < rows["fixed"]["params_m"]
     assert _run(out, "--dyreg", "init=grid").returncode != 0  # --dyreg needs --tag
+
+    # a training-config investigation: the region branch at 10x the learning rate
+    lr = _run(out, "--variants", "dyreg_lite", "--seeds", "0", "--set",
+              "optim.lr_mult.region_generator=10", "--tag", "rlr")
+    assert lr.returncode == 0, lr.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads((out / "table.json").read_text())}
+    assert rows["dyreg_lite-rlr"]["train_overrides"] == {"optim.lr_mult.region_generator": 10}
+    cfg = (out / "dyreg_lite-rlr" / "seed0" / "config.yaml").read_text()
+    assert "region_generator: 10" in cfg

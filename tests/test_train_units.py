@@ -12,7 +12,7 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.config import apply_overrides, config_from_dict, load_config
-from train.loop import PlateauSchedule
+from train.loop import PlateauSchedule, _make_optimizer
 
 
 def test_presets_load_and_overrides_apply():
@@ -82,3 +82,27 @@ def test_teacher_block_names_keep_their_dots():
     # other keys still nest: a dyreg override is a dict merged into the preset's
     cfg = load_config("syncmnist_demo", ["model.overrides.dyreg.iterations=1"])
     assert cfg.model.overrides == {"dyreg": {"iterations": 1}}
+
+
+def test_lr_mult_puts_matching_parameters_in_scaled_groups():
+    net = torch.nn.Sequential()
+    net.add_module("backbone", torch.nn.Linear(4, 4))
+    net.add_module("region_generator", torch.nn.Linear(4, 2))
+    cfg = load_config("syncmnist_demo", ["optim.name=adam", "optim.lr=0.01",
+                                         "optim.weight_decay=0.1",
+                                         "optim.lr_mult.region_generator=10"])
+    assert cfg.optim.lr_mult == {"region_generator": 10}
+    opt = _make_optimizer(cfg, net)
+    by_id = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    assert by_id[id(net.backbone.weight)] == (0.01, 0.1)
+    assert by_id[id(net.backbone.bias)] == (0.01, 0.0)
+    assert by_id[id(net.region_generator.weight)] == (pytest.approx(0.1), 0.1)
+    assert by_id[id(net.region_generator.bias)] == (pytest.approx(0.1), 0.0)
+    assert len(opt.param_groups) == 4 and opt.param_groups[0]["lr"] == 0.01
+    # without multipliers: the two groups of before (decay first), so old checkpoints load
+    plain = _make_optimizer(load_config("syncmnist_demo", ["optim.weight_decay=0.1"]), net)
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.1, 0.0]
+    with pytest.raises(ValueError, match="match no trainable parameter"):
+        _make_optimizer(load_config("syncmnist_demo", ["optim.lr_mult.regoin=10"]), net)
+    with pytest.raises(ValueError, match="optim.lr_mult: positive"):
+        load_config("syncmnist_demo", ["optim.lr_mult.region_generator=-1"])

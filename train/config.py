@@ -65,6 +65,9 @@ class OptimConfig:
     warmup_steps: int = 0
     clip_grad: float | None = 20.0
     accumulate: int = 1                 # gradient accumulation steps
+    # learning-rate multipliers by parameter-name part, e.g. {"region_generator": 10.0}:
+    # a parameter takes the first entry whose key occurs in its name (default 1)
+    lr_mult: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,8 +154,8 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict.
 
-    Keys must name a config field (``model.overrides.*`` and ``distill.teachers.*`` are
-    free-form); a typo raises with the list of valid keys.
+    Keys must name a config field (``model.overrides.*``, ``distill.teachers.*`` and
+    ``optim.lr_mult.*`` are free-form); a typo raises with the list of valid keys.
     """
     valid = set(_valid_keys(TrainConfig))
     for item in overrides:
@@ -160,13 +163,14 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             raise ValueError(f"--set: expected key=value, got {item!r}")
         key, text = item.split("=", 1)
         key = key.strip()
-        free = key.startswith(("model.overrides.", "distill.teachers."))
+        free = key.startswith(("model.overrides.", "distill.teachers.", "optim.lr_mult."))
         if key not in valid and not free:
             raise ValueError(f"--set: unknown key {key!r}; valid keys: {sorted(valid)}")
         node = values
         parts = key.split(".")
-        if key.startswith("distill.teachers."):  # a block name may hold dots: layer2.2
-            parts = ["distill", "teachers", key.removeprefix("distill.teachers.")]
+        for head in ("distill.teachers.", "optim.lr_mult."):  # names may hold dots: layer2.2
+            if key.startswith(head):
+                parts = [*head.rstrip(".").split("."), key.removeprefix(head)]
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
@@ -210,6 +214,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.optim.schedule in ("plateau", "cosine", "step", "onecycle", "none"),
          f"optim.schedule: plateau|cosine|step|onecycle|none, got {cfg.optim.schedule!r}"),
         (cfg.optim.accumulate >= 1, f"optim.accumulate: >= 1, got {cfg.optim.accumulate}"),
+        (all(isinstance(v, (int, float)) and v > 0 for v in cfg.optim.lr_mult.values()),
+         f"optim.lr_mult: positive numbers by parameter-name part, got {cfg.optim.lr_mult}"),
         (cfg.data.num_crops in (1, 3), f"data.num_crops: 1 or 3, got {cfg.data.num_crops}"),
         (cfg.data.batch_size >= 1, f"data.batch_size: >= 1, got {cfg.data.batch_size}"),
         (cfg.epochs >= 1 or cfg.max_steps, "epochs: >= 1 (or set max_steps)"),

@@ -88,18 +88,28 @@ def freeze_partial_bn(model: nn.Module) -> int:
 
 
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Groups by (weight decay, ``optim.lr_mult``); 1-d tensors and ``gamma`` get no decay."""
     o = cfg.optim
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    matched: set[str] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.dim() <= 1 or name.endswith(".gamma") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+        decay = not (p.dim() <= 1 or name.endswith(".gamma"))
+        key = next((k for k in o.lr_mult if k in name), None)
+        if key is not None:
+            matched.add(key)
+        groups.setdefault((decay, float(o.lr_mult.get(key, 1.0))), []).append(p)
+    unused = sorted(set(o.lr_mult) - matched)
+    if unused:
+        raise ValueError(f"optim.lr_mult: {unused} match no trainable parameter name")
+    params = [{"params": ps, "weight_decay": o.weight_decay if decay else 0.0, "lr": o.lr * mult}
+              for (decay, mult), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0],
+                                                                                kv[0][1]))]
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=o.lr)
+    return cls(params, lr=o.lr)
 
 
 class PlateauSchedule:
