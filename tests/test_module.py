@@ -71,6 +71,23 @@ def test_w_o_gets_gradient_at_initialisation():
     assert m.region_generator.out.weight.grad.abs().sum() > 0
 
 
+def test_centre_init_is_symmetric_the_grid_is_not():
+    # Every node of the centre init pools the same region, so the loss gradient reaching the
+    # 9 regions is the same for all of them: only their latents (through W_o) can pull them
+    # apart (docs/RESULTS.md, "why the regions stay at the centre"). A grid breaks the tie.
+    spread = {}
+    for init in ("center", "grid"):
+        torch.manual_seed(0)
+        m = DyRegGNN(C, 8, init=init)
+        y, d = m(_x(), return_details=True)
+        d.live_regions.retain_grad()
+        (y * torch.randn_like(y)).sum().backward()
+        g = d.live_regions.grad
+        assert g.abs().sum() > 0
+        spread[init] = float((g - g.mean(2, keepdim=True)).norm() / g.norm())
+    assert spread["center"] < 1e-5 and spread["grid"] > 0.1
+
+
 def test_mode_semantics():
     x = _x()
     ct = _perturbed("constant_time")(x, return_details=True)[1].regions
