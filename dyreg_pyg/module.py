@@ -34,6 +34,8 @@ class DyRegConfig:
         regions: region mode, one of :data:`~dyreg_pyg.regions.REGION_MODES`.
         init: reference points, ``"center"`` or ``"grid"``.
         init_size: starting kernel radius (normalised); ``None`` picks one per ``init``.
+        init_jitter: per-node random offset of the references (0: the paper's start; > 0
+            breaks the symmetry of the centre start, see :class:`~dyreg_pyg.regions.RegionAlpha`).
         region_channels: ``C'`` of the region branch ``f``/``g``/GRU (Eq. 1-3).
         gnn: spatial layer: ``"rstg"`` (Eq. 8) or a ``torch_geometric.nn`` conv name.
         temporal: ``"gru"`` (Eq. 9), ``"lstm"`` or ``"none"``.
@@ -53,6 +55,7 @@ class DyRegConfig:
     regions: str = "dyreg"
     init: str = "center"
     init_size: float | None = None
+    init_jitter: float = 0.0
     region_channels: int = 32
     gnn: Any = "rstg"
     temporal: str = "gru"
@@ -169,7 +172,8 @@ class DyRegGNN(nn.Module):
         self.node_channels = ch
 
         self.region_generator = make_region_generator(
-            cfg.regions, in_channels, cfg.num_nodes, cfg.init, cfg.init_size, cfg.region_channels
+            cfg.regions, in_channels, cfg.num_nodes, cfg.init, cfg.init_size, cfg.region_channels,
+            cfg.init_jitter,
         )
         self.proj_in = nn.Linear(in_channels, ch) if ch != in_channels else nn.Identity()
         self.proj_out = nn.Linear(ch, in_channels) if ch != in_channels else nn.Identity()

@@ -71,20 +71,30 @@ class RegionAlpha(nn.Module):
     :math:`u = 0` gives the initial radius. Centres stay inside the frame, radii between one
     cell and the whole frame; at :math:`u = 0` regions sit exactly on their reference points.
 
+    With ``init_jitter > 0`` each node's reference moves by a fixed random offset (normal,
+    that standard deviation, in logit units; drawn once and saved with the weights). This
+    breaks the symmetry of the centre start, where all nodes pool the same region and get the
+    same gradient; ``0`` is the paper's start.
+
     Args:
         num_nodes: ``N``.
         init: ``"center"`` or ``"grid"`` reference points.
         init_size: starting radius (normalised); default :func:`default_init_size`.
         learn_size: if ``False`` the radius stays at ``init_size`` (the ``pos_only`` mode).
+        init_jitter: standard deviation of the per-node offsets of the references.
     """
 
     def __init__(
         self, num_nodes: int, init: str = "center", init_size: float | None = None,
-        learn_size: bool = True,
+        learn_size: bool = True, init_jitter: float = 0.0,
     ) -> None:
         super().__init__()
         ref = reference_points(num_nodes, init).clamp(1e-4, 1 - 1e-4)
         self.register_buffer("ref_logit", torch.logit(ref), persistent=False)
+        if init_jitter < 0:
+            raise ValueError(f"init_jitter: expected >= 0, got {init_jitter}")
+        jitter = torch.randn(num_nodes, 2) * init_jitter if init_jitter > 0 else None
+        self.register_buffer("ref_jitter", jitter)  # None: not in the state dict
         size = default_init_size(num_nodes, init) if init_size is None else float(init_size)
         if not 0.0 < size <= 1.0:
             raise ValueError(f"init_size: expected a radius in (0, 1], got {size}")
@@ -93,7 +103,8 @@ class RegionAlpha(nn.Module):
 
     def forward(self, raw: Tensor, height: int, width: int) -> Tensor:
         """``raw [..., N, 4]`` (or ``[..., N, 2]`` when the size is not learned) -> regions."""
-        centre = torch.sigmoid(self.ref_logit + raw[..., :2])  # Eq. 4, position
+        ref = self.ref_logit if self.ref_jitter is None else self.ref_logit + self.ref_jitter
+        centre = torch.sigmoid(ref + raw[..., :2])  # Eq. 4, position
         min_size = raw.new_tensor([1.0 / width, 1.0 / height])
         start = torch.full_like(min_size, self.init_size).maximum(min_size)
         if not self.learn_size:
@@ -204,12 +215,14 @@ class DynamicRegions(RegionGenerator):
     def __init__(
         self, in_channels: int, num_nodes: int = 9, init: str = "center",
         init_size: float | None = None, channels: int = 32, g: str = "fc",
+        init_jitter: float = 0.0,
     ) -> None:
         super().__init__(num_nodes)
         self.features = _RegionFeatures(in_channels, channels, num_nodes, g)
         self.gru = nn.GRU(channels, channels, batch_first=True)
         self.out = nn.Linear(channels, 4 if self.learn_size else 2)
-        self.alpha = RegionAlpha(num_nodes, init, init_size, learn_size=self.learn_size)
+        self.alpha = RegionAlpha(num_nodes, init, init_size, learn_size=self.learn_size,
+                                 init_jitter=init_jitter)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -258,11 +271,12 @@ class StaticRegions(RegionGenerator):
     uses_input = False
 
     def __init__(
-        self, num_nodes: int = 9, init: str = "grid", init_size: float | None = None
+        self, num_nodes: int = 9, init: str = "grid", init_size: float | None = None,
+        init_jitter: float = 0.0,
     ) -> None:
         super().__init__(num_nodes)
         self.raw = nn.Parameter(torch.zeros(num_nodes, 4))
-        self.alpha = RegionAlpha(num_nodes, init, init_size)
+        self.alpha = RegionAlpha(num_nodes, init, init_size, init_jitter=init_jitter)
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.raw)
@@ -357,8 +371,12 @@ def make_region_generator(
     init: str = "center",
     init_size: float | None = None,
     channels: int = 32,
+    init_jitter: float = 0.0,
 ) -> RegionGenerator:
     """Build the region generator for ``mode`` (one of :data:`REGION_MODES`).
+
+    ``init_jitter`` (see :class:`RegionAlpha`) applies to the learned modes (``dyreg``,
+    ``dyreg_lite``, ``pos_only``, ``constant_time``, ``static``); other modes reject it.
 
     ``dyreg_lite`` is ``dyreg`` with the light ``g_i`` (global pooling with positional
     information). ``fixed`` ignores ``init="center"`` only in the sense that it still uses the
@@ -368,15 +386,19 @@ def make_region_generator(
         raise ValueError(f"init: expected one of {INITS}, got {init!r}")
     if init == "grid":
         reference_points(num_nodes, init)  # validates the perfect square
+    if init_jitter and mode not in ("dyreg", "dyreg_lite", "pos_only", "constant_time", "static"):
+        raise ValueError(f"init_jitter: only for learned regions, got mode {mode!r}")
     if mode in ("dyreg", "dyreg_lite"):
         g = "lite" if mode == "dyreg_lite" else "fc"
-        return DynamicRegions(in_channels, num_nodes, init, init_size, channels, g)
+        return DynamicRegions(in_channels, num_nodes, init, init_size, channels, g, init_jitter)
     if mode == "pos_only":
-        return PositionOnlyRegions(in_channels, num_nodes, init, init_size, channels)
+        return PositionOnlyRegions(in_channels, num_nodes, init, init_size, channels,
+                                   init_jitter=init_jitter)
     if mode == "constant_time":
-        return ConstantTimeRegions(in_channels, num_nodes, init, init_size, channels)
+        return ConstantTimeRegions(in_channels, num_nodes, init, init_size, channels,
+                                   init_jitter=init_jitter)
     if mode == "static":
-        return StaticRegions(num_nodes, init, init_size)
+        return StaticRegions(num_nodes, init, init_size, init_jitter)
     if mode == "fixed":
         return FixedRegions(num_nodes, init, init_size)
     if mode == "semantic":

@@ -76,16 +76,33 @@ def test_centre_init_is_symmetric_the_grid_is_not():
     # 9 regions is the same for all of them: only their latents (through W_o) can pull them
     # apart (docs/RESULTS.md, "why the regions stay at the centre"). A grid breaks the tie.
     spread = {}
-    for init in ("center", "grid"):
+    for init, jitter in (("center", 0.0), ("grid", 0.0), ("center+jitter", 0.1)):
         torch.manual_seed(0)
-        m = DyRegGNN(C, 8, init=init)
+        m = DyRegGNN(C, 8, init=init.split("+")[0], init_jitter=jitter)
         y, d = m(_x(), return_details=True)
         d.live_regions.retain_grad()
         (y * torch.randn_like(y)).sum().backward()
         g = d.live_regions.grad
         assert g.abs().sum() > 0
         spread[init] = float((g - g.mean(2, keepdim=True)).norm() / g.norm())
-    assert spread["center"] < 1e-5 and spread["grid"] > 0.1
+    assert spread["center"] < 1e-5 and spread["grid"] > 0.1 and spread["center+jitter"] > 0.01
+
+
+def test_init_jitter_is_saved_with_the_weights_and_only_for_learned_regions():
+    assert "region_generator.alpha.ref_jitter" not in DyRegGNN(C, 8).state_dict()
+    torch.manual_seed(1)
+    a = DyRegGNN(C, 8, init_jitter=0.2)
+    jit = a.state_dict()["region_generator.alpha.ref_jitter"]
+    assert jit.shape == (9, 2) and 0.05 < float(jit.std()) < 0.5
+    torch.manual_seed(2)
+    b = DyRegGNN(C, 8, init_jitter=0.2)
+    b.load_state_dict(a.state_dict())
+    x = _x()
+    assert torch.equal(a(x, return_details=True)[1].regions, b(x, return_details=True)[1].regions)
+    with pytest.raises(ValueError, match="init_jitter: only for learned regions"):
+        DyRegGNN(C, 8, regions="fixed", init_jitter=0.1)
+    with pytest.raises(ValueError, match="init_jitter: expected >= 0"):
+        DyRegGNN(C, 8, init_jitter=-1.0)
 
 
 def test_mode_semantics():
