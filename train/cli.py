@@ -59,7 +59,8 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, args.minutes, args.train_videos, args.val_videos, args.seed)
+    run_demo(args.out, args.minutes, args.train_videos, args.val_videos, args.seed,
+             args.epochs)
     return 0
 
 
@@ -99,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="the embedded default main job (no downloads)")
     p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--minutes", type=float, default=7.0, help="training wall-time budget")
-    p.add_argument("--train-videos", type=int, default=4000)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="length of the one-cycle schedule (preset syncmnist_cpu: 2)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-time cap of training (preset syncmnist_cpu: 15)")
+    p.add_argument("--train-videos", type=int, default=6000)
     p.add_argument("--val-videos", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)

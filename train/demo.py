@@ -18,11 +18,16 @@ __all__ = ["run_demo"]
 log = logging.getLogger("train")
 
 
-def run_demo(out: str = "outputs/demo", minutes: float = 7.0, train_videos: int = 4000,
-             val_videos: int = 500, seed: int = 0) -> dict:
-    """Build data (if missing), fit ``syncmnist_r18_dyreg`` for ``minutes``, evaluate, draw."""
+def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_videos: int = 6000,
+             val_videos: int = 500, seed: int = 0, epochs: int | None = None) -> dict:
+    """Build data (if missing), fit ``syncmnist_r18_dyreg``, evaluate, draw.
+
+    Training follows the ``syncmnist_cpu`` preset (2 epochs, one-cycle, bf16, clips in RAM);
+    ``epochs`` changes the schedule's length and ``minutes`` caps the wall time.
+    """
     from dyreg_pyg.data import write_syncmnist_shards
 
+    from .checkpoint import load_checkpoint
     from .loop import evaluate, fit
     from .visualize import visualize
 
@@ -41,11 +46,16 @@ def run_demo(out: str = "outputs/demo", minutes: float = 7.0, train_videos: int 
     train_pat = str(_pattern(data_dir, "train"))
     val_pat = str(_pattern(data_dir, "val"))
     run_dir = root / "run"
-    cfg = load_config("syncmnist_demo", [f"data.train={train_pat}", f"data.val={val_pat}",
-                                         f"out_dir={run_dir}", f"max_minutes={minutes}",
-                                         f"seed={seed}"])
+    overrides = [f"data.train={train_pat}", f"data.val={val_pat}", f"out_dir={run_dir}",
+                 f"seed={seed}"]
+    if minutes is not None:
+        overrides.append(f"max_minutes={minutes}")
+    if epochs is not None:
+        overrides.append(f"epochs={epochs}")
+    cfg = load_config("syncmnist_cpu", overrides)
     fit(cfg)
     ckpt = run_dir / "last.pt"
+    trained = load_checkpoint(ckpt)["state"]
     metrics = evaluate(str(ckpt), val_pat, out=str(root / "metrics.json"))
     pics = visualize(str(ckpt), val_pat, str(root / "regions"), num=3,
                      export=str(root / "regions.json"))
@@ -53,6 +63,8 @@ def run_demo(out: str = "outputs/demo", minutes: float = 7.0, train_videos: int 
     summary = {
         "minutes_total": round((time.time() - t0) / 60, 2),
         "minutes_data": round(t_data / 60, 2),
+        "train_steps": trained["step"],
+        "train_videos_seen": trained["step"] * cfg.data.batch_size,
         "val_top1": metrics["top1"], "val_top5": metrics["top5"],
         "val_samples": metrics["samples"], "chance": 1 / 56,
         "region_object_distance": dist,
