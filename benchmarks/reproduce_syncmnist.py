@@ -164,12 +164,13 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _dyreg_overrides(items: list[str]) -> dict[str, Any]:
+def _parse_items(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items of ``--dyreg``/``--set`` -> a dict (values parsed as YAML)."""
     values = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep:
-            raise SystemExit(f"--dyreg: expected KEY=VALUE, got {item!r}")
+            raise SystemExit(f"--dyreg/--set: expected KEY=VALUE, got {item!r}")
         values[key.strip()] = yaml.safe_load(text)
     return values
 
@@ -208,11 +209,11 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     t0 = time.time()
     metrics = fit(cfg, resume="auto", train_clips=memory.get("train"))
     dists = metrics["region_object_distance"]
-    dyreg = _dyreg_overrides(args.dyreg)
+    dyreg = _parse_items(args.dyreg)
     model = build_preset(f"syncmnist_r18_{variant}", **({"dyreg": dyreg} if dyreg else {}))
     params = sum(p.numel() for p in model.parameters())
     result = {"variant": name, "seed": seed, "dyreg_overrides": dyreg,
-              "train_overrides": _dyreg_overrides(args.set),
+              "train_overrides": _parse_items(args.set),
               "budget": steps * args.batch_size,
               "top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"],
               "val_samples": metrics["samples"], "distance": dists.get("layer2"),
@@ -271,7 +272,7 @@ def main() -> None:
                          f"{args.budget}")
     if bool(args.dyreg or args.set) != bool(args.tag) or "-" in args.tag:
         raise SystemExit("--dyreg/--set and --tag go together; the tag may not contain '-'")
-    _dyreg_overrides(args.dyreg + args.set)  # fail early on a malformed item
+    _parse_items(args.dyreg + args.set)  # fail early on a malformed item
     if args.table_only:
         write_tables(out)
         return
