@@ -48,6 +48,9 @@ class DyRegConfig:
         backend: ``"pyg"`` (message passing on a PyG ``Batch``) or ``"dense"`` (batched
             matmuls; ``gnn="rstg"`` only, same parameters and result).
         norm: normalisation of the block output in :class:`DyRegBlock`.
+        gate_init: starting value of :class:`DyRegBlock`'s residual scale ``gamma`` (0: the
+            block starts as the identity, which keeps a pretrained backbone's function; a
+            network trained from scratch may open the gate from the start).
     """
 
     num_nodes: int = 9
@@ -66,6 +69,7 @@ class DyRegConfig:
     spatial_size: tuple[int, int] | None = None
     backend: str = "pyg"
     norm: str = "batch"
+    gate_init: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -254,9 +258,9 @@ class DyRegGNN(nn.Module):
 class DyRegBlock(nn.Module):
     """Residual insertion of :class:`DyRegGNN`: ``x + gamma * norm(DyRegGNN(x))``.
 
-    ``gamma`` (one per channel) starts at zero, so inserting the block leaves a pretrained
-    network's output unchanged at step 0 (the paper adds the module as a residual to keep the
-    benefit of ImageNet pre-training).
+    ``gamma`` (one per channel) starts at ``gate_init``, zero by default, so inserting the
+    block leaves a pretrained network's output unchanged at step 0 (the paper adds the module
+    as a residual to keep the benefit of ImageNet pre-training).
 
     Args:
         in_channels: channels of the map.
@@ -278,6 +282,7 @@ class DyRegBlock(nn.Module):
         else:
             cfg = {**(config or {}), **kwargs}
         norm = cfg.pop("norm", "batch")
+        gate_init = cfg.pop("gate_init", 0.0)
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
         self.gnn = DyRegGNN(in_channels, **cfg)
@@ -288,7 +293,7 @@ class DyRegBlock(nn.Module):
             self.norm = nn.GroupNorm(1, in_channels)
         else:
             self.norm = nn.Identity()
-        self.gamma = nn.Parameter(torch.zeros(in_channels))
+        self.gamma = nn.Parameter(torch.full((in_channels,), float(gate_init)))
         self.last: DyRegDetails | None = None
         self.record = False
 

@@ -47,6 +47,21 @@ def test_block_is_identity_at_init_and_learns():
     assert block.gamma.grad.abs().sum() > 0
 
 
+def test_open_gate_writes_the_normalised_graph_output_from_the_start():
+    x = _x()
+    torch.manual_seed(1)
+    shut = DyRegBlock(C, node_channels=8, norm="none")
+    torch.manual_seed(1)
+    open_ = DyRegBlock(C, DyRegConfig(node_channels=8, norm="none", gate_init=0.5))
+    assert torch.equal(open_.gamma, torch.full((C,), 0.5))
+    assert torch.allclose(open_(x), x + 0.5 * shut.gnn(x), atol=1e-6)
+    open_(x).pow(2).sum().backward()  # the graph's own weights get gradient at step 0
+    assert open_.gnn.region_generator.out.weight.grad.abs().sum() > 0
+    shut(x).pow(2).sum().backward()
+    assert shut.gnn.region_generator.out.weight.grad is None or \
+        shut.gnn.region_generator.out.weight.grad.abs().sum() == 0
+
+
 def _perturbed(mode, **kw):
     m = DyRegGNN(C, 8, regions=mode, **kw)
     with torch.no_grad():  # W_o starts at zero; move it so gradients flow past it

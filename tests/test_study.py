@@ -1,9 +1,14 @@
 """The ablation-study script (benchmarks/reproduce_syncmnist.py) on a tiny budget."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+
+from train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "reproduce_syncmnist.py"
@@ -59,3 +64,26 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
     assert rows["dyreg_lite-rlr"]["train_overrides"] == {"optim.lr_mult.region_generator": 10}
     cfg = (out / "dyreg_lite-rlr" / "seed0" / "config.yaml").read_text()
     assert "region_generator: 10" in cfg
+
+    # the graph ablation of a trained run: switching the graph off = a model whose gamma is 0
+    ablation = _load(ROOT / "benchmarks" / "graph_ablation.py")
+    ck = out / "fixed" / "seed0" / "last.pt"
+    val = str(out / "data" / "val-000000.tar")
+    on = ablation.ablate(ck, val)
+    assert on["samples"] == 8 and on["write_back_ratio"] > 0
+    state = load_checkpoint(ck)
+    gammas = [k for k in state["model"] if k.endswith(".gamma")]
+    assert gammas
+    for k in gammas:
+        state["model"][k] = torch.zeros_like(state["model"][k])
+    torch.save(state, tmp_path / "gamma0.pt")
+    closed = ablation.ablate(tmp_path / "gamma0.pt", val)
+    assert closed["write_back_ratio"] == 0.0 and closed["drop"] == 0.0
+    assert closed["top1_graph_on"] == closed["top1_graph_off"] == on["top1_graph_off"]
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -262,7 +262,7 @@ def _validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv, num_clas
         keys += list(batch["key"])
         preds += logits.argmax(-1).tolist()
         labels += label.tolist()
-        if video.dim() == 5 and blocks:
+        if video.dim() == 5 and blocks and record_regions:
             centres, mask = batch_object_centres(batch)
             if centres is not None:
                 for name, blk in blocks.items():
