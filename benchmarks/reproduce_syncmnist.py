@@ -12,7 +12,9 @@ with ``--resume``. A finished run writes ``result.json``; the tables ``<out>/tab
 
 Defaults are the fastest faithful CPU settings measured by ``benchmarks/bench_train_speed.py``
 (bf16 autocast + channels-last; the regions stay float32) and a one-cycle schedule that every
-variant shares. ``--table-only`` rebuilds the tables from the finished runs.
+variant shares. ``--table-only`` rebuilds the tables from the finished runs. To run the
+(variant, seed) runs of a study side by side (one GPU fits several), generate the shards once
+with ``--data-only`` and start one process per run: ``benchmarks/parallel_study.sh`` does both.
 
 Investigations change the DyReg module of the chosen variants and tag the runs, which then
 live in ``<out>/<variant>-<tag>/seed<k>`` and get their own table rows:
@@ -30,6 +32,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -58,7 +61,7 @@ def _pattern(folder: Path, split: str) -> str:
     return str(folder / f"{split}-{{{first}..{last}}}.tar")
 
 
-def make_data(folder: Path, train_videos: int, val_videos: int) -> None:
+def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2) -> None:
     """Generate the study's shards once; refuse a folder holding a different amount."""
     for split, n, seed in (("train", train_videos, 0), ("val", val_videos, VAL_SEED)):
         manifest = folder / f"{split}-manifest.json"
@@ -69,8 +72,16 @@ def make_data(folder: Path, train_videos: int, val_videos: int) -> None:
                                  f"--out or --{split}-videos {have}")
             continue
         t0 = time.time()
-        write_syncmnist_shards(folder, split, n, seed=seed, workers=2)
+        write_syncmnist_shards(folder, split, n, seed=seed, workers=workers)
         log.info("generated %d %s videos in %.0f s", n, split, time.time() - t0)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write atomically: runs started in parallel (``benchmarks/parallel_study.sh``) rebuild
+    the shared tables and read each other's ``result.json``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _train_log(run: Path) -> dict[str, float | None]:
@@ -139,7 +150,7 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
             "budget": res[0]["budget"], "settings": res[0]["settings"],
             "val_curve": curve,
         })
-    (out / "table.json").write_text(json.dumps(rows, indent=1))
+    _write(out / "table.json", json.dumps(rows, indent=1))
     lines = ["| variant | seeds | val top-1 % | +- std | val top-5 % | train top-1 % (last "
              "epoch) | paper top-1 % | params M | region-object dist | videos/s | "
              "val top-1 % along the run (k videos: %) |",
@@ -160,7 +171,7 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
         head = (f"Budget: {rows[0]['budget']} training videos per run; {s}. Chance: "
                 f"{100 / 56:.1f} %. Region-object distance of a fixed 3x3 grid on the same "
                 f"clips: {'-' if grid is None else f'{grid:.3f}'}.")
-    (out / "table.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
+    _write(out / "table.md", head + "\n\n" + "\n".join(lines) + "\n")
     return rows
 
 
@@ -220,7 +231,7 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
               "grid_distance": dists.get("fixed_grid"), "params_m": params / 1e6,
               "settings": settings, "last_session_wall_s": time.time() - t0,
               **_train_log(run)}
-    (run / "result.json").write_text(json.dumps(result, indent=1))
+    _write(run / "result.json", json.dumps(result, indent=1))
     log.info("%s seed %d: val top-1 %.2f %%", name, seed, 100 * result["top1"])
     return result
 
@@ -251,6 +262,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="data-loading processes")
     ap.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=True,
                     help="decode the training split once and train from RAM")
+    ap.add_argument("--data-workers", type=int, default=2,
+                    help="processes generating the shards (the videos do not depend on it)")
+    ap.add_argument("--data-only", action="store_true",
+                    help="only generate the shards (before starting runs in parallel)")
     ap.add_argument("--resume", action="store_true", help="continue unfinished runs")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the tables")
     ap.add_argument("--dyreg", action="append", default=[], metavar="KEY=VALUE",
@@ -276,7 +291,9 @@ def main() -> None:
     if args.table_only:
         write_tables(out)
         return
-    make_data(out / "data", args.train_videos, args.val_videos)
+    make_data(out / "data", args.train_videos, args.val_videos, args.data_workers)
+    if args.data_only:
+        return
     memory: dict[str, Any] = {}  # the decoded training split, shared by the runs
     for seed in [int(s) for s in args.seeds.split(",")]:
         for v in variants:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,39 @@ def _load(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path):
+    """benchmarks/parallel_study.sh: shards first (--data-only), then one process per run;
+    each run equals the same run trained by the sequential script (same data and seeds)."""
+    small = ["--train-videos", "24", "--val-videos", "8", "--budget", "16", "--batch-size", "8",
+             "--workers", "0"]
+    only = tmp_path / "only"
+    data = subprocess.run([sys.executable, str(SCRIPT), "--out", str(only), "--data-only",
+                           *small], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert data.returncode == 0, data.stderr[-2000:]
+    assert (only / "data" / "train-manifest.json").exists()
+    assert not list(only.glob("*/seed*"))  # no run started
+
+    par = tmp_path / "par"
+    env = {**os.environ, "THREADS": "1", "DATA_WORKERS": "1",
+           "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "parallel_study.sh"), str(par),
+                           "nograph,fixed", "0", *small], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads((par / "table.json").read_text())}
+    assert list(rows) == ["nograph", "fixed"]
+    assert sorted(p.name for p in (par / "logs").iterdir()) == [
+        "data.log", "fixed-seed0.log", "nograph-seed0.log"]
+    seq = _run(tmp_path / "seq", "--variants", "fixed", "--seeds", "0")
+    assert seq.returncode == 0, seq.stderr[-2000:]
+    a = json.loads((par / "fixed" / "seed0" / "result.json").read_text())
+    b = json.loads((tmp_path / "seq" / "fixed" / "seed0" / "result.json").read_text())
+    assert (a["top1"], a["val_loss"]) == (b["top1"], b["val_loss"])
+
+    # a failing run makes the launcher fail and names it
+    bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "parallel_study.sh"), str(par),
+                          "fixed", "0", *small, "--dyreg", "no_such_field=1", "--tag", "bad"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert bad.returncode != 0 and "failed: fixed seed 0" in bad.stderr
