@@ -52,6 +52,9 @@ PAPER = {"nograph": 52.29, "fixed": 78.85, "static": 81.48, "constant_time": 86.
          "pos_only": 93.41, "dyreg": 95.09, "semantic": 82.41, "dyreg_lite": 91.43}
 """Validation accuracy (%) of the paper's Tables 5-6 (``nograph`` = the plain ResNet-18)."""
 
+EXTRA = {"oracle": "the ground-truth digit boxes as the 5 regions (a diagnostic, not in the paper)"}
+"""Variants beside the paper's: they get a table row without a paper number."""
+
 VAL_SEED = 7919
 
 
@@ -162,7 +165,7 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
         tr = "-" if r["train_top1_mean"] is None else f"{r['train_top1_mean']:.2f}"
         cur = ", ".join(f"{k / 1000:g}: {a:.1f}" for k, a in r["val_curve"].items()) or "-"
         lines.append(f"| {r['variant']} | {len(r['seeds'])} | {r['acc_mean']:.2f} | {std} | "
-                     f"{r['top5_mean']:.2f} | {tr} | {r['paper_acc']} | "
+                     f"{r['top5_mean']:.2f} | {tr} | {r['paper_acc'] or '-'} | "
                      f"{r['params_m']:.2f} | {d} | {vps} | {cur} |")
     head = "no finished run yet"
     if rows:
@@ -241,7 +244,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="study folder (keep it outside the repo)")
     ap.add_argument("--budget", type=int, default=24_000, help="training videos per run")
     ap.add_argument("--variants", default=",".join(PAPER),
-                    help=f"comma-separated, run in this order; from {sorted(PAPER)}")
+                    help=f"comma-separated, run in this order; from {sorted(PAPER)}, or "
+                         f"{sorted(EXTRA)}")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--train-videos", type=int, default=20_000)
     ap.add_argument("--val-videos", type=int, default=2_000)
@@ -279,9 +283,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
     variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(PAPER))
+    unknown = sorted(set(variants) - set(PAPER) - set(EXTRA))
     if unknown:
-        raise SystemExit(f"--variants: unknown {unknown}; choose from {sorted(PAPER)}")
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {sorted(PAPER)} or "
+                         f"{sorted(EXTRA)}")
     if args.budget < args.batch_size:
         raise SystemExit(f"--budget: expected at least one batch ({args.batch_size}), got "
                          f"{args.budget}")

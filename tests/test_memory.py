@@ -142,3 +142,34 @@ def test_resume_with_gradient_accumulation_skips_every_consumed_batch(shards, tm
     assert ref["state"]["step"] == other["state"]["step"] == 5
     for k, v in ref["model"].items():
         assert torch.allclose(v.float(), other["model"][k].float(), atol=1e-6), k
+
+
+def test_boxes_follow_their_clips_through_sorting_and_batching():
+    from train.data import batch_object_boxes, batch_object_centres
+
+    meta = {"boxes": [[[8, 16, 24, 48], [0, 0, 32, 32]], [[10, 16, 26, 48], [2, 4, 34, 36]]],
+            "frame_size": [64, 64]}
+    batch = {"video": torch.zeros(1, 2, 1, 64, 64), "meta": [meta]}
+    boxes, mask = batch_object_boxes(batch)
+    want = torch.tensor([[[0.25, 0.5, 0.25, 0.5], [0.25, 0.25, 0.5, 0.5]],
+                         [[18 / 64, 0.5, 0.25, 0.5], [18 / 64, 20 / 64, 0.5, 0.5]]])
+    assert torch.allclose(boxes[0], want) and bool(mask.all())
+    centres, cmask = batch_object_centres(batch)
+    assert torch.equal(centres, boxes[..., :2]) and torch.equal(cmask, mask)
+    assert batch_object_boxes({"video": batch["video"], "meta": [{}]}) == (None, None)
+
+    # from_batches sorts by key: the boxes move with their clips, and the loader yields them
+    videos = torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1, 1).expand(4, 2, 1, 2, 2)
+    tagged = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 2, 3, 4)  # box value = clip id
+    keys = ["d", "b", "c", "a"]
+    batches = [{"video": videos[i:i + 2], "label": torch.arange(i, i + 2), "key": keys[i:i + 2],
+                "boxes": tagged[i:i + 2]} for i in (0, 2)]
+    clips = InMemoryClips.from_batches(batches)
+    assert clips.keys == ["a", "b", "c", "d"] and clips.boxes.shape == (4, 2, 3, 4)
+    for batch in clips.loader(batch_size=2, seed=0):
+        ids = batch["video"][:, 0, 0, 0, 0].float()
+        assert torch.equal(batch["boxes"][:, 0, 0, 0], ids)
+    no_boxes = [dict(b, boxes=None) for b in batches]
+    assert InMemoryClips.from_batches(no_boxes).boxes is None
+    with pytest.raises(ValueError, match="boxes"):
+        InMemoryClips(videos.contiguous(), torch.arange(4), keys, SkipCounter(), tagged[:3])

@@ -57,7 +57,8 @@ def test_every_preset_forward_backward(name):
     model = build_preset(name, num_frames=2, input_size=64) if ssv else build_preset(name)
     assert isinstance(model, VideoModel)
     t, c = (2, 3) if ssv else (10, 1)
-    logits = model(torch.randn(1, t, c, 64, 64))
+    regions = _boxes(1, t, 5) if model.needs_regions() else None
+    logits = model(torch.randn(1, t, c, 64, 64), regions=regions)
     assert logits.shape == (1, model.num_classes)
     logits.sum().backward()
     assert model.fc.weight.grad.abs().sum() > 0
@@ -212,3 +213,32 @@ def test_video_resnet_one_channel_input():
     assert m(torch.randn(1, 2, 1, 32, 32)).shape == (1, 3)
     with pytest.raises(ValueError, match="2-D timm backbones"):
         build_video_model("r3d_18", 3, 2, shift=True)
+
+
+def _boxes(b: int, t: int, n: int) -> torch.Tensor:
+    """Random ``(cx, cy, w, h)`` boxes inside the frame, normalised."""
+    wh = 0.1 + 0.3 * torch.rand(b, t, n, 2)
+    centre = wh / 2 + (1 - wh) * torch.rand(b, t, n, 2)
+    return torch.cat([centre, wh], -1)
+
+
+def test_oracle_preset_pools_the_given_boxes_and_keeps_no_state():
+    torch.manual_seed(0)
+    model = build_preset("syncmnist_r18_oracle").eval()
+    assert model.needs_regions() and not build_preset("syncmnist_r18_dyreg").needs_regions()
+    block = model.dyreg_blocks()["layer2"]
+    assert block.gnn.config.regions == "external" and block.gnn.config.num_nodes == 5
+    block.gamma.data.fill_(1.0)  # open the gate so that the regions reach the logits
+    clip, boxes = torch.randn(2, 10, 1, 64, 64), _boxes(2, 10, 5)
+    block.record = True
+    with torch.no_grad():
+        out = model(clip, regions=boxes)
+        assert torch.equal(block.last.regions, boxes)
+        moved = boxes.clone()
+        moved[..., :2] = 1 - moved[..., :2]
+        assert not torch.allclose(model(clip, regions=moved), out)
+        assert torch.allclose(model(clip, regions=boxes), out)
+        with pytest.raises(ValueError, match="external"):
+            model(clip)  # the boxes of the previous call are not kept
+        with pytest.raises(ValueError, match=r"\(2, 10, 5, 4\)"):
+            model(clip, regions=boxes[:, :, :4])

@@ -66,6 +66,14 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
     cfg = (out / "dyreg_lite-rlr" / "seed0" / "config.yaml").read_text()
     assert "region_generator: 10" in cfg
 
+    # the oracle diagnostic: the ground-truth digit boxes are the regions, in training (clips
+    # in memory) and in validation (streamed), so its region-object distance is 0
+    oracle = _run(out, "--variants", "oracle", "--seeds", "0")
+    assert oracle.returncode == 0, oracle.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads((out / "table.json").read_text())}
+    assert rows["oracle"]["distance"] == 0.0 and rows["oracle"]["paper_acc"] is None
+    assert rows["oracle"]["params_m"] < rows["fixed"]["params_m"] + 1e-6
+
     # the graph ablation of a trained run: switching the graph off = a model whose gamma is 0
     ablation = _load(ROOT / "benchmarks" / "graph_ablation.py")
     ck = out / "fixed" / "seed0" / "last.pt"

@@ -11,7 +11,7 @@ import torch
 from .config import TrainConfig
 
 __all__ = ["make_loader", "load_train_in_memory", "normalise", "read_num_classes",
-           "read_split_size", "batch_object_centres"]
+           "read_split_size", "batch_object_centres", "batch_object_boxes"]
 
 
 def _seed(cfg: TrainConfig, epoch: int) -> int:
@@ -72,6 +72,9 @@ def load_train_in_memory(cfg: TrainConfig):
                         f"{meta.get('frame_indices')}), so training would sample frames at "
                         "random; stream it instead (data.in_memory=false)"
                     )
+            boxes, mask = batch_object_boxes(batch)
+            if boxes is not None and bool(mask.all()):
+                batch["boxes"] = boxes
             yield batch
 
     with torch.random.fork_rng(devices=[]):  # iterating a DataLoader draws from torch's RNG
@@ -119,12 +122,13 @@ def read_split_size(pattern: str) -> int:
     raise ValueError(f"data.epoch_size: the manifest next to {pattern!r} has no sample count")
 
 
-def batch_object_centres(batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Ground-truth object centres ``[B, T, M, 2]`` normalised to the clip, with a mask.
+def batch_object_boxes(batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Ground-truth object boxes ``[B, T, M, 4]`` as ``(cx, cy, w, h)`` normalised to the clip,
+    with a mask ``[B, T, M]`` of the boxes that exist.
 
     Reads ``meta["boxes"]`` (per frame, per object ``(x0, y0, x1, y1)`` in pixels of the
-    clip's frames, as MultiSyncMNIST stores them) for samples that have them; ``None`` when
-    no sample of the batch has boxes.
+    clip's frames, as MultiSyncMNIST stores them) for samples that have them; object ``k`` is
+    the same object in every frame. ``None, None`` when no sample of the batch has boxes.
     """
     metas = batch.get("meta") or []
     video = batch["video"]
@@ -133,17 +137,27 @@ def batch_object_centres(batch: dict[str, Any]) -> tuple[torch.Tensor | None, to
     if not metas or not any(isinstance(m, dict) and m.get("boxes") for m in metas):
         return None, None
     m_max = max(len(f) for m in metas for f in (m.get("boxes") or [[]]))
-    centres = torch.zeros(len(metas), t, max(m_max, 1), 2)
+    boxes = torch.zeros(len(metas), t, max(m_max, 1), 4)
     mask = torch.zeros(len(metas), t, max(m_max, 1), dtype=torch.bool)
     for b, meta in enumerate(metas):
-        boxes = meta.get("boxes") if isinstance(meta, dict) else None
-        if not boxes:
+        per_frame = meta.get("boxes") if isinstance(meta, dict) else None
+        if not per_frame:
             continue
         size = meta.get("frame_size") or (w, h)
-        frames = meta.get("frame_indices") or list(range(min(t, len(boxes))))
+        frames = meta.get("frame_indices") or list(range(min(t, len(per_frame))))
         for j, fi in enumerate(frames[:t]):
-            for k, (x0, y0, x1, y1) in enumerate(boxes[fi]):
-                centres[b, j, k, 0] = (x0 + x1) / 2 / size[0]
-                centres[b, j, k, 1] = (y0 + y1) / 2 / size[1]
-                mask[b, j, k] = True
-    return centres, mask
+            xyxy = torch.tensor(per_frame[fi], dtype=torch.float32).view(-1, 4)
+            k = xyxy.shape[0]
+            boxes[b, j, :k, 0] = (xyxy[:, 0] + xyxy[:, 2]) / 2 / size[0]
+            boxes[b, j, :k, 1] = (xyxy[:, 1] + xyxy[:, 3]) / 2 / size[1]
+            boxes[b, j, :k, 2] = (xyxy[:, 2] - xyxy[:, 0]) / size[0]
+            boxes[b, j, :k, 3] = (xyxy[:, 3] - xyxy[:, 1]) / size[1]
+            mask[b, j, :k] = True
+    return boxes, mask
+
+
+def batch_object_centres(batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Ground-truth object centres ``[B, T, M, 2]`` normalised to the clip, with a mask
+    (the centres of :func:`batch_object_boxes`)."""
+    boxes, mask = batch_object_boxes(batch)
+    return (None, None) if boxes is None else (boxes[..., :2].contiguous(), mask)

@@ -32,6 +32,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_from_dict, config_to_dict
 from .data import (
+    batch_object_boxes,
     batch_object_centres,
     load_train_in_memory,
     make_loader,
@@ -68,6 +69,23 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _dyreg_blocks(model: nn.Module) -> dict[str, nn.Module]:
     m = _unwrap(model)
     return m.dyreg_blocks() if hasattr(m, "dyreg_blocks") else {}
+
+
+def _batch_regions(model: nn.Module, batch: dict[str, Any], device: torch.device
+                   ) -> torch.Tensor | None:
+    """The ground-truth boxes ``[B, T, M, 4]`` of ``batch`` when the model's DyReg blocks take
+    external regions (the oracle), else ``None``."""
+    m = _unwrap(model)
+    if not (hasattr(m, "needs_regions") and m.needs_regions()):
+        return None
+    boxes = batch.get("boxes")
+    if boxes is None:
+        boxes, mask = batch_object_boxes(batch)
+        if boxes is None or not bool(mask.all()):
+            raise ValueError("regions='external': the model needs every object's box in every "
+                             "frame (meta['boxes'], as MultiSyncMNIST stores them); this batch "
+                             f"has {'none' if boxes is None else 'some missing'}")
+    return boxes.to(device, non_blocking=True)
 
 
 def freeze_partial_bn(model: nn.Module) -> int:
@@ -220,11 +238,14 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _forward_views(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
+def _forward_views(model: nn.Module, video: torch.Tensor,
+                   regions: torch.Tensor | None = None) -> torch.Tensor:
     """Logits averaged over views for ``[B, V, T, C, H, W]`` (softmax scores averaged),
-    plain logits for ``[B, T, C, H, W]``."""
+    plain logits for ``[B, T, C, H, W]``. ``regions`` (external-region models) are single-view."""
     if video.dim() == 5:
-        return model(video)
+        return model(video) if regions is None else model(video, regions=regions)
+    if regions is not None:
+        raise ValueError("regions='external': multi-view evaluation is not supported")
     b, v = video.shape[:2]
     logits = model(video.flatten(0, 1))
     return logits.float().softmax(-1).view(b, v, -1).mean(1).log()
@@ -255,7 +276,8 @@ def _validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv, num_clas
         video = normalise(batch["video"].to(env.device, non_blocking=True), cfg)
         label = batch["label"].to(env.device)
         with _autocast(cfg, env.device):
-            logits = _forward_views(model, video).float()
+            regions = _batch_regions(model, batch, env.device)
+            logits = _forward_views(model, video, regions).float()
         loss_sum += float(F.nll_loss(logits.log_softmax(-1), label, reduction="sum"))
         hits = topk_correct(logits, label, (1, 5))
         scores_top5[0] += hits[5]
@@ -556,8 +578,9 @@ def _train_step(model, micro, cfg: TrainConfig, env: DistEnv, optimizer, scaler,
         with ctx:
             for name in teachers:
                 blocks[name].record = True
+            regions = _batch_regions(model, batch, env.device)
             with _autocast(cfg, env.device):
-                logits = model(video)
+                logits = model(video) if regions is None else model(video, regions=regions)
                 loss = F.cross_entropy(logits.float(), label)
             if distill and teachers:
                 loss = loss + cfg.distill.weight * _distill_loss(blocks, teachers, video)

@@ -32,12 +32,15 @@ class InMemoryClips:
         labels: int64 ``[N]``.
         keys: the ``N`` sample keys.
         skips: samples the decoding pass skipped (corrupt or unlabelled), by reason.
+        boxes: optional float32 ``[N, T, M, 4]`` ground-truth object boxes ``(cx, cy, w, h)``
+            normalised to the frame (for ``regions="external"`` models fed the true objects).
     """
 
     videos: Tensor
     labels: Tensor
     keys: list[str]
     skips: SkipCounter
+    boxes: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.videos.dim() != 5 or self.videos.dtype != torch.uint8:
@@ -47,6 +50,10 @@ class InMemoryClips:
         if self.labels.shape != (n,) or len(self.keys) != n:
             raise ValueError(f"labels, keys: expected {n} of each, got labels "
                              f"{tuple(self.labels.shape)} and {len(self.keys)} keys")
+        if self.boxes is not None and (self.boxes.dim() != 4 or self.boxes.shape[:2] != (
+                n, self.videos.shape[1]) or self.boxes.shape[-1] != 4):
+            raise ValueError(f"boxes: expected [N={n}, T={self.videos.shape[1]}, M, 4], got "
+                             f"{tuple(self.boxes.shape)}")
 
     def __len__(self) -> int:
         return self.videos.shape[0]
@@ -56,8 +63,9 @@ class InMemoryClips:
                      skips: SkipCounter | None = None) -> InMemoryClips:
         """Collect the batches of one pass of an evaluation-mode loader (single view:
         ``video [B, T, C, H, W]``), sorted by key so that the result does not depend on the
-        number of loader workers. ``skips`` is the loader's counter, read after the pass."""
-        videos, labels, keys = [], [], []
+        number of loader workers. ``skips`` is the loader's counter, read after the pass.
+        Boxes are kept when every batch carries ``boxes [B, T, M, 4]`` with the same ``M``."""
+        videos, labels, keys, boxes = [], [], [], []
         for batch in batches:
             video = batch["video"]
             if video.dim() != 5:
@@ -66,14 +74,17 @@ class InMemoryClips:
             videos.append(video)
             labels.append(batch["label"])
             keys += list(batch["key"])
+            boxes.append(batch.get("boxes"))
         if not videos:
             raise ValueError("batches: the loader yielded no sample")
         order = sorted(range(len(keys)), key=keys.__getitem__)
         index = torch.tensor(order, dtype=torch.long)
         stacked = torch.cat(videos)
         videos.clear()  # at most two copies of the split at once
+        same_m = all(b is not None for b in boxes) and len({b.shape[2] for b in boxes}) == 1
         clips = cls(stacked[index], torch.cat(labels).long()[index],
-                    [keys[i] for i in order], skips or SkipCounter())
+                    [keys[i] for i in order], skips or SkipCounter(),
+                    torch.cat(boxes)[index] if same_m else None)
         log.info("in memory: %d clips of %s (%.0f MB), %s", len(clips),
                  tuple(clips.videos.shape[1:]), clips.videos.numel() / 2**20,
                  clips.skips.summary())
@@ -91,7 +102,8 @@ class InMemoryLoader:
     The permutation depends only on ``seed``; rank ``r`` of ``world_size`` takes batches
     ``r, r + world_size, ...`` of it, so the ranks see disjoint clips and each yields
     ``len(clips) // (batch_size * world_size)`` batches (the remainder is dropped, as the
-    streaming loader drops partial training batches). Batches: ``{"video", "label", "key"}``.
+    streaming loader drops partial training batches). Batches: ``{"video", "label", "key"}``,
+    plus ``"boxes"`` when the clips have them.
     """
 
     def __init__(self, clips: InMemoryClips, batch_size: int, seed: int, rank: int = 0,
@@ -115,5 +127,8 @@ class InMemoryLoader:
         for i in range(self.num_batches):
             start = (i * self.world_size + self.rank) * self.batch_size
             idx = order[start:start + self.batch_size]
-            yield {"video": self.clips.videos[idx], "label": self.clips.labels[idx],
-                   "key": [self.clips.keys[j] for j in idx.tolist()]}
+            batch = {"video": self.clips.videos[idx], "label": self.clips.labels[idx],
+                     "key": [self.clips.keys[j] for j in idx.tolist()]}
+            if self.clips.boxes is not None:
+                batch["boxes"] = self.clips.boxes[idx]
+            yield batch

@@ -35,6 +35,9 @@ class _DyRegAttachment(nn.Module):
     def __init__(self, dyreg: DyRegBlock) -> None:
         super().__init__()
         self.dyreg = dyreg
+        #: ``[B, T, N, 4]`` regions for ``regions="external"``, set by
+        #: :meth:`VideoModel.forward` for the duration of one forward pass.
+        self.regions: Tensor | None = None
 
 
 class _DyRegAfter2D(_DyRegAttachment):
@@ -48,14 +51,14 @@ class _DyRegAfter2D(_DyRegAttachment):
     def forward(self, y: Tensor) -> Tensor:
         bt, c, h, w = y.shape
         t = self.num_frames
-        return self.dyreg(y.view(bt // t, t, c, h, w)).view(bt, c, h, w)
+        return self.dyreg(y.view(bt // t, t, c, h, w), self.regions).view(bt, c, h, w)
 
 
 class _DyRegAfter3D(_DyRegAttachment):
     """DyReg on the ``[B, C, T, H, W]`` output of a 3-D block (permuted to ``[B, T, C, H, W]``)."""
 
     def forward(self, y: Tensor) -> Tensor:
-        return self.dyreg(y.transpose(1, 2)).transpose(1, 2)
+        return self.dyreg(y.transpose(1, 2), self.regions).transpose(1, 2)
 
 
 def _run_attachment(module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
@@ -221,10 +224,23 @@ class VideoModel(nn.Module):
         feats = self.backbone(clip.flatten(0, 1))  # [B*T, C, h, w]
         return feats.mean((-2, -1)).view(b, t, -1).mean(1)  # consensus
 
-    def forward(self, clip: Tensor) -> Tensor:
-        """Logits ``[B, num_classes]`` of ``clip [B, T, C, H, W]``."""
+    def needs_regions(self) -> bool:
+        """Whether a DyReg block takes its regions from the caller (``regions="external"``)."""
+        return any(b.gnn.config.regions == "external" for b in self.dyreg_blocks().values())
+
+    def forward(self, clip: Tensor, regions: Tensor | None = None) -> Tensor:
+        """Logits ``[B, num_classes]`` of ``clip [B, T, C, H, W]``. ``regions [B, T, N, 4]``
+        (``(cx, cy, w, h)`` normalised to the frame) go to every DyReg block with
+        ``regions="external"``, e.g. ground-truth object boxes as an oracle."""
         self.check_clip(clip)
-        return self.fc(self.dropout(self.forward_features(clip)))
+        attachments = [m for m in self.modules() if isinstance(m, _DyRegAttachment)]
+        for a in attachments:
+            a.regions = regions
+        try:
+            return self.fc(self.dropout(self.forward_features(clip)))
+        finally:
+            for a in attachments:
+                a.regions = None
 
 
 def build_video_model(
