@@ -18,6 +18,16 @@ if [ $# -lt 3 ]; then
 fi
 out=$1 variants=$2 seeds=$3
 shift 3
+for a in "$@"; do
+    case $a in
+        --variants*|--seeds*)
+            echo "$0: give variants and seeds as the 2nd and 3rd arguments, not $a" >&2
+            exit 2 ;;
+    esac
+done
+# each (variant, seed) once: two processes must never train the same run folder
+variants=$(tr ',' '\n' <<< "$variants" | awk 'NF && !seen[$0]++' | paste -sd, -)
+seeds=$(tr ',' '\n' <<< "$seeds" | awk 'NF && !seen[$0]++' | paste -sd, -)
 here=$(cd "$(dirname "$0")" && pwd)
 script="$here/reproduce_syncmnist.py"
 threads=${THREADS:-2}
@@ -28,6 +38,8 @@ mkdir -p "$out/logs"
     > "$out/logs/data.log" 2>&1 || { cat "$out/logs/data.log" >&2; exit 1; }
 pids=()
 names=()
+# stopping the launcher stops its runs (they resume exactly with --resume)
+trap 'kill "${pids[@]}" 2>/dev/null; wait; exit 130' INT TERM
 for s in ${seeds//,/ }; do
     for v in ${variants//,/ }; do
         OMP_NUM_THREADS=$threads PYTHONUNBUFFERED=1 "$py" "$script" --out "$out" \

@@ -151,9 +151,13 @@ def test_boxes_follow_their_clips_through_sorting_and_batching():
             "frame_size": [64, 64]}
     batch = {"video": torch.zeros(1, 2, 1, 64, 64), "meta": [meta]}
     boxes, mask = batch_object_boxes(batch)
-    want = torch.tensor([[[0.25, 0.5, 0.25, 0.5], [0.25, 0.25, 0.5, 0.5]],
-                         [[18 / 64, 0.5, 0.25, 0.5], [18 / 64, 20 / 64, 0.5, 0.5]]])
+    want = torch.tensor([[[0.25, 0.5, 0.125, 0.25], [0.25, 0.25, 0.25, 0.25]],
+                         [[18 / 64, 0.5, 0.125, 0.25], [18 / 64, 20 / 64, 0.25, 0.25]]])
     assert torch.allclose(boxes[0], want) and bool(mask.all())
+    # the region's support is the box itself (w, h are half-widths, as in Eq. 6)
+    from dyreg_pyg.kernels import regions_to_boxes
+    assert torch.allclose(regions_to_boxes(boxes[0, 0]) * 64,
+                          torch.tensor([[8.0, 16, 24, 48], [0, 0, 32, 32]]))
     centres, cmask = batch_object_centres(batch)
     assert torch.equal(centres, boxes[..., :2]) and torch.equal(cmask, mask)
     assert batch_object_boxes({"video": batch["video"], "meta": [{}]}) == (None, None)

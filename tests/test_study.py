@@ -114,18 +114,22 @@ def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path
     env = {**os.environ, "THREADS": "1", "DATA_WORKERS": "1",
            "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "parallel_study.sh"), str(par),
-                           "nograph,fixed", "0", *small], cwd=ROOT, capture_output=True,
+                           "nograph,fixed,nograph", "0,0", *small], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {r["variant"]: r for r in json.loads((par / "table.json").read_text())}
     assert list(rows) == ["nograph", "fixed"]
-    assert sorted(p.name for p in (par / "logs").iterdir()) == [
+    assert sorted(p.name for p in (par / "logs").iterdir()) == [  # each run once
         "data.log", "fixed-seed0.log", "nograph-seed0.log"]
     seq = _run(tmp_path / "seq", "--variants", "fixed", "--seeds", "0")
     assert seq.returncode == 0, seq.stderr[-2000:]
     a = json.loads((par / "fixed" / "seed0" / "result.json").read_text())
     b = json.loads((tmp_path / "seq" / "fixed" / "seed0" / "result.json").read_text())
     assert (a["top1"], a["val_loss"]) == (b["top1"], b["val_loss"])
+
+    misplaced = subprocess.run(["bash", str(ROOT / "benchmarks" / "parallel_study.sh"), str(par),
+                                "fixed", "0", "--seeds", "1"], capture_output=True, text=True)
+    assert misplaced.returncode == 2 and "--seeds" in misplaced.stderr
 
     # a failing run makes the launcher fail and names it
     bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "parallel_study.sh"), str(par),

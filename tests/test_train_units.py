@@ -106,3 +106,26 @@ def test_lr_mult_puts_matching_parameters_in_scaled_groups():
         _make_optimizer(load_config("syncmnist_demo", ["optim.lr_mult.regoin=10"]), net)
     with pytest.raises(ValueError, match="optim.lr_mult: positive"):
         load_config("syncmnist_demo", ["optim.lr_mult.region_generator=-1"])
+
+
+def test_unwrap_sees_through_compile_around_ddp(tmp_path):
+    """fit builds torch.compile(DDP(model)): the trainer must still find the user's model
+    (its DyReg blocks, whether it needs regions) and the DDP wrapper (for no_sync)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from dyreg_pyg.models import build_preset
+    from train.loop import _ddp, _dyreg_blocks, _unwrap
+
+    model = build_preset("syncmnist_r18_oracle")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        ddp = DDP(model)
+        wrapped = torch.compile(ddp, dynamic=False)  # compiles lazily: nothing runs here
+        assert _unwrap(wrapped) is model and _ddp(wrapped) is ddp
+        assert _unwrap(ddp) is model and _ddp(ddp) is ddp
+        assert list(_dyreg_blocks(wrapped)) == ["layer2"] and _unwrap(wrapped).needs_regions()
+    finally:
+        dist.destroy_process_group()
+    compiled = torch.compile(model)
+    assert _unwrap(compiled) is model and _ddp(compiled) is None and _ddp(model) is None

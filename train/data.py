@@ -123,8 +123,9 @@ def read_split_size(pattern: str) -> int:
 
 
 def batch_object_boxes(batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Ground-truth object boxes ``[B, T, M, 4]`` as ``(cx, cy, w, h)`` normalised to the clip,
-    with a mask ``[B, T, M]`` of the boxes that exist.
+    """Ground-truth object boxes ``[B, T, M, 4]`` as regions ``(cx, cy, w, h)`` normalised to
+    the clip, with a mask ``[B, T, M]`` of the boxes that exist. As for every region,
+    ``w, h`` are the support's half-widths (Eq. 6), so the region's support is the box.
 
     Reads ``meta["boxes"]`` (per frame, per object ``(x0, y0, x1, y1)`` in pixels of the
     clip's frames, as MultiSyncMNIST stores them) for samples that have them; object ``k`` is
@@ -150,8 +151,8 @@ def batch_object_boxes(batch: dict[str, Any]) -> tuple[torch.Tensor | None, torc
             k = xyxy.shape[0]
             boxes[b, j, :k, 0] = (xyxy[:, 0] + xyxy[:, 2]) / 2 / size[0]
             boxes[b, j, :k, 1] = (xyxy[:, 1] + xyxy[:, 3]) / 2 / size[1]
-            boxes[b, j, :k, 2] = (xyxy[:, 2] - xyxy[:, 0]) / size[0]
-            boxes[b, j, :k, 3] = (xyxy[:, 3] - xyxy[:, 1]) / size[1]
+            boxes[b, j, :k, 2] = (xyxy[:, 2] - xyxy[:, 0]) / 2 / size[0]  # half-widths: a
+            boxes[b, j, :k, 3] = (xyxy[:, 3] - xyxy[:, 1]) / 2 / size[1]  # region's radius
             mask[b, j, :k] = True
     return boxes, mask
 

@@ -62,8 +62,24 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    model = model.module if isinstance(model, DDP) else model
-    return getattr(model, "_orig_mod", model)
+    """The user's model inside any ``torch.compile`` and DDP wrappers (fit builds
+    ``torch.compile(DDP(model))``)."""
+    while True:
+        if isinstance(model, DDP):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _ddp(model: nn.Module) -> DDP | None:
+    """The DDP wrapper of ``model`` (also inside ``torch.compile``), or ``None``."""
+    while not isinstance(model, DDP):
+        if not hasattr(model, "_orig_mod"):
+            return None
+        model = model._orig_mod
+    return model
 
 
 def _dyreg_blocks(model: nn.Module) -> dict[str, nn.Module]:
@@ -84,7 +100,8 @@ def _batch_regions(model: nn.Module, batch: dict[str, Any], device: torch.device
         if boxes is None or not bool(mask.all()):
             raise ValueError("regions='external': the model needs every object's box in every "
                              "frame (meta['boxes'], as MultiSyncMNIST stores them); this batch "
-                             f"has {'none' if boxes is None else 'some missing'}")
+                             f"has {'none' if boxes is None else 'some missing'} (clips held "
+                             "in memory keep boxes only when every sample has all of them)")
     return boxes.to(device, non_blocking=True)
 
 
@@ -573,8 +590,9 @@ def _train_step(model, micro, cfg: TrainConfig, env: DistEnv, optimizer, scaler,
     for i, batch in enumerate(micro):
         video = normalise(batch["video"].to(env.device, non_blocking=True), cfg)
         label = batch["label"].to(env.device, non_blocking=True)
-        sync = i == len(micro) - 1 or not isinstance(model, DDP)
-        ctx = contextlib.nullcontext() if sync else model.no_sync()
+        ddp = _ddp(model)
+        sync = i == len(micro) - 1 or ddp is None
+        ctx = contextlib.nullcontext() if sync else ddp.no_sync()
         with ctx:
             for name in teachers:
                 blocks[name].record = True

@@ -32,8 +32,9 @@ class InMemoryClips:
         labels: int64 ``[N]``.
         keys: the ``N`` sample keys.
         skips: samples the decoding pass skipped (corrupt or unlabelled), by reason.
-        boxes: optional float32 ``[N, T, M, 4]`` ground-truth object boxes ``(cx, cy, w, h)``
-            normalised to the frame (for ``regions="external"`` models fed the true objects).
+        boxes: optional float32 ``[N, T, M, 4]`` ground-truth object boxes as regions
+            ``(cx, cy, w, h)`` normalised to the frame, ``w, h`` half-widths (for
+            ``regions="external"`` models fed the true objects).
     """
 
     videos: Tensor
@@ -82,6 +83,9 @@ class InMemoryClips:
         stacked = torch.cat(videos)
         videos.clear()  # at most two copies of the split at once
         same_m = all(b is not None for b in boxes) and len({b.shape[2] for b in boxes}) == 1
+        if not same_m and any(b is not None for b in boxes):
+            log.warning("in memory: boxes dropped: %d of %d batches have none, or their object "
+                        "counts differ", sum(b is None for b in boxes), len(boxes))
         clips = cls(stacked[index], torch.cat(labels).long()[index],
                     [keys[i] for i in order], skips or SkipCounter(),
                     torch.cat(boxes)[index] if same_m else None)
