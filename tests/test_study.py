@@ -136,3 +136,25 @@ def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path
                           "fixed", "0", *small, "--dyreg", "no_such_field=1", "--tag", "bad"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert bad.returncode != 0 and "failed: fixed seed 0" in bad.stderr
+
+
+def test_sync_probe_control_cannot_see_other_nodes_and_the_graph_can():
+    probe = _load(ROOT / "benchmarks" / "gnn_sync_probe.py")
+    pos, flags = probe.make_positions(4, seed=0)
+    assert pos.shape == (4, 10, 5, 2) and flags.shape == (4, 5)
+    assert 0 <= float(pos.min()) and float(pos.max()) <= 1
+    # in-sync digits share every jump; the others do not share all of theirs with them
+    for p, f in zip(pos, flags):
+        sync = f.bool()
+        if sync.sum() >= 2:
+            moves = p[1:] - p[:-1]  # [T-1, 5, 2]
+            first = moves[:, sync][:, :1]
+            assert torch.allclose(moves[:, sync], first.expand_as(moves[:, sync]))
+    torch.manual_seed(0)
+    moved = pos.clone()
+    moved[:, :, 1:] = torch.rand_like(moved[:, :, 1:])  # every node but node 0 moves elsewhere
+    for messages in (False, True):
+        model = probe.GraphProbe(channels=16, iterations=2, messages=messages).eval()
+        with torch.no_grad():
+            same = torch.allclose(model(pos)[:, 0], model(moved)[:, 0])
+        assert same == (not messages)  # only message passing lets node 0 see the others
