@@ -11,7 +11,7 @@ import torch
 from .config import TrainConfig
 
 __all__ = ["make_loader", "load_train_in_memory", "normalise", "read_num_classes",
-           "read_split_size", "batch_object_centres", "batch_object_boxes"]
+           "read_split_size", "batch_object_centres", "batch_object_boxes", "external_regions"]
 
 
 def _seed(cfg: TrainConfig, epoch: int) -> int:
@@ -162,3 +162,19 @@ def batch_object_centres(batch: dict[str, Any]) -> tuple[torch.Tensor | None, to
     (the centres of :func:`batch_object_boxes`)."""
     boxes, mask = batch_object_boxes(batch)
     return (None, None) if boxes is None else (boxes[..., :2].contiguous(), mask)
+
+
+def external_regions(batch: dict[str, Any]) -> torch.Tensor:
+    """The regions ``[B, T, M, 4]`` for a ``regions="external"`` (oracle) model: the batch's
+    ``boxes`` (clips held in memory) or its ground-truth boxes (:func:`batch_object_boxes`).
+    Raises ``ValueError`` unless every object has a box in every frame."""
+    boxes = batch.get("boxes")
+    if boxes is not None:
+        return boxes
+    boxes, mask = batch_object_boxes(batch)
+    if boxes is None or not bool(mask.all()):
+        raise ValueError("regions='external': the model needs every object's box in every frame "
+                         "(meta['boxes'], as MultiSyncMNIST stores them); this batch has "
+                         f"{'none' if boxes is None else 'some missing'} (clips held in memory "
+                         "keep boxes only when every sample has all of them)")
+    return boxes

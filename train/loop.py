@@ -32,8 +32,8 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_from_dict, config_to_dict
 from .data import (
-    batch_object_boxes,
     batch_object_centres,
+    external_regions,
     load_train_in_memory,
     make_loader,
     normalise,
@@ -87,22 +87,10 @@ def _dyreg_blocks(model: nn.Module) -> dict[str, nn.Module]:
     return m.dyreg_blocks() if hasattr(m, "dyreg_blocks") else {}
 
 
-def _batch_regions(model: nn.Module, batch: dict[str, Any], device: torch.device
-                   ) -> torch.Tensor | None:
-    """The ground-truth boxes ``[B, T, M, 4]`` of ``batch`` when the model's DyReg blocks take
-    external regions (the oracle), else ``None``."""
+def _needs_regions(model: nn.Module) -> bool:
+    """Whether the model's DyReg blocks take external regions (the oracle)."""
     m = _unwrap(model)
-    if not (hasattr(m, "needs_regions") and m.needs_regions()):
-        return None
-    boxes = batch.get("boxes")
-    if boxes is None:
-        boxes, mask = batch_object_boxes(batch)
-        if boxes is None or not bool(mask.all()):
-            raise ValueError("regions='external': the model needs every object's box in every "
-                             "frame (meta['boxes'], as MultiSyncMNIST stores them); this batch "
-                             f"has {'none' if boxes is None else 'some missing'} (clips held "
-                             "in memory keep boxes only when every sample has all of them)")
-    return boxes.to(device, non_blocking=True)
+    return bool(getattr(m, "needs_regions", lambda: False)())
 
 
 def freeze_partial_bn(model: nn.Module) -> int:
@@ -285,6 +273,7 @@ def _validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv, num_clas
     blocks = _dyreg_blocks(model)
     for blk in blocks.values():
         blk.record = record_regions
+    needs_regions = _needs_regions(model)
     meters = {name: DistanceMeter() for name in blocks}
     grid_meter = DistanceMeter()
     keys, preds, labels, scores_top5 = [], [], [], [0, 0]
@@ -292,8 +281,8 @@ def _validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv, num_clas
     for batch in loader:
         video = normalise(batch["video"].to(env.device, non_blocking=True), cfg)
         label = batch["label"].to(env.device)
+        regions = external_regions(batch).to(env.device) if needs_regions else None
         with _autocast(cfg, env.device):
-            regions = _batch_regions(model, batch, env.device)
             logits = _forward_views(model, video, regions).float()
         loss_sum += float(F.nll_loss(logits.log_softmax(-1), label, reduction="sum"))
         hits = topk_correct(logits, label, (1, 5))
@@ -587,6 +576,7 @@ def _train_step(model, micro, cfg: TrainConfig, env: DistEnv, optimizer, scaler,
     """One optimiser step over ``len(micro)`` accumulated batches."""
     total_loss, hits, count = 0.0, 0, 0
     blocks = _dyreg_blocks(model) if distill else {}
+    needs_regions = _needs_regions(model)
     for i, batch in enumerate(micro):
         video = normalise(batch["video"].to(env.device, non_blocking=True), cfg)
         label = batch["label"].to(env.device, non_blocking=True)
@@ -596,7 +586,7 @@ def _train_step(model, micro, cfg: TrainConfig, env: DistEnv, optimizer, scaler,
         with ctx:
             for name in teachers:
                 blocks[name].record = True
-            regions = _batch_regions(model, batch, env.device)
+            regions = external_regions(batch).to(env.device) if needs_regions else None
             with _autocast(cfg, env.device):
                 logits = model(video) if regions is None else model(video, regions=regions)
                 loss = F.cross_entropy(logits.float(), label)

@@ -11,7 +11,7 @@ from dyreg_pyg.viz import draw_regions, export_regions, save_regions_gif
 
 from .checkpoint import load_checkpoint, load_model_state
 from .config import config_from_dict
-from .data import batch_object_boxes, make_loader, normalise
+from .data import external_regions, make_loader, normalise
 
 __all__ = ["visualize", "collect_regions"]
 
@@ -38,11 +38,7 @@ def collect_regions(model, loader, cfg, num: int, block: str | None = None):
             if video.dim() == 6:  # several views: keep the first
                 video = video[:, 0]
             if getattr(model, "needs_regions", lambda: False)():  # oracle: the true boxes
-                boxes, mask = batch_object_boxes({**batch, "video": video})
-                if boxes is None or not bool(mask.all()):
-                    raise ValueError("regions='external': the clips carry no box for every "
-                                     "object in every frame")
-                model(normalise(video, cfg), regions=boxes)
+                model(normalise(video, cfg), regions=external_regions({**batch, "video": video}))
             else:
                 model(normalise(video, cfg))
             for i in range(video.shape[0]):

@@ -233,6 +233,8 @@ class VideoModel(nn.Module):
         (``(cx, cy, w, h)`` normalised to the frame) go to every DyReg block with
         ``regions="external"``, e.g. ground-truth object boxes as an oracle."""
         self.check_clip(clip)
+        if regions is None:  # the attachments hold none between calls
+            return self.fc(self.dropout(self.forward_features(clip)))
         attachments = [m for m in self.modules() if isinstance(m, _DyRegAttachment)]
         for a in attachments:
             a.regions = regions
