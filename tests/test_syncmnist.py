@@ -186,3 +186,39 @@ def test_bad_arguments(tmp_path):
         write_syncmnist_shards(tmp_path, "a/b", 2, seed=0)
     with pytest.raises(ValueError, match="sync_sizes"):
         write_syncmnist_shards(tmp_path, "train", 2, seed=0, digits=3, sync_sizes=(2, 4))
+
+
+def test_appearance_only_ceiling_exact_cases():
+    from dyreg_pyg.data.syncmnist import appearance_only_accuracy, appearance_only_table
+
+    # SyncMNIST: 5 distinct classes, the label is one of their 10 pairs, all equally likely
+    # (or "no sync", less likely than any pair): the best motion-blind guess is right 1 in 10.
+    single = SyncMNISTConfig(variant="single")
+    assert appearance_only_accuracy(single) == pytest.approx(45 / 46 / 10, abs=1e-12)
+    # Two digits that are in sync unless "no sync": the classes give the label away.
+    two = SyncMNISTConfig(digits=2, sync_sizes=(2,))
+    assert appearance_only_accuracy(two) == pytest.approx(55 / 56, abs=1e-12)
+    table = appearance_only_table(SyncMNISTConfig())
+    marginal = sum(table.values())
+    assert marginal.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.allclose(marginal, 1 / 56)  # labels are uniform (p_no_sync = 1 / 56)
+    assert all(len(k) == 5 and list(k) == sorted(k) for k in table)
+
+
+def test_appearance_only_ceiling_matches_the_generator():
+    from dyreg_pyg.data.syncmnist import (
+        _choose_classes,
+        appearance_only_accuracy,
+        appearance_only_table,
+    )
+
+    cfg = SyncMNISTConfig()
+    guess = {k: int(v.argmax()) for k, v in appearance_only_table(cfg).items()}
+    rng = np.random.default_rng(0)
+    hits = []
+    for _ in range(40_000):
+        label, classes, _ = _choose_classes(cfg, rng)
+        hits.append(guess[tuple(sorted(classes))] == label)
+    # ~32 %; the sampling error of 40k draws is 0.23 points
+    assert np.mean(hits) == pytest.approx(appearance_only_accuracy(cfg), abs=0.01)
+    assert 0.30 < appearance_only_accuracy(cfg) < 0.34

@@ -31,8 +31,10 @@ and evaluation splits draw from disjoint digit images.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import time
@@ -51,7 +53,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "SyncMNISTConfig", "DigitPool",
     "load_digit_pool", "syncmnist_label", "syncmnist_class_names", "syncmnist_num_classes",
-    "generate_video", "write_syncmnist_shards",
+    "generate_video", "write_syncmnist_shards", "appearance_only_table",
+    "appearance_only_accuracy",
 ]
 
 #: Number of classes of SyncMNIST (45 unordered pairs of distinct digits + "no sync").
@@ -274,6 +277,62 @@ def _choose_classes(cfg: SyncMNISTConfig, rng: np.random.Generator
     classes = [classes[i] for i in order]
     in_sync = [bool(int(i) in sync_idx) for i in order]
     return label, classes, in_sync
+
+
+def _multisets(values: range, k: int) -> list[tuple[tuple[int, ...], float]]:
+    """Every multiset of ``k`` i.i.d. uniform draws from ``values``, with its probability."""
+    out = []
+    for combo in itertools.combinations_with_replacement(values, k):
+        ways = math.factorial(k)
+        for c in set(combo):
+            ways //= math.factorial(combo.count(c))
+        out.append((combo, ways / len(values) ** k))
+    return out
+
+
+def appearance_only_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndarray]:
+    """Exact joint probabilities ``P(digit classes, label)`` of the generator.
+
+    Key: the sorted digit classes of a video (what a model that sees every digit's class but
+    no motion can know); value: ``[num_classes]`` probabilities of that key with each label.
+    Mirrors the sampling of :func:`generate_video` (label first, then the classes).
+    """
+    cfg.validate()
+    nc, n = cfg.num_classes, cfg.digits
+    table: dict[tuple[int, ...], np.ndarray] = {}
+
+    def add(classes: tuple[int, ...], label: int, p: float) -> None:
+        key = tuple(sorted(classes))
+        if key not in table:
+            table[key] = np.zeros(nc)
+        table[key][label] += p
+
+    p_none = cfg.no_sync_probability
+    p_pair = (1.0 - p_none) / (nc - 1)
+    if cfg.variant == "single":  # distinct classes: uniform subsets
+        for subset in itertools.combinations(range(10), n):
+            add(subset, nc - 1, p_none / math.comb(10, n))
+        for label, (lo, hi) in enumerate(_pairs(cfg.variant)):
+            rest = [c for c in range(10) if c not in (lo, hi)]
+            for others in itertools.combinations(rest, n - 2):
+                add((lo, hi, *others), label, p_pair / math.comb(8, n - 2))
+        return table
+    for classes, p in _multisets(range(10), n):
+        add(classes, nc - 1, p_none * p)
+    p_size = 1.0 / len(cfg.sync_sizes)
+    for label, (lo, hi) in enumerate(_pairs(cfg.variant)):
+        for k in cfg.sync_sizes:
+            for extra, pe in _multisets(range(lo, hi + 1), k - 2):
+                for others, po in _multisets(range(10), n - k):
+                    add((lo, hi, *extra, *others), label, p_pair * p_size * pe * po)
+    return table
+
+
+def appearance_only_accuracy(cfg: SyncMNISTConfig) -> float:
+    """Top-1 accuracy of the best classifier that knows every digit's class but nothing of
+    the motion (the Bayes rule on :func:`appearance_only_table`): the accuracy a model reaches
+    without detecting synchrony at all."""
+    return float(sum(p.max() for p in appearance_only_table(cfg).values()))
 
 
 def _trajectory(start: np.ndarray, steps: int, limit: int, max_jump: int,

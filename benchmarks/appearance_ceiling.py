@@ -1,0 +1,132 @@
+"""How much of MultiSyncMNIST can be solved without seeing any motion, and do trained models
+do more than that?
+
+The label is (smallest, largest) digit class of the subset that moves in sync. A model that
+recognises every digit but detects no synchrony can still guess the most likely label of the
+digits it sees. ``appearance_only_accuracy`` computes that guess's accuracy exactly from the
+generator's sampling (:func:`dyreg_pyg.data.syncmnist.appearance_only_table`): the ceiling of
+a model that uses appearance only. A paper number above it needs motion; a model at or below
+it may have learnt none.
+
+    python benchmarks/appearance_ceiling.py                       # the ceilings only
+    python benchmarks/appearance_ceiling.py --study /data/study --variants nograph,oracle \\
+        --seeds 0 --out docs/study_b48k/appearance.json
+
+With ``--study`` (a folder of ``benchmarks/reproduce_syncmnist.py``) every
+``<variant>/seed<k>/last.pt`` is run on the study's validation shards and compared, video by
+video, with the appearance-only guess (from the true digit classes in each video's metadata):
+
+- ``top1``: the model's accuracy; ``guess_top1``: the guess's accuracy on the same videos;
+- ``agreement``: share of videos where the model predicts exactly the guess;
+- ``top1_guess_right`` / ``top1_guess_wrong``: the model's accuracy on the videos the guess
+  gets right / wrong;
+- ``loss`` / ``guess_loss``: the model's cross-entropy and that of the exact appearance-only
+  posterior ``P(label | digit classes)`` on the same videos. No model blind to the motion
+  can have a lower expected loss than the posterior (1.74 nats on MultiSyncMNIST), so a
+  ``loss`` below ``guess_loss`` is evidence of synchrony detection; above it, there is none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyreg_pyg.data.syncmnist import (
+    SyncMNISTConfig,
+    appearance_only_accuracy,
+    appearance_only_table,
+)
+from train.checkpoint import load_checkpoint, load_model_state
+from train.config import config_from_dict
+from train.data import external_regions, make_loader, normalise
+from train.loop import build_model
+
+log = logging.getLogger("appearance_ceiling")
+
+
+def compare_with_guess(checkpoint: Path, data: str) -> dict[str, Any]:
+    """Run ``checkpoint`` on the shards ``data`` and compare it with the appearance-only guess."""
+    ck = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ck["config"])
+    cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = data, 1, 1
+    model = build_model(cfg, ck["num_classes"])
+    load_model_state(model, ck["model"], str(checkpoint))
+    model.eval()
+    tables: dict[str, dict[tuple[int, ...], Any]] = {}
+    rows = []  # (model right, guess right, model == guess, model NLL, posterior NLL)
+    with torch.no_grad():
+        for batch in make_loader(cfg, "val", epoch=0):
+            video = normalise(batch["video"], cfg)
+            regions = external_regions(batch) if model.needs_regions() else None
+            logp = model(video, regions).float().log_softmax(-1)
+            for lp, y, meta in zip(logp, batch["label"].tolist(), batch["meta"]):
+                variant = meta.get("variant", "multi")
+                if variant not in tables:
+                    tables[variant] = appearance_only_table(SyncMNISTConfig(
+                        variant=variant, digits=len(meta["digit_classes"])))
+                joint = tables[variant][tuple(sorted(meta["digit_classes"]))]
+                p, g = int(lp.argmax()), int(joint.argmax())
+                rows.append((p == y, g == y, p == g, -float(lp[y]),
+                             -math.log(joint[y] / joint.sum())))
+    if not rows:
+        raise ValueError(f"{data}: no validation videos")
+    t = torch.tensor(rows, dtype=torch.float64)
+    right = t[:, 1].bool()
+    return {
+        "samples": len(rows),
+        "top1": float(t[:, 0].mean()),
+        "guess_top1": float(t[:, 1].mean()),
+        "agreement": float(t[:, 2].mean()),
+        "top1_guess_right": float(t[right, 0].mean()) if right.any() else None,
+        "top1_guess_wrong": float(t[~right, 0].mean()) if (~right).any() else None,
+        "loss": float(t[:, 3].mean()),
+        "guess_loss": float(t[:, 4].mean()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", default=None, help="folder of reproduce_syncmnist.py")
+    ap.add_argument("--variants", default="nograph,fixed,dyreg")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--out", default=None, help="also write the results here (JSON)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    results: dict[str, Any] = {
+        "ceiling": {v: appearance_only_accuracy(SyncMNISTConfig(variant=v))
+                    for v in ("multi", "single")}}
+    print(f"appearance-only ceiling: MultiSyncMNIST {100 * results['ceiling']['multi']:.2f} %, "
+          f"SyncMNIST {100 * results['ceiling']['single']:.2f} %")
+    if args.study:
+        study = Path(args.study)
+        shards = sorted((study / "data").glob("val-*.tar"))
+        if not shards:
+            raise SystemExit(f"--study: no val-*.tar shards under {study / 'data'}")
+        first, last = shards[0].stem.split("-")[-1], shards[-1].stem.split("-")[-1]
+        data = str(study / "data" / f"val-{{{first}..{last}}}.tar")
+        print("| run | top-1 % | guess top-1 % | agreement % | top-1 where the guess is right "
+              "/ wrong % | loss / guess loss |\n|---|---|---|---|---|---|")
+        for v in args.variants.split(","):
+            for s in args.seeds.split(","):
+                ck = study / v / f"seed{s}" / "last.pt"
+                if not ck.exists():
+                    log.warning("%s: no checkpoint, skipped", ck)
+                    continue
+                r = results[f"{v}/seed{s}"] = compare_with_guess(ck, data)
+                print(f"| {v}/seed{s} | {100 * r['top1']:.2f} | {100 * r['guess_top1']:.2f} | "
+                      f"{100 * r['agreement']:.2f} | {100 * (r['top1_guess_right'] or 0):.2f} / "
+                      f"{100 * (r['top1_guess_wrong'] or 0):.2f} | {r['loss']:.3f} / "
+                      f"{r['guess_loss']:.3f} |", flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
