@@ -204,10 +204,10 @@ class DyRegGNN(nn.Module):
                 f"[B, T, C, H, W], got {x.shape[2]} (shape {tuple(x.shape)})"
             )
 
-    def forward(
-        self, x: Tensor, regions: Tensor | None = None, return_details: bool = False
-    ) -> Tensor | tuple[Tensor, DyRegDetails]:
-        """Apply the module; see the class docstring for shapes."""
+    def _process(self, x: Tensor, regions: Tensor | None, want_attention: bool
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Regions, kernels, pooled nodes and K graph iterations: node states ``[B*T, N, C']``,
+        regions ``[B, T, N, 4]``, kernels ``[B, T, N, H, W]`` and the last attention."""
         self._check_input(x)
         b, t, c, h, w = x.shape
         n = self.num_nodes
@@ -217,32 +217,47 @@ class DyRegGNN(nn.Module):
         if self.pos_embed is not None:
             nodes = nodes + self.pos_embed(flat_k).to(nodes.dtype)
 
-        graph, attention = None, None
+        attention = None
         if self.config.backend == "dense":
             for k in range(self.config.iterations):
                 idx = 0 if self.config.share_weights else k
                 nodes = self.spatial[idx].forward_dense(nodes)  # Eq. 8
                 nodes = self.temporal[idx](nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # Eq. 9
-        else:
-            # Message passing needs only the edges; the PyG Batch is assembled for details.
-            edge_index = frame_edge_index(b * t, n, self.config.self_loops, x.device)
-            v = nodes.reshape(b * t * n, -1)
-            for k in range(self.config.iterations):
-                idx = 0 if self.config.share_weights else k
-                if self._is_rstg and return_details:
-                    v, (_, attention) = self.spatial[idx](
-                        v, edge_index, return_attention_weights=True
-                    )
-                else:
-                    v = self.spatial[idx](v, edge_index)  # Eq. 8 (or any PyG layer)
-                v = self.temporal[idx](v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
-            nodes = v.view(b * t, n, -1)
+            return nodes, regions, kernels, attention
+        # Message passing needs only the edges; the PyG Batch is assembled for details.
+        edge_index = frame_edge_index(b * t, n, self.config.self_loops, x.device)
+        v = nodes.reshape(b * t * n, -1)
+        for k in range(self.config.iterations):
+            idx = 0 if self.config.share_weights else k
+            if self._is_rstg and want_attention:
+                v, (_, attention) = self.spatial[idx](v, edge_index, return_attention_weights=True)
+            else:
+                v = self.spatial[idx](v, edge_index)  # Eq. 8 (or any PyG layer)
+            v = self.temporal[idx](v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
+        return v.view(b * t, n, -1), regions, kernels, attention
+
+    def node_states(self, x: Tensor, regions: Tensor | None = None) -> Tensor:
+        """The nodes after the K graph iterations, before re-mapping, attached to autograd:
+        ``[B, T, N, node_channels]`` - for node-level read-outs and losses."""
+        b, t = x.shape[:2]
+        nodes = self._process(x, regions, want_attention=False)[0]
+        return nodes.view(b, t, self.num_nodes, -1)
+
+    def forward(
+        self, x: Tensor, regions: Tensor | None = None, return_details: bool = False
+    ) -> Tensor | tuple[Tensor, DyRegDetails]:
+        """Apply the module; see the class docstring for shapes."""
+        nodes, regions, kernels, attention = self._process(x, regions, return_details)
+        b, t, c, h, w = x.shape
+        flat_k = kernels.reshape(b * t, self.num_nodes, h, w)
         out = remap_nodes(self.proj_out(nodes), flat_k).view(b, t, c, h, w)  # Eq. 10
         if not return_details:
             return out
+        graph = None
         if self.config.backend == "pyg":
             graph = build_graph_batch(
-                nodes.detach().view(b, t, n, -1), regions.detach(), self.config.self_loops
+                nodes.detach().view(b, t, self.num_nodes, -1), regions.detach(),
+                self.config.self_loops,
             )
         details = DyRegDetails(
             regions=regions.detach(),

@@ -195,3 +195,23 @@ def test_torch_compile_runs_on_cpu(backend):
     ref = m(x)
     compiled = torch.compile(m)
     assert torch.allclose(compiled(x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["pyg", "dense"])
+def test_node_states_are_the_graph_nodes_and_carry_gradients(backend):
+    m = DyRegGNN(C, 8, regions="external", num_nodes=4, backend=backend)
+    x, regions = _x().requires_grad_(), _ext(4)
+    nodes = m.node_states(x, regions)
+    assert nodes.shape == (B, T, 4, 8)
+    _, d = m(x.detach(), regions, return_details=True)
+    if backend == "pyg":
+        assert torch.allclose(nodes.detach().reshape(-1, 8), d.graph.x, atol=1e-6)
+    nodes[:, -1, 0].sum().backward()  # a read-out of one node of the last frame
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.spatial.parameters())
+    # the temporal update runs forward in time: frame 0's nodes ignore later frames
+    x2 = x.detach().clone()
+    x2[:, 1:] += 1.0
+    with torch.no_grad():
+        first = m.node_states(x.detach(), regions)[:, 0]
+        assert torch.allclose(first, m.node_states(x2, regions)[:, 0], atol=1e-6)
