@@ -14,89 +14,149 @@ node's last state. Variants, side by side on the same data and steps:
 
 Prints per-node accuracy, the accuracy of whole videos (every node right) and the ratio to
 the control.
+
+``--task label`` asks for the video's real 56-way MultiSyncMNIST label instead: each node
+also gets its digit's class (one-hot), and a linear head reads the mean of the nodes' last
+states. Knowing the classes but not the synchrony caps accuracy at the appearance-only
+ceiling (31.98 %, ``benchmarks/appearance_ceiling.py``); this measures how many videos a
+graph with perfect node inputs needs to go beyond it.
+
+    python benchmarks/gnn_sync_probe.py --task label --train 50000 --steps 6000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dyreg_pyg.data.syncmnist import SyncMNISTConfig, generate_video, load_digit_pool
+from dyreg_pyg.data.syncmnist import (
+    SyncMNISTConfig,
+    appearance_only_accuracy,
+    generate_video,
+    load_digit_pool,
+)
 from dyreg_pyg.graph import frame_edge_index
 from dyreg_pyg.nn import TemporalUpdate, make_spatial_layer
 
 log = logging.getLogger("gnn_sync_probe")
 
 
-def make_positions(num: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Positions ``[num, T, 5, 2]`` in ``[0, 1]`` and in-sync flags ``[num, 5]``."""
+def make_positions(num: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Positions ``[num, T, 5, 2]`` in ``[0, 1]``, in-sync flags ``[num, 5]``, digit classes
+    ``[num, 5]`` and video labels ``[num]``."""
     cfg = SyncMNISTConfig()
     pool = load_digit_pool("train")
-    pos, flags = [], []
+    pos, flags, classes, labels = [], [], [], []
     for i in range(num):
-        _, _, meta = generate_video(cfg, pool, np.random.default_rng([seed, i]))
+        _, label, meta = generate_video(cfg, pool, np.random.default_rng([seed, i]))
         pos.append(np.asarray(meta["positions"], np.float32) / (cfg.canvas - 28))
         flags.append(np.asarray(meta["in_sync"], np.float32))
-    return torch.from_numpy(np.stack(pos)), torch.from_numpy(np.stack(flags))
+        classes.append(meta["digit_classes"])
+        labels.append(label)
+    return (torch.from_numpy(np.stack(pos)), torch.from_numpy(np.stack(flags)),
+            torch.tensor(classes), torch.tensor(labels))
 
 
 class GraphProbe(nn.Module):
-    """Positions ``[B, T, N, 2]`` -> per-node logits ``[B, N]`` through the DyReg graph stack.
+    """Positions ``[B, T, N, 2]`` -> per-node logits ``[B, N]`` through the DyReg graph stack;
+    with ``num_classes``, positions and digit classes ``[B, N]`` -> video logits
+    ``[B, num_classes]`` (a linear head on the mean of the nodes' last states).
 
     Args:
         channels: node width.
         iterations: K rounds of (spatial messages, temporal update), weights shared.
         messages: whether the spatial layer runs (``False``: the control).
+        num_classes: ``None`` for the per-node in-sync task, else the video label's classes.
     """
 
-    def __init__(self, channels: int = 64, iterations: int = 3, messages: bool = True) -> None:
+    def __init__(self, channels: int = 64, iterations: int = 3, messages: bool = True,
+                 num_classes: int | None = None) -> None:
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(2, channels), nn.ReLU(), nn.Linear(channels, channels))
+        inputs = 2 if num_classes is None else 2 + 10
+        self.embed = nn.Sequential(nn.Linear(inputs, channels), nn.ReLU(),
+                                   nn.Linear(channels, channels))
         self.spatial = make_spatial_layer("rstg", channels) if messages else None
         self.temporal = TemporalUpdate(channels, "gru")
-        self.head = nn.Linear(channels, 1)
+        self.head = nn.Linear(channels, 1 if num_classes is None else num_classes)
         self.iterations = iterations
+        self.num_classes = num_classes
 
-    def forward(self, pos: Tensor) -> Tensor:
+    def forward(self, pos: Tensor, classes: Tensor | None = None) -> Tensor:
         b, t, n, _ = pos.shape
+        if self.num_classes is not None:
+            if classes is None:
+                raise ValueError("classes: the label task needs the digit classes [B, N]")
+            onehot = nn.functional.one_hot(classes, 10).to(pos.dtype)
+            pos = torch.cat([pos, onehot[:, None].expand(b, t, n, 10)], -1)
         v = self.embed(pos).reshape(b * t * n, -1)
         edge_index = frame_edge_index(b * t, n, True, pos.device)
         for _ in range(self.iterations):
             if self.spatial is not None:
                 v = self.spatial(v, edge_index)  # Eq. 8
             v = self.temporal(v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
-        return self.head(v.view(b, t, n, -1)[:, -1]).squeeze(-1)
+        last = v.view(b, t, n, -1)[:, -1]
+        if self.num_classes is None:
+            return self.head(last).squeeze(-1)
+        return self.head(last.mean(1))
 
 
-def train_probe(model: nn.Module, data: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
-                steps: int, batch_size: int, lr: float, seed: int) -> dict[str, float]:
-    """Adam with a one-cycle schedule; returns validation node and video accuracy."""
+def train_probe(model: GraphProbe, data: tuple[Tensor, ...], val: tuple[Tensor, ...],
+                steps: int, batch_size: int, lr: float, seed: int,
+                eval_every: int = 0) -> dict[str, object]:
+    """Adam with a one-cycle schedule on ``make_positions`` tuples; returns validation
+    accuracy (per node and per video for the in-sync task, top-1 for the label task) and,
+    with ``eval_every``, the validation curve ``{videos seen: accuracy}``."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    pos, flags = data
+    pos, flags, classes, labels = data
+    label_task = model.num_classes is not None
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            if label_task:
+                out = {"top1": float((model(val[0], val[2]).argmax(-1) == val[3]).float().mean())}
+            else:
+                hit = (model(val[0]) > 0).float() == val[1]
+                out = {"node_acc": float(hit.float().mean()),
+                       "video_acc": float(hit.all(1).float().mean())}
+        model.train()
+        return out
+
+    curve: dict[int, float] = {}
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         idx = torch.randint(0, len(pos), (batch_size,), generator=gen)
-        loss = nn.functional.binary_cross_entropy_with_logits(model(pos[idx]), flags[idx])
+        if label_task:
+            loss = nn.functional.cross_entropy(model(pos[idx], classes[idx]), labels[idx])
+        else:
+            loss = nn.functional.binary_cross_entropy_with_logits(model(pos[idx]), flags[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-    model.eval()
-    with torch.no_grad():
-        hit = (model(val[0]) > 0).float() == val[1]
-    return {"node_acc": float(hit.float().mean()), "video_acc": float(hit.all(1).float().mean()),
-            "train_loss": float(loss)}
+        if eval_every and step % eval_every == 0 and step < steps:
+            curve[step * batch_size] = next(iter(evaluate().values()))
+            log.info("%d videos: %.4f (train loss %.4f)", step * batch_size,
+                     curve[step * batch_size], loss.item())
+    result: dict[str, object] = {**evaluate(), "train_loss": loss.item()}
+    curve[steps * batch_size] = next(iter(evaluate().values()))
+    result["curve"] = curve
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=("sync", "label"), default="sync",
+                    help="per-node in-sync flags, or the 56-way video label")
     ap.add_argument("--train", type=int, default=20_000, help="training videos")
     ap.add_argument("--val", type=int, default=2_000, help="validation videos")
     ap.add_argument("--steps", type=int, default=3_000)
@@ -104,27 +164,49 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-every", type=int, default=0, help="steps between validations")
+    ap.add_argument("--variants", default="graph,no_messages")
+    ap.add_argument("--out", default=None, help="also write the results here (JSON)")
     args = ap.parse_args()
+    variants = args.variants.split(",")
+    if not variants or set(variants) - {"graph", "no_messages"}:
+        raise SystemExit(f"--variants: expected some of graph,no_messages, got {args.variants}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.time()
     data, val = make_positions(args.train, args.seed), make_positions(args.val, 7919)
     log.info("positions of %d + %d videos in %.0f s; in-sync share %.3f", args.train, args.val,
              time.time() - t0, float(val[1].mean()))
+    num_classes = SyncMNISTConfig().num_classes if args.task == "label" else None
     results = {}
-    for name, messages in (("graph", True), ("no_messages", False)):
+    for name in variants:
+        messages = name == "graph"
         torch.manual_seed(args.seed)
         t0 = time.time()
-        results[name] = train_probe(GraphProbe(messages=messages), data, val, args.steps,
-                                    args.batch_size, args.lr, args.seed)
-        log.info("%s: %s (%.0f s)", name, {k: round(v, 4) for k, v in results[name].items()},
-                 time.time() - t0)
-    g, c = results["graph"], results["no_messages"]
+        results[name] = train_probe(GraphProbe(messages=messages, num_classes=num_classes),
+                                    data, val, args.steps, args.batch_size, args.lr, args.seed,
+                                    args.eval_every)
+        log.info("%s: %s (%.0f s)", name, results[name], time.time() - t0)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    if args.task == "label":
+        ceiling = appearance_only_accuracy(SyncMNISTConfig())
+        print(f"| variant | top-1 % |\n|---|---|\n| appearance-only ceiling | "
+              f"{100 * ceiling:.2f} |")
+        for name, r in results.items():
+            print(f"| {name} | {100 * r['top1']:.2f} |")
+        for name, r in results.items():
+            curve = " ".join(f"{k}: {100 * v:.1f}" for k, v in r["curve"].items())
+            print(f"{name} top-1 % along the run (videos seen: %): {curve}")
+        return
     print("| variant | node accuracy | video accuracy |\n|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {100 * r['node_acc']:.2f} | {100 * r['video_acc']:.2f} |")
-    print(f"graph / no_messages: node accuracy x{g['node_acc'] / c['node_acc']:.2f}, "
-          f"video accuracy x{g['video_acc'] / max(c['video_acc'], 1e-9):.2f}")
+    if len(results) == 2:
+        g, c = results["graph"], results["no_messages"]
+        print(f"graph / no_messages: node accuracy x{g['node_acc'] / c['node_acc']:.2f}, "
+              f"video accuracy x{g['video_acc'] / max(c['video_acc'], 1e-9):.2f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from train.checkpoint import load_checkpoint
@@ -140,8 +141,9 @@ def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path
 
 def test_sync_probe_control_cannot_see_other_nodes_and_the_graph_can():
     probe = _load(ROOT / "benchmarks" / "gnn_sync_probe.py")
-    pos, flags = probe.make_positions(4, seed=0)
+    pos, flags, classes, labels = probe.make_positions(4, seed=0)
     assert pos.shape == (4, 10, 5, 2) and flags.shape == (4, 5)
+    assert classes.shape == (4, 5) and labels.shape == (4,)
     assert 0 <= float(pos.min()) and float(pos.max()) <= 1
     # in-sync digits share every jump; the others do not share all of theirs with them
     for p, f in zip(pos, flags):
@@ -158,3 +160,15 @@ def test_sync_probe_control_cannot_see_other_nodes_and_the_graph_can():
         with torch.no_grad():
             same = torch.allclose(model(pos)[:, 0], model(moved)[:, 0])
         assert same == (not messages)  # only message passing lets node 0 see the others
+    # the label task reads the mean of the nodes: logits [B, 56], blind to the node order
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    for messages in (False, True):
+        model = probe.GraphProbe(channels=16, iterations=2, messages=messages,
+                                 num_classes=56).eval()
+        with torch.no_grad():
+            out = model(pos, classes)
+            assert out.shape == (4, 56)
+            assert torch.allclose(out, model(pos[:, :, perm], classes[:, perm]), atol=1e-5)
+            assert not torch.allclose(out, model(pos, (classes + 1) % 10), atol=1e-5)
+        with pytest.raises(ValueError, match="classes"):
+            model(pos)
