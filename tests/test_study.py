@@ -172,3 +172,21 @@ def test_sync_probe_control_cannot_see_other_nodes_and_the_graph_can():
             assert not torch.allclose(out, model(pos, (classes + 1) % 10), atol=1e-5)
         with pytest.raises(ValueError, match="classes"):
             model(pos)
+
+
+def test_pixel_sync_probe_nodes_follow_their_boxes():
+    probe = _load(ROOT / "benchmarks" / "pixel_sync_probe.py")
+    video, boxes, flags = probe.make_clips(2, seed=0)
+    assert video.shape == (2, 10, 1, 64, 64) and video.dtype == torch.uint8
+    assert boxes.shape == (2, 10, 5, 4) and flags.shape == (2, 5)
+    assert ((boxes[..., :2] > 0) & (boxes[..., :2] < 1)).all()
+    torch.manual_seed(0)
+    model = probe.PixelSyncProbe().eval()
+    x = probe._normalise(video)
+    perm = torch.tensor([2, 0, 4, 1, 3])
+    with torch.no_grad():
+        out = model(x, boxes)
+        assert out.shape == (2, 5)
+        # node k is digit k: re-ordering the boxes re-orders the answers, nothing else
+        assert torch.allclose(model(x, boxes[:, :, perm]), out[:, perm], atol=1e-5)
+        assert not torch.allclose(model(x, boxes.flip(1)), out, atol=1e-5)
