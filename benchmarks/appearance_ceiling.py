@@ -42,21 +42,15 @@ from dyreg_pyg.data.syncmnist import (
     appearance_only_accuracy,
     appearance_only_table,
 )
-from train.checkpoint import load_checkpoint, load_model_state
-from train.config import config_from_dict
-from train.data import external_regions, make_loader, normalise
-from train.loop import build_model
+from train.data import external_regions, make_loader, normalise, split_pattern
+from train.loop import load_trained
 
 log = logging.getLogger("appearance_ceiling")
 
 
 def compare_with_guess(checkpoint: Path, data: str) -> dict[str, Any]:
     """Run ``checkpoint`` on the shards ``data`` and compare it with the appearance-only guess."""
-    ck = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ck["config"])
-    cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = data, 1, 1
-    model = build_model(cfg, ck["num_classes"])
-    load_model_state(model, ck["model"], str(checkpoint))
+    model, cfg, _ = load_trained(checkpoint, data)
     model.eval()
     tables: dict[str, dict[tuple[int, ...], Any]] = {}
     rows = []  # (model right, guess right, model == guess, model NLL, posterior NLL)
@@ -105,11 +99,10 @@ def main() -> None:
           f"SyncMNIST {100 * results['ceiling']['single']:.2f} %")
     if args.study:
         study = Path(args.study)
-        shards = sorted((study / "data").glob("val-*.tar"))
-        if not shards:
-            raise SystemExit(f"--study: no val-*.tar shards under {study / 'data'}")
-        first, last = shards[0].stem.split("-")[-1], shards[-1].stem.split("-")[-1]
-        data = str(study / "data" / f"val-{{{first}..{last}}}.tar")
+        try:
+            data = split_pattern(study / "data", "val")
+        except ValueError as e:
+            raise SystemExit(f"--study: {e}") from None
         print("| run | top-1 % | guess top-1 % | agreement % | top-1 where the guess is right "
               "/ wrong % | loss / guess loss |\n|---|---|---|---|---|---|")
         for v in args.variants.split(","):

@@ -27,10 +27,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from dyreg_pyg.viz import draw_regions
-from train.checkpoint import load_checkpoint, load_model_state
-from train.config import config_from_dict
 from train.data import make_loader
-from train.loop import build_model
+from train.loop import load_trained
 from train.visualize import collect_regions
 
 log = logging.getLogger("figure")
@@ -40,12 +38,8 @@ LABEL_WIDTH = 110
 
 def _rows(checkpoint: Path, data: str, num: int) -> tuple[list[dict], dict[str, float]]:
     """Regions of the first ``num`` clips, and statistics of the regions and of ``gamma``."""
-    ck = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ck["config"])
-    cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = data, 1, 1
+    model, cfg, _ = load_trained(checkpoint, data)
     cfg.data.num_workers = 0
-    model = build_model(cfg, ck["num_classes"])
-    load_model_state(model, ck["model"], str(checkpoint))
     samples = collect_regions(model, make_loader(cfg, "val"), cfg, num)[1]
     block = next(iter(model.dyreg_blocks().values()))
     reg = torch.stack([s["regions"] for s in samples])  # [S, T, N, 4]

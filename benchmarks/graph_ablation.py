@@ -26,11 +26,9 @@ from pathlib import Path
 
 import torch
 
-from train.checkpoint import load_checkpoint, load_model_state
-from train.config import config_from_dict
-from train.data import make_loader
+from train.data import make_loader, split_pattern
 from train.dist import setup_distributed
-from train.loop import build_model, validate
+from train.loop import load_trained, validate
 
 log = logging.getLogger("graph_ablation")
 
@@ -64,16 +62,12 @@ class _RatioMeter:
 def ablate(checkpoint: Path, data: str) -> dict[str, float | None]:
     """Validation top-1 of ``checkpoint`` with its graph on and off, and the write-back ratio."""
     env = setup_distributed("cpu")
-    ck = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ck["config"])
-    cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = data, 1, 1
-    model = build_model(cfg, ck["num_classes"])
-    load_model_state(model, ck["model"], str(checkpoint))
+    model, cfg, num_classes = load_trained(checkpoint, data)
     blocks = model.dyreg_blocks()
     if not blocks:
         raise ValueError(f"{checkpoint}: the model has no DyReg block to switch off")
     meters = [_RatioMeter(b) for b in blocks.values()]
-    on = validate(model, make_loader(cfg, "val", epoch=0), cfg, env, ck["num_classes"],
+    on = validate(model, make_loader(cfg, "val", epoch=0), cfg, env, num_classes,
                   record_regions=False)
     ratios = [m.ratio for m in meters if m.ratio is not None]
     for m in meters:
@@ -81,7 +75,7 @@ def ablate(checkpoint: Path, data: str) -> dict[str, float | None]:
     with torch.no_grad():
         for b in blocks.values():
             b.gamma.zero_()
-    off = validate(model, make_loader(cfg, "val", epoch=0), cfg, env, ck["num_classes"],
+    off = validate(model, make_loader(cfg, "val", epoch=0), cfg, env, num_classes,
                    record_regions=False)
     return {
         "samples": on["samples"],
@@ -101,11 +95,10 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     study = Path(args.study)
-    shards = sorted((study / "data").glob("val-*.tar"))
-    if not shards:
-        raise SystemExit(f"--study: no val-*.tar shards under {study / 'data'}")
-    first, last = shards[0].stem.split("-")[-1], shards[-1].stem.split("-")[-1]
-    data = str(study / "data" / f"val-{{{first}..{last}}}.tar")
+    try:
+        data = split_pattern(study / "data", "val")
+    except ValueError as e:
+        raise SystemExit(f"--study: {e}") from None
     results: dict[str, dict[str, float | None]] = {}
     for v in args.variants.split(","):
         for s in args.seeds.split(","):

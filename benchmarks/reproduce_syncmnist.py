@@ -43,7 +43,7 @@ import yaml
 from dyreg_pyg.data import write_syncmnist_shards
 from dyreg_pyg.models import build_preset
 from train.config import load_config
-from train.data import load_train_in_memory
+from train.data import load_train_in_memory, split_pattern
 from train.loop import fit
 
 log = logging.getLogger("reproduce")
@@ -56,12 +56,6 @@ EXTRA = {"oracle": "the ground-truth digit boxes as the 5 regions (a diagnostic,
 """Variants beside the paper's: they get a table row without a paper number."""
 
 VAL_SEED = 7919
-
-
-def _pattern(folder: Path, split: str) -> str:
-    shards = sorted(folder.glob(f"{split}-*.tar"))
-    first, last = shards[0].stem.split("-")[-1], shards[-1].stem.split("-")[-1]
-    return str(folder / f"{split}-{{{first}..{last}}}.tar")
 
 
 def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2) -> None:
@@ -204,7 +198,7 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
                 "val_videos": args.val_videos,
                 "in_memory": args.in_memory}
     overrides = [
-        f"data.train={_pattern(data, 'train')}", f"data.val={_pattern(data, 'val')}",
+        f"data.train={split_pattern(data, 'train')}", f"data.val={split_pattern(data, 'val')}",
         f"out_dir={run}", f"seed={seed}", f"max_steps={steps}", "max_minutes=null",
         "epochs=100000", f"eval_every={args.eval_every}",
         f"data.batch_size={args.batch_size}",

@@ -91,6 +91,21 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
     assert closed["write_back_ratio"] == 0.0 and closed["drop"] == 0.0
     assert closed["top1_graph_on"] == closed["top1_graph_off"] == on["top1_graph_off"]
 
+    # the study's validation shards as one pattern; the oracle run against the
+    # appearance-only guess (its regions come from the clips' boxes)
+    from train.data import split_pattern
+
+    assert split_pattern(out / "data", "val") == val
+    with pytest.raises(ValueError, match="no test-"):
+        split_pattern(out / "data", "test")
+    ceiling = _load(ROOT / "benchmarks" / "appearance_ceiling.py")
+    r = ceiling.compare_with_guess(out / "oracle" / "seed0" / "last.pt", val)
+    assert r["samples"] == 8 and 0 <= r["agreement"] <= 1
+    parts = [(x, w) for x, w in ((r["top1_guess_right"], r["guess_top1"]),
+                                 (r["top1_guess_wrong"], 1 - r["guess_top1"])) if x is not None]
+    assert sum(x * w for x, w in parts) == pytest.approx(r["top1"])
+    assert r["guess_loss"] > 0 and r["loss"] > 0
+
 
 def _load(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)

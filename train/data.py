@@ -11,7 +11,8 @@ import torch
 from .config import TrainConfig
 
 __all__ = ["make_loader", "load_train_in_memory", "normalise", "read_num_classes",
-           "read_split_size", "batch_object_centres", "batch_object_boxes", "external_regions"]
+           "read_split_size", "batch_object_centres", "batch_object_boxes", "external_regions",
+           "split_pattern"]
 
 
 def _seed(cfg: TrainConfig, epoch: int) -> int:
@@ -178,3 +179,14 @@ def external_regions(batch: dict[str, Any]) -> torch.Tensor:
                          f"{'none' if boxes is None else 'some missing'} (clips held in memory "
                          "keep boxes only when every sample has all of them)")
     return boxes
+
+
+def split_pattern(folder: str | Path, split: str) -> str:
+    """The brace pattern of every ``<split>-NNNNNN.tar`` shard in ``folder`` (as written by
+    the shard builders), e.g. ``<folder>/val-{000000..000001}.tar``."""
+    from dyreg_pyg.data.shards import brace_pattern
+
+    names = sorted(p.name for p in Path(folder).glob(f"{split}-*.tar"))
+    if not names:
+        raise ValueError(f"{folder}: no {split}-*.tar shards")
+    return brace_pattern(folder, names)

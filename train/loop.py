@@ -41,7 +41,7 @@ from .data import (
 )
 from .dist import DistEnv, all_reduce_sum, barrier, gather_objects, setup_distributed
 
-__all__ = ["fit", "evaluate", "build_model", "NonFiniteLossError"]
+__all__ = ["fit", "evaluate", "build_model", "load_trained", "NonFiniteLossError"]
 
 log = logging.getLogger("train")
 
@@ -59,6 +59,20 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if cfg.model.pretrained_file:
         kwargs["pretrained_file"] = cfg.model.pretrained_file
     return build_preset(cfg.model.preset, **kwargs)
+
+
+def load_trained(checkpoint: str | Path, val: str, num_clips: int = 1, num_crops: int = 1,
+                 overrides: list[str] | None = None) -> tuple[nn.Module, TrainConfig, int]:
+    """A trained run's model (weights loaded, on the CPU), its config pointed at the
+    validation shards ``val`` with the given views, and its number of classes."""
+    from .config import apply_overrides
+
+    ck = load_checkpoint(checkpoint)
+    cfg = config_from_dict(apply_overrides(ck["config"], list(overrides or [])))
+    cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = val, num_clips, num_crops
+    model = build_model(cfg, ck["num_classes"])
+    load_model_state(model, ck["model"], str(checkpoint))
+    return model, cfg, ck["num_classes"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -654,21 +668,13 @@ def evaluate(checkpoint: str, data: str, num_clips: int = 1, num_crops: int = 1,
              out: str | None = None, batch_size: int | None = None,
              device: str = "auto", overrides: list[str] | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on shards; writes ``metrics.json`` (rank 0)."""
-    from .config import apply_overrides
-
     env = setup_distributed(device)
-    ck = load_checkpoint(checkpoint)
-    values = apply_overrides(ck["config"], list(overrides or []))
-    cfg = config_from_dict(values)
-    cfg.data.val = data
-    cfg.data.num_clips, cfg.data.num_crops = num_clips, num_crops
+    model, cfg, num_classes = load_trained(checkpoint, data, num_clips, num_crops, overrides)
     if batch_size:
         cfg.data.eval_batch_size = batch_size
-    model = build_model(cfg, ck["num_classes"])
-    load_model_state(model, ck["model"], checkpoint)
     model.to(env.device)
     loader = make_loader(cfg, "val", epoch=0)
-    metrics = validate(model, loader, cfg, env, ck["num_classes"])
+    metrics = validate(model, loader, cfg, env, num_classes)
     metrics.update(checkpoint=str(checkpoint), data=data, num_clips=num_clips,
                    num_crops=num_crops)
     if env.is_main:
