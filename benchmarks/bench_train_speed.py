@@ -17,7 +17,7 @@ so that drifts of the machine hit them alike. Settings:
 
 Prints videos/s and the ratio to ``eager`` per variant, and writes JSON
 (``benchmarks/results/bench_train_speed.json`` by default). The study script
-(``benchmarks/reproduce_syncmnist.py``) uses the fastest faithful setting measured here.
+(``study/reproduce_syncmnist.py``) uses the fastest faithful setting measured here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ablation-study script (benchmarks/reproduce_syncmnist.py) on a tiny budget."""
+"""The ablation-study script (study/reproduce_syncmnist.py) on a tiny budget."""
 
 import importlib.util
 import json
@@ -13,7 +13,7 @@ import torch
 from train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "reproduce_syncmnist.py"
+SCRIPT = ROOT / "study" / "reproduce_syncmnist.py"
 
 
 def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -76,7 +76,7 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
     assert rows["oracle"]["params_m"] < rows["fixed"]["params_m"] + 1e-6
 
     # the graph ablation of a trained run: switching the graph off = a model whose gamma is 0
-    ablation = _load(ROOT / "benchmarks" / "graph_ablation.py")
+    ablation = _load(ROOT / "study" / "graph_ablation.py")
     ck = out / "fixed" / "seed0" / "last.pt"
     val = str(out / "data" / "val-000000.tar")
     on = ablation.ablate(ck, val)
@@ -98,7 +98,7 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
     assert split_pattern(out / "data", "val") == val
     with pytest.raises(ValueError, match="no test-"):
         split_pattern(out / "data", "test")
-    ceiling = _load(ROOT / "benchmarks" / "appearance_ceiling.py")
+    ceiling = _load(ROOT / "study" / "appearance_ceiling.py")
     r = ceiling.compare_with_guess(out / "oracle" / "seed0" / "last.pt", val)
     assert r["samples"] == 8 and 0 <= r["agreement"] <= 1
     parts = [(x, w) for x, w in ((r["top1_guess_right"], r["guess_top1"]),
@@ -115,7 +115,7 @@ def _load(path: Path):
 
 
 def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path):
-    """benchmarks/parallel_study.sh: shards first (--data-only), then one process per run;
+    """study/parallel_study.sh: shards first (--data-only), then one process per run;
     each run equals the same run trained by the sequential script (same data and seeds)."""
     small = ["--train-videos", "24", "--val-videos", "8", "--budget", "16", "--batch-size", "8",
              "--workers", "0"]
@@ -129,7 +129,7 @@ def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path
     par = tmp_path / "par"
     env = {**os.environ, "THREADS": "1", "DATA_WORKERS": "1",
            "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "parallel_study.sh"), str(par),
+    done = subprocess.run(["bash", str(ROOT / "study" / "parallel_study.sh"), str(par),
                            "nograph,fixed,nograph", "0,0", *small], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -143,19 +143,19 @@ def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path
     b = json.loads((tmp_path / "seq" / "fixed" / "seed0" / "result.json").read_text())
     assert (a["top1"], a["val_loss"]) == (b["top1"], b["val_loss"])
 
-    misplaced = subprocess.run(["bash", str(ROOT / "benchmarks" / "parallel_study.sh"), str(par),
+    misplaced = subprocess.run(["bash", str(ROOT / "study" / "parallel_study.sh"), str(par),
                                 "fixed", "0", "--seeds", "1"], capture_output=True, text=True)
     assert misplaced.returncode == 2 and "--seeds" in misplaced.stderr
 
     # a failing run makes the launcher fail and names it
-    bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "parallel_study.sh"), str(par),
+    bad = subprocess.run(["bash", str(ROOT / "study" / "parallel_study.sh"), str(par),
                           "fixed", "0", *small, "--dyreg", "no_such_field=1", "--tag", "bad"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert bad.returncode != 0 and "failed: fixed seed 0" in bad.stderr
 
 
 def test_sync_probe_control_cannot_see_other_nodes_and_the_graph_can():
-    probe = _load(ROOT / "benchmarks" / "gnn_sync_probe.py")
+    probe = _load(ROOT / "study" / "gnn_sync_probe.py")
     pos, flags, classes, labels = probe.make_positions(4, seed=0)
     assert pos.shape == (4, 10, 5, 2) and flags.shape == (4, 5)
     assert classes.shape == (4, 5) and labels.shape == (4,)
@@ -190,7 +190,7 @@ def test_sync_probe_control_cannot_see_other_nodes_and_the_graph_can():
 
 
 def test_pixel_sync_probe_nodes_follow_their_boxes():
-    probe = _load(ROOT / "benchmarks" / "pixel_sync_probe.py")
+    probe = _load(ROOT / "study" / "pixel_sync_probe.py")
     video, boxes, flags = probe.make_clips(2, seed=0)
     assert video.shape == (2, 10, 1, 64, 64) and video.dtype == torch.uint8
     assert boxes.shape == (2, 10, 5, 4) and flags.shape == (2, 5)

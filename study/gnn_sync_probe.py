@@ -10,7 +10,7 @@ node's last state. Variants, side by side on the same data and steps:
 * ``graph``: spatial messages between the nodes of a frame + GRU over time (DyReg's stack);
 * ``no_messages``: the GRU alone - no node can see another, so this is the chance control.
 
-    python benchmarks/gnn_sync_probe.py --train 20000 --val 2000 --steps 3000
+    python study/gnn_sync_probe.py --train 20000 --val 2000 --steps 3000
 
 Prints per-node accuracy, the accuracy of whole videos (every node right) and the ratio to
 the control.
@@ -18,10 +18,10 @@ the control.
 ``--task label`` asks for the video's real 56-way MultiSyncMNIST label instead: each node
 also gets its digit's class (one-hot), and a linear head reads the mean of the nodes' last
 states. Knowing the classes but not the synchrony caps accuracy at the appearance-only
-ceiling (31.98 %, ``benchmarks/appearance_ceiling.py``); this measures how many videos a
+ceiling (31.98 %, ``study/appearance_ceiling.py``); this measures how many videos a
 graph with perfect node inputs needs to go beyond it.
 
-    python benchmarks/gnn_sync_probe.py --task label --train 50000 --steps 6000
+    python study/gnn_sync_probe.py --task label --train 50000 --steps 6000
 """
 
 from __future__ import annotations

@@ -7,19 +7,19 @@ precision and seeds; only the model preset (``syncmnist_r18_<variant>``) changes
 with ``--resume``. A finished run writes ``result.json``; the tables ``<out>/table.md`` and
 ``<out>/table.json`` are rewritten after every finished run, so partial results are never lost.
 
-    python benchmarks/reproduce_syncmnist.py --out /data/study --budget 24000 \\
+    python study/reproduce_syncmnist.py --out /data/study --budget 24000 \\
         --variants nograph,fixed,dyreg --seeds 0,1 --resume
 
 Defaults are the fastest faithful CPU settings measured by ``benchmarks/bench_train_speed.py``
 (bf16 autocast + channels-last; the regions stay float32) and a one-cycle schedule that every
 variant shares. ``--table-only`` rebuilds the tables from the finished runs. To run the
 (variant, seed) runs of a study side by side (one GPU fits several), generate the shards once
-with ``--data-only`` and start one process per run: ``benchmarks/parallel_study.sh`` does both.
+with ``--data-only`` and start one process per run: ``study/parallel_study.sh`` does both.
 
 Investigations change the DyReg module of the chosen variants and tag the runs, which then
 live in ``<out>/<variant>-<tag>/seed<k>`` and get their own table rows:
 
-    python benchmarks/reproduce_syncmnist.py --out /data/study --variants dyreg \
+    python study/reproduce_syncmnist.py --out /data/study --variants dyreg \
         --dyreg init_size=0.42 --tag size42 --resume
 
 ``--set`` changes a training-config field the same way, e.g. a 10x learning rate for the
@@ -74,7 +74,7 @@ def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2
 
 
 def _write(path: Path, text: str) -> None:
-    """Write atomically: runs started in parallel (``benchmarks/parallel_study.sh``) rebuild
+    """Write atomically: runs started in parallel (``study/parallel_study.sh``) rebuild
     the shared tables and read each other's ``result.json``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)

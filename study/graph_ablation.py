@@ -1,10 +1,10 @@
 """How much does a trained model use its graph? Validate it with the graph on and switched off.
 
-    python benchmarks/graph_ablation.py --study /data/study --variants fixed,dyreg --seeds 0,1 \\
-        --out docs/study_b48k/graph_ablation.json
+    python study/graph_ablation.py --study /data/study --variants fixed,dyreg --seeds 0,1 \\
+        --out study/results/b48k/graph_ablation.json
 
 For each ``<study>/<variant>/seed<k>/last.pt`` (written by
-``benchmarks/reproduce_syncmnist.py``) on the study's validation shards:
+``study/reproduce_syncmnist.py``) on the study's validation shards:
 
 - ``top1_graph_on``: the model as trained;
 - ``top1_graph_off``: the same weights with every DyReg block's residual scale ``gamma`` set

@@ -1,6 +1,6 @@
 """Do DyReg's nodes, pooled from the frames, carry what the graph needs to detect synchrony?
 
-``benchmarks/gnn_sync_probe.py`` shows the DyReg graph stack detects which digits move in sync
+``study/gnn_sync_probe.py`` shows the DyReg graph stack detects which digits move in sync
 when it is given their true positions. This probe gives it what it gets inside the video
 model instead: a ResNet-18 (timm, from scratch, 1 channel) run up to ``layer2`` (128 channels,
 8 x 8 map at stride 8 for 64 x 64 frames, where the graph sits in ``syncmnist_r18_*``), nodes
@@ -18,7 +18,7 @@ Variants, side by side on the same videos, steps and seeds:
 A node that cannot see the others gets about 58 % (the no-messages control of
 ``gnn_sync_probe.py``); 99.99 % is what the graph reaches from true positions.
 
-    python benchmarks/pixel_sync_probe.py --train 20000 --val 2000 --steps 1500 \\
+    python study/pixel_sync_probe.py --train 20000 --val 2000 --steps 1500 \\
         --variants pooled+pos --threads 1
 """
 

@@ -1,10 +1,10 @@
 """The paper's Figure 2 from a study folder: regions of trained models on the same clips.
 
-    python benchmarks/figure_regions.py --study /data/study --variants static,dyreg \\
-        --num 3 --out docs/figure2_regions.png
+    python study/figure_regions.py --study /data/study --variants static,dyreg \\
+        --num 3 --out study/figures/figure2_regions.png
 
 For each variant the checkpoint ``<study>/<variant>/seed<k>/last.pt`` (written by
-``benchmarks/reproduce_syncmnist.py``) runs on the first ``--num`` validation clips of the
+``study/reproduce_syncmnist.py``) runs on the first ``--num`` validation clips of the
 study; every clip gives one block of rows (one row per variant: the frames with each node's
 region in its colour and the ground-truth digit boxes in white), so the variants are compared
 on identical inputs. Frames are evenly spaced (``--frames`` of them).

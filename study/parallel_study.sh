@@ -5,8 +5,8 @@
 # one GPU the runs of a study go faster side by side than one after another. Every run gets
 # the same arguments (budget, data, optimiser, schedule); only --variants/--seeds differ.
 #
-#   bash benchmarks/parallel_study.sh OUT VARIANTS SEEDS [reproduce_syncmnist.py args...]
-#   bash benchmarks/parallel_study.sh /data/study nograph,fixed,dyreg 0,1 \
+#   bash study/parallel_study.sh OUT VARIANTS SEEDS [reproduce_syncmnist.py args...]
+#   bash study/parallel_study.sh /data/study nograph,fixed,dyreg 0,1 \
 #       --budget 400000 --train-videos 100000 --eval-every 1 --workers 2 --resume
 #
 # Logs go to OUT/logs/<variant>-seed<k>.log; the exit status is non-zero if any run failed.

@@ -8,11 +8,11 @@ generator's sampling (:func:`dyreg_pyg.data.syncmnist.appearance_only_table`): t
 a model that uses appearance only. A paper number above it needs motion; a model at or below
 it may have learnt none.
 
-    python benchmarks/appearance_ceiling.py                       # the ceilings only
-    python benchmarks/appearance_ceiling.py --study /data/study --variants nograph,oracle \\
-        --seeds 0 --out docs/study_b48k/appearance.json
+    python study/appearance_ceiling.py                       # the ceilings only
+    python study/appearance_ceiling.py --study /data/study --variants nograph,oracle \\
+        --seeds 0 --out study/results/b48k/appearance.json
 
-With ``--study`` (a folder of ``benchmarks/reproduce_syncmnist.py``) every
+With ``--study`` (a folder of ``study/reproduce_syncmnist.py``) every
 ``<variant>/seed<k>/last.pt`` is run on the study's validation shards and compared, video by
 video, with the appearance-only guess (from the true digit classes in each video's metadata):
 
