@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dyreg_pyg.data import convert_something, make_clip_loader  # noqa: E402
-from dyreg_pyg.data.loader import ClipDataset, _collate  # noqa: E402
+from dyreg_pyg.data.loader import ClipDataset, collate_clips  # noqa: E402
 
 CLASSES = ["Pushing something from left to right", "Pushing something from right to left",
            "Putting something on something", "Taking something out of something"]
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          num_samples=10**9, generator=gen)
                 it = torch.utils.data.DataLoader(ds, batch_size=args.batch_size,
                                                  sampler=sampler, num_workers=args.workers,
-                                                 collate_fn=_collate, drop_last=True)
+                                                 collate_fn=collate_clips, drop_last=True)
             else:
                 it = make_clip_loader(shard[name.split("_")[1]][0], "train",
                                       num_workers=args.workers, **{**kw, "seed": kw["seed"] + rep})

@@ -51,7 +51,8 @@ from .transforms import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SkipCounter", "ClipDataset", "ClipLoader", "make_clip_loader", "DATASETS"]
+__all__ = ["SkipCounter", "ClipDataset", "ClipLoader", "make_clip_loader", "collate_clips",
+           "DATASETS"]
 
 #: Known ``dataset`` values and their defaults.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -190,12 +191,12 @@ class ClipDataset(IterableDataset):
                 self._skip(skipped, key, exn.reason, exn.detail)
                 continue
             if len(batch) == p.batch_size:
-                out = _collate(batch)
+                out = collate_clips(batch)
                 out["skipped"], skipped = skipped, []
                 batch = []
                 yield out
         if batch and p.partial:
-            out = _collate(batch)
+            out = collate_clips(batch)
             out["skipped"], skipped = skipped, []
             yield out
         if skipped:
@@ -375,7 +376,10 @@ def _shuffle(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Itera
     yield from buf
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Clips of :meth:`ClipDataset.make_clip` as one batch: ``video`` stacked
+    ``[B, T, C, H, W]``, ``label`` ``[B]`` int64, ``key`` and ``meta`` lists (a
+    ``collate_fn`` for a map-style reader of the same clips)."""
     shapes = {tuple(it["video"].shape) for it in items}
     if len(shapes) != 1:
         # Variable frame sizes without a crop: the caller must set crop_size.
