@@ -89,7 +89,7 @@ def test_w_o_gets_gradient_at_initialisation():
 def test_centre_init_is_symmetric_the_grid_is_not():
     # Every node of the centre init pools the same region, so the loss gradient reaching the
     # 9 regions is the same for all of them: only their latents (through W_o) can pull them
-    # apart (docs/RESULTS.md, "why the regions stay at the centre"). A grid breaks the tie.
+    # apart (study/LOG.md, "why the regions stay at the centre"). A grid breaks the tie.
     spread = {}
     for init, jitter in (("center", 0.0), ("grid", 0.0), ("center+jitter", 0.1)):
         torch.manual_seed(0)
