@@ -1,6 +1,7 @@
 """Video models: timm backbones, temporal shift, DyReg insertion by block name, presets."""
 
-from .factory import VideoModel, attach_dyreg, build_video_model, feature_map_blocks
+from .base import VideoModel, attach_dyreg, feature_map_blocks
+from .factory import build_video_model
 from .presets import (
     PRESETS,
     SYNCMNIST_PAPER_PARAMS_M,

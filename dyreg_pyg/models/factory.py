@@ -3,7 +3,9 @@
 A :class:`~dyreg_pyg.module.DyRegBlock` is attached to a backbone block as its child
 ``dyreg_after`` and run by a forward hook on that block, so the backbone keeps its own module
 tree and parameter names (a pretrained timm state dict loads unchanged) and the block names
-used in ``dyreg_at`` are exactly ``backbone.named_modules()`` names.
+used in ``dyreg_at`` are exactly ``backbone.named_modules()`` names. What this builder shares
+with the 3-D one (:mod:`.video3d`) lives in :mod:`.base`; imports run
+``factory -> video3d -> base`` and ``factory -> base``.
 """
 
 from __future__ import annotations
@@ -15,234 +17,26 @@ from collections.abc import Sequence
 from typing import Any
 
 import timm
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..module import DyRegBlock, DyRegConfig
+from .base import (
+    VideoModel,
+    as_config,
+    attach_dyreg,
+    block_config,
+    check_block_names,
+    feature_map_blocks,
+    probe_maps,
+    size_pair,
+)
 from .tsm import add_temporal_shift
+from .video3d import VIDEO_RESNETS, build_video3d_model
 
+# VideoModel, feature_map_blocks and attach_dyreg (from .base) stay importable from here.
 __all__ = ["VideoModel", "build_video_model", "feature_map_blocks", "attach_dyreg"]
 
 log = logging.getLogger(__name__)
-
-ATTACHMENT_NAME = "dyreg_after"
-"""Child-module name under which a DyReg block hangs off the backbone block it follows."""
-
-
-class _DyRegAttachment(nn.Module):
-    """Base of the adapters that run a :class:`DyRegBlock` on a backbone block's output."""
-
-    def __init__(self, dyreg: DyRegBlock) -> None:
-        super().__init__()
-        self.dyreg = dyreg
-        #: ``[B, T, N, 4]`` regions for ``regions="external"``, set by
-        #: :meth:`VideoModel.forward` for the duration of one forward pass.
-        self.regions: Tensor | None = None
-
-
-class _DyRegAfter2D(_DyRegAttachment):
-    """DyReg on the ``[B*T, C, H, W]`` output of a per-frame 2-D block, unfolded to
-    ``[B, T, C, H, W]`` and folded back."""
-
-    def __init__(self, dyreg: DyRegBlock, num_frames: int) -> None:
-        super().__init__(dyreg)
-        self.num_frames = num_frames
-
-    def forward(self, y: Tensor) -> Tensor:
-        bt, c, h, w = y.shape
-        t = self.num_frames
-        return self.dyreg(y.view(bt // t, t, c, h, w), self.regions).view(bt, c, h, w)
-
-
-class _DyRegAfter3D(_DyRegAttachment):
-    """DyReg on the ``[B, C, T, H, W]`` output of a 3-D block (permuted to ``[B, T, C, H, W]``)."""
-
-    def forward(self, y: Tensor) -> Tensor:
-        return self.dyreg(y.transpose(1, 2), self.regions).transpose(1, 2)
-
-
-def _run_attachment(module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
-    return getattr(module, ATTACHMENT_NAME)(output)
-
-
-def attach_dyreg(block: nn.Module, dyreg: DyRegBlock, num_frames: int | None = None) -> None:
-    """Run ``dyreg`` on the output of ``block`` (in place).
-
-    Args:
-        block: a backbone module whose output is ``[B*T, C, H, W]`` (2-D backbone run per
-            frame; give ``num_frames``) or ``[B, C, T, H, W]`` (3-D backbone; ``num_frames=None``).
-        dyreg: the block to run; it is registered as ``block.dyreg_after.dyreg``.
-        num_frames: ``T`` folded into the batch of a 2-D backbone.
-    """
-    if hasattr(block, ATTACHMENT_NAME):
-        raise ValueError(f"block: {type(block).__name__} already has a DyReg block attached")
-    adapter = _DyRegAfter3D(dyreg) if num_frames is None else _DyRegAfter2D(dyreg, num_frames)
-    block.add_module(ATTACHMENT_NAME, adapter)
-    block.register_forward_hook(_run_attachment)
-
-
-@torch.no_grad()
-def _probe(model: nn.Module, input_shape: Sequence[int], dims: int
-           ) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
-    """One dummy forward (eval mode): ``{name: output shape without batch}`` for every module
-    whose output is a ``dims``-D tensor, in execution order, and the model's output shape."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
-            if isinstance(out, Tensor) and out.dim() == dims:
-                shapes[name] = tuple(out.shape[1:])
-
-        hooks.append(mod.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(torch.zeros(*input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return shapes, tuple(out.shape)
-
-
-def feature_map_blocks(model: nn.Module, input_shape: Sequence[int],
-                       dims: int = 4) -> dict[str, tuple[int, ...]]:
-    """Dotted names of the modules of ``model`` whose output is a ``dims``-D map, with the
-    map's shape without the batch dimension, from one dummy forward at ``input_shape``."""
-    return _probe(model, input_shape, dims)[0]
-
-
-def _check_block_names(names: Sequence[str], net: nn.Module,
-                       shapes: dict[str, tuple[int, ...]], dims: int) -> None:
-    if isinstance(names, str):
-        raise ValueError(f"dyreg_at: expected a list of block names, got the string {names!r}")
-    dup = sorted({n for n in names if list(names).count(n) > 1})
-    if dup:
-        raise ValueError(f"dyreg_at: block names given more than once: {dup}")
-    for name in names:
-        if name in shapes:
-            continue
-        # Blocks (modules with children) are the useful insertion points; any module with a
-        # dims-D output is accepted.
-        blocks = [n for n in shapes if any(True for _ in net.get_submodule(n).children())]
-        close = difflib.get_close_matches(name, list(shapes), n=3)
-        why = "is not a module of the backbone" if name not in dict(net.named_modules()) \
-            else f"does not output a {dims}-D map"
-        raise ValueError(
-            f"dyreg_at: {name!r} {why}; close names: {close}; valid block names: {blocks}"
-        )
-
-
-def _block_config(cfg: DyRegConfig, height: int, width: int) -> DyRegConfig:
-    """``cfg`` with ``spatial_size`` set to the block's map size unless the caller fixed it."""
-    return DyRegConfig.from_dict({**cfg.to_dict(), "gnn": cfg.gnn,
-                                  "spatial_size": cfg.spatial_size or (height, width)})
-
-
-def _as_config(dyreg: dict[str, Any] | DyRegConfig | None) -> DyRegConfig:
-    if dyreg is None or isinstance(dyreg, dict):
-        return DyRegConfig.from_dict(dyreg)
-    if isinstance(dyreg, DyRegConfig):
-        return dyreg
-    raise ValueError(f"dyreg: expected a dict, a DyRegConfig or None, got {type(dyreg).__name__}")
-
-
-def _size_pair(input_size: int | Sequence[int], name: str = "input_size") -> tuple[int, int]:
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)[-2:]
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"{name}: expected a positive int or (H, W), got {input_size!r}")
-    return int(size[0]), int(size[1])
-
-
-class VideoModel(nn.Module):
-    """Clip ``[B, T, C, H, W]`` -> logits ``[B, num_classes]``.
-
-    Frames are folded into the batch for the 2-D backbone; each DyReg block unfolds
-    ``(B, T)`` around itself. Head: spatial and temporal average (the consensus), dropout,
-    linear.
-
-    Args:
-        backbone: the feature extractor; maps ``[B*T, C_in, H, W]`` to ``[B*T, C, h, w]``.
-        num_classes: classifier outputs.
-        num_frames: ``T`` the model was built for.
-        feature_channels: ``C`` of the backbone output.
-        drop_rate: dropout before the classifier (paper: 0.5).
-        in_chans: input channels ``C_in``.
-        input_size: the ``(H, W)`` feature-map sizes were inferred at (the default frame size).
-        fixed_frames: clips must have exactly ``num_frames`` frames (temporal shift or DyReg
-            blocks fold time into the batch).
-
-    Shapes:
-        - **input:** ``clip [B, T, C_in, H, W]``, float, normalised
-        - **output:** ``[B, num_classes]``
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int, num_frames: int,
-                 feature_channels: int, drop_rate: float = 0.5, in_chans: int = 3,
-                 input_size: tuple[int, int] = (224, 224), fixed_frames: bool = True) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.num_classes = num_classes
-        self.num_frames = num_frames
-        self.in_chans = in_chans
-        self.input_size = tuple(input_size)
-        self.fixed_frames = fixed_frames
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(feature_channels, num_classes)
-
-    def dyreg_blocks(self) -> dict[str, DyRegBlock]:
-        """DyReg blocks by the dotted backbone name of the block they follow (the names given
-        to ``dyreg_at``). Set ``block.record = True`` to keep each forward's
-        :class:`~dyreg_pyg.module.DyRegDetails` in ``block.last``."""
-        suffix = "." + ATTACHMENT_NAME
-        return {name.removeprefix("backbone.").removesuffix(suffix): m.dyreg
-                for name, m in self.named_modules() if isinstance(m, _DyRegAttachment)}
-
-    def check_clip(self, clip: Tensor) -> None:
-        """Raise ``ValueError`` unless ``clip`` is ``[B, T, in_chans, H, W]`` with the
-        model's ``T`` (where it needs one)."""
-        if clip.dim() != 5:
-            raise ValueError(f"clip: expected [B, T, C, H, W], got shape {tuple(clip.shape)}")
-        if clip.shape[2] != self.in_chans:
-            raise ValueError(
-                f"clip: expected C={self.in_chans} channels at dim 2 of [B, T, C, H, W], got "
-                f"shape {tuple(clip.shape)}"
-            )
-        if self.fixed_frames and clip.shape[1] != self.num_frames:
-            raise ValueError(
-                f"clip: the model was built for num_frames={self.num_frames} (temporal shift / "
-                f"DyReg fold time into the batch), got T={clip.shape[1]} "
-                f"(shape {tuple(clip.shape)})"
-            )
-
-    def forward_features(self, clip: Tensor) -> Tensor:
-        """Backbone features averaged over space and time: ``[B, C]``."""
-        b, t = clip.shape[:2]
-        feats = self.backbone(clip.flatten(0, 1))  # [B*T, C, h, w]
-        return feats.mean((-2, -1)).view(b, t, -1).mean(1)  # consensus
-
-    def needs_regions(self) -> bool:
-        """Whether a DyReg block takes its regions from the caller (``regions="external"``)."""
-        return any(b.gnn.config.regions == "external" for b in self.dyreg_blocks().values())
-
-    def forward(self, clip: Tensor, regions: Tensor | None = None) -> Tensor:
-        """Logits ``[B, num_classes]`` of ``clip [B, T, C, H, W]``. ``regions [B, T, N, 4]``
-        (``(cx, cy, w, h)`` normalised to the frame) go to every DyReg block with
-        ``regions="external"``, e.g. ground-truth object boxes as an oracle."""
-        self.check_clip(clip)
-        if regions is None:  # the attachments hold none between calls
-            return self.fc(self.dropout(self.forward_features(clip)))
-        attachments = [m for m in self.modules() if isinstance(m, _DyRegAttachment)]
-        for a in attachments:
-            a.regions = regions
-        try:
-            return self.fc(self.dropout(self.forward_features(clip)))
-        finally:
-            for a in attachments:
-                a.regions = None
 
 
 def build_video_model(
@@ -305,9 +99,7 @@ def build_video_model(
         )
     if pretrained_file is not None and not os.path.isfile(pretrained_file):
         raise ValueError(f"pretrained_file: no such file {pretrained_file!r}")
-    cfg = _as_config(dyreg)
-
-    from .video3d import VIDEO_RESNETS, build_video3d_model
+    cfg = as_config(dyreg)
 
     if backbone in VIDEO_RESNETS:
         if shift or remove_stages or timm_kwargs:
@@ -346,16 +138,16 @@ def build_video_model(
 
     if input_size is None:
         input_size = net.pretrained_cfg.get("input_size", (in_chans, 224, 224))
-    size = _size_pair(input_size)
+    size = size_pair(input_size)
     # Map shapes do not depend on time: probe one frame, before the shift is added.
     try:
-        shapes, out_shape = _probe(net, (1, in_chans, *size), dims=4)
+        shapes, out_shape = probe_maps(net, (1, in_chans, *size), dims=4)
     except (RuntimeError, AssertionError) as err:
         raise ValueError(
             f"input_size: the dummy forward of {backbone!r} at {size} failed ({err}); pass "
             f"the frame size the backbone accepts"
         ) from err
-    _check_block_names(dyreg_at, net, shapes, dims=4)
+    check_block_names(dyreg_at, net, shapes, dims=4)
     if len(out_shape) != 4:
         raise ValueError(
             f"backbone: {backbone!r} does not produce a 4-D feature map (output shape "
@@ -366,7 +158,7 @@ def build_video_model(
         log.debug("%s: temporal shift in %d blocks", backbone, n_shift)
     for name in dyreg_at:
         c, h, w = shapes[name]
-        attach_dyreg(net.get_submodule(name), DyRegBlock(c, _block_config(cfg, h, w)),
+        attach_dyreg(net.get_submodule(name), DyRegBlock(c, block_config(cfg, h, w)),
                      num_frames)
     fixed = bool(shift or dyreg_at)
     return VideoModel(net, num_classes, num_frames, out_shape[1], drop_rate, in_chans, size,

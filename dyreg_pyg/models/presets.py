@@ -18,7 +18,8 @@ import copy
 import logging
 from typing import Any
 
-from .factory import VideoModel, build_video_model
+from .base import VideoModel
+from .factory import build_video_model
 
 __all__ = ["PRESETS", "list_presets", "build_preset", "SYNCMNIST_PAPER_PARAMS_M",
            "SYNCMNIST_VARIANTS", "syncmnist_param_table"]

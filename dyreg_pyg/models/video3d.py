@@ -10,14 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from ..module import DyRegBlock, DyRegConfig
-from .factory import (
+from .base import (
     VideoModel,
-    _as_config,
-    _block_config,
-    _check_block_names,
-    _probe,
-    _size_pair,
+    as_config,
     attach_dyreg,
+    block_config,
+    check_block_names,
+    probe_maps,
+    size_pair,
 )
 
 __all__ = ["VIDEO_RESNETS", "Video3DModel", "build_video3d_model"]
@@ -99,12 +99,12 @@ def build_video3d_model(
                              f"{backbone!r}, e.g. {missing[:3]}")
         log.info("%s: loaded weights from %s", backbone, pretrained_file)
     features = _features(net, in_chans)
-    size = _size_pair(112 if input_size is None else input_size)
-    shapes, out_shape = _probe(features, (1, in_chans, num_frames, *size), dims=5)
-    cfg = _as_config(dyreg)
-    _check_block_names(dyreg_at, features, shapes, dims=5)
+    size = size_pair(112 if input_size is None else input_size)
+    shapes, out_shape = probe_maps(features, (1, in_chans, num_frames, *size), dims=5)
+    cfg = as_config(dyreg)
+    check_block_names(dyreg_at, features, shapes, dims=5)
     for name in dyreg_at:
         c, _t, h, w = shapes[name]
-        attach_dyreg(features.get_submodule(name), DyRegBlock(c, _block_config(cfg, h, w)))
+        attach_dyreg(features.get_submodule(name), DyRegBlock(c, block_config(cfg, h, w)))
     return Video3DModel(features, num_classes, num_frames, out_shape[1], drop_rate, in_chans,
                         size, fixed_frames=False)
