@@ -107,20 +107,38 @@ def _needs_regions(model: nn.Module) -> bool:
     return bool(getattr(m, "needs_regions", lambda: False)())
 
 
+def _is_dyreg_module(m: nn.Module) -> bool:
+    """A module of the DyReg library itself (a block, its graph module, region branch,
+    layers), as opposed to the backbone it is inserted in (``dyreg_pyg.models`` wraps
+    backbones and holds no DyReg norms of its own)."""
+    name = type(m).__module__
+    return name.startswith("dyreg_pyg.") and not name.startswith("dyreg_pyg.models")
+
+
 def freeze_partial_bn(model: nn.Module) -> int:
-    """TSM's partial BatchNorm: every BatchNorm but the first goes to eval mode with frozen
-    affine parameters (call after ``model.train()``). Returns how many were frozen."""
+    """TSM's partial BatchNorm, on the backbone only: every backbone BatchNorm but the first
+    goes to eval mode with frozen affine parameters (call after ``model.train()``). The norms
+    of the DyReg blocks (write-back, region branch) are new layers: they keep training.
+    Returns how many were frozen."""
     frozen = 0
     first = True
-    for m in _unwrap(model).modules():
+
+    def visit(m: nn.Module) -> None:
+        nonlocal frozen, first
+        if _is_dyreg_module(m):
+            return  # the whole DyReg subtree keeps its norms training
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if first:
                 first = False
-                continue
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-            frozen += 1
+            else:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad_(False)
+                frozen += 1
+        for child in m.children():
+            visit(child)
+
+    visit(_unwrap(model))
     return frozen
 
 
@@ -486,8 +504,8 @@ def fit(cfg: TrainConfig, resume: str | None = None,
                 if not math.isfinite(loss_val):
                     raise NonFiniteLossError(
                         f"loss is {loss_val} at step {state.step} (epoch {state.epoch}); "
-                        f"stopping - checkpoints in {out} are left untouched. Lower optim.lr, "
-                        "enable optim.clip_grad or check the data."
+                        f"stopping - checkpoints in {out} are left untouched. The cause was "
+                        "not diagnosed (inputs, model outputs and optimiser were not checked)."
                     )
                 factor = _lr_factor(cfg, state.step, total_steps, state.epoch)
                 if cfg.optim.schedule != "plateau" or cfg.optim.warmup_steps:
