@@ -2,7 +2,7 @@
 
 Static checks (``ast``, nothing is imported): a module's imports are its ``import`` and
 ``from ... import`` statements anywhere in the file (function-level imports count too, so a
-cycle cannot hide inside a function).
+cycle cannot hide inside a function), except under ``if TYPE_CHECKING:``, which never runs.
 """
 
 from __future__ import annotations
@@ -35,6 +35,28 @@ def _resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _imports(path: Path) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements of a file, at any depth, outside ``if TYPE_CHECKING:`` blocks."""
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If):
+            test = node.test
+            name = test.id if isinstance(test, ast.Name) else \
+                test.attr if isinstance(test, ast.Attribute) else None
+            if name == "TYPE_CHECKING":
+                for child in node.orelse:
+                    visit(child)
+                return
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return found
+
+
 def _python_files(folder: str) -> list[Path]:
     return sorted(p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts)
 
@@ -52,7 +74,7 @@ def package_import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
         targets: set[str] = set()  # modules whose code or names the import reads
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _imports(path):
             if isinstance(node, ast.Import):
                 targets.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -108,7 +130,7 @@ def private_imports(folders: tuple[str, ...] = CHECKED) -> list[str]:
         if not (ROOT / folder).is_dir():
             continue
         for path in _python_files(folder):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            for node in _imports(path):
                 if not isinstance(node, ast.ImportFrom) or node.module == "__future__":
                     continue
                 for alias in node.names:
@@ -132,6 +154,14 @@ def test_the_shared_model_code_is_imported_one_way():
     assert "dyreg_pyg.models.factory" not in graph["dyreg_pyg.models.video3d"]
     assert not {"dyreg_pyg.models.factory", "dyreg_pyg.models.video3d"} & \
         graph["dyreg_pyg.models.base"]
+
+
+def test_imports_for_type_checking_only_are_not_edges(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from typing import TYPE_CHECKING\n"
+                 "if TYPE_CHECKING:\n    from .a import A\nelse:\n    from .b import B\n"
+                 "def g():\n    from .c import C\n")
+    assert [n.module for n in _imports(f)] == ["typing", "b", "c"]
 
 
 def test_the_cycle_finder_finds_cycles():
