@@ -13,6 +13,7 @@ from torch_geometric.data import Batch
 from .graph import build_graph_batch, frame_edge_index
 from .kernels import KernelPositionEmbedding, pool_nodes, regions_to_boxes, remap_nodes
 from .nn import RSTGConv, TemporalUpdate, make_spatial_layer
+from .nn.authors import AuthorsRSTGConv
 from .nn.registry import SpatialLayerSpec
 from .regions import REGION_MODES, make_region_generator
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("pyg", "dense")
 NORMS = ("batch", "layer", "none")
+FLAVORS = ("paper", "authors")
 
 
 @dataclass
@@ -36,21 +38,30 @@ class DyRegConfig:
         init_size: starting kernel radius (normalised); ``None`` picks one per ``init``.
         init_jitter: per-node random offset of the references (0: the paper's start; > 0
             breaks the symmetry of the centre start, see :class:`~dyreg_pyg.regions.RegionAlpha`).
-        region_channels: ``C'`` of the region branch ``f``/``g``/GRU (Eq. 1-3).
-        gnn: spatial layer: ``"rstg"`` (Eq. 8) or a ``torch_geometric.nn`` conv name.
+        region_channels: ``C'`` of the region branch ``f``/``g``/GRU (Eq. 1-3); ``None``:
+            the flavour's (paper 32, authors 128).
+        gnn: spatial layer: ``"rstg"`` (the flavour's Eq. 8: :class:`~dyreg_pyg.nn.RSTGConv`
+            or, for ``flavor="authors"``, their ``AuthorsRSTGConv``), ``"rstg_authors"``, or
+            a ``torch_geometric.nn`` conv name.
         temporal: ``"gru"`` (Eq. 9), ``"lstm"`` or ``"none"``.
         iterations: ``K`` alternations of space and time (paper: 3).
-        share_weights: one spatial and one temporal layer reused by all iterations.
+        share_weights: one spatial and one temporal layer reused by all iterations;
+            ``None``: the flavour's (paper ``False``, authors ``True``).
         self_loops: frame graphs include ``i -> i`` edges.
         position_embedding: add ``Linear(K_i)`` to the nodes (Section 3.2).
         spatial_size: ``(H, W)`` the position embedding reads; ``None``: 14 x 14 unless the
             caller knows the feature-map size (the model factory infers it).
         backend: ``"pyg"`` (message passing on a PyG ``Batch``) or ``"dense"`` (batched
             matmuls; ``gnn="rstg"`` only, same parameters and result).
-        norm: normalisation of the block output in :class:`DyRegBlock`.
+        norm: normalisation of the block output in :class:`DyRegBlock`; ``None``: the
+            flavour's (paper ``"batch"``, authors ``"layer"``: their LayerNorm write-back).
         gate_init: starting value of :class:`DyRegBlock`'s residual scale ``gamma`` (0: the
             block starts as the identity, which keeps a pretrained backbone's function; a
-            network trained from scratch may open the gate from the start).
+            network trained from scratch may open the gate from the start). For
+            ``flavor="authors"`` the starting scale of their LayerNorm write-back.
+        flavor: ``"paper"`` (the paper's text) or ``"authors"`` (exactly the authors' released
+            code, :mod:`dyreg_pyg.authors`; their checkpoints load with
+            :func:`dyreg_pyg.compat.load_official`).
     """
 
     num_nodes: int = 9
@@ -59,18 +70,34 @@ class DyRegConfig:
     init: str = "center"
     init_size: float | None = None
     init_jitter: float = 0.0
-    region_channels: int = 32
+    region_channels: int | None = None
     gnn: Any = "rstg"
     temporal: str = "gru"
     iterations: int = 3
-    share_weights: bool = False
+    share_weights: bool | None = None
     self_loops: bool = True
     position_embedding: bool = True
     spatial_size: tuple[int, int] | None = None
     backend: str = "pyg"
-    norm: str = "batch"
+    norm: str | None = None
     gate_init: float = 0.0
+    flavor: str = "paper"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor: expected one of {FLAVORS}, got {self.flavor!r}")
+        authors = self.flavor == "authors"
+        if self.region_channels is None:
+            self.region_channels = 128 if authors else 32
+        if self.share_weights is None:
+            self.share_weights = authors
+        if self.norm is None:
+            self.norm = "layer" if authors else "batch"
+        if authors:
+            from .authors import check_authors_config
+
+            check_authors_config(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> DyRegConfig:
@@ -166,14 +193,23 @@ class DyRegGNN(nn.Module):
             )
         if cfg.backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {cfg.backend!r}")
-        if cfg.backend == "dense" and cfg.gnn != "rstg":
-            raise ValueError(f"backend: 'dense' implements gnn='rstg' only, got gnn={cfg.gnn!r}")
+        if cfg.backend == "dense" and cfg.gnn not in ("rstg", "rstg_authors"):
+            raise ValueError(
+                f"backend: 'dense' implements gnn='rstg' and 'rstg_authors' only, got "
+                f"gnn={cfg.gnn!r}"
+            )
         if cfg.iterations < 1:
             raise ValueError(f"iterations: expected >= 1, got {cfg.iterations}")
         self.in_channels = in_channels
         self.num_nodes = cfg.num_nodes
         ch = cfg.node_channels or in_channels
         self.node_channels = ch
+        self.authors: nn.Module | None = None
+        if cfg.flavor == "authors":  # the authors' module, dyreg_pyg/authors.py
+            from .authors import AuthorsDyRegGNN
+
+            self.authors = AuthorsDyRegGNN(in_channels, cfg)
+            return
 
         self.region_generator = make_region_generator(
             cfg.regions, in_channels, cfg.num_nodes, cfg.init, cfg.init_size, cfg.region_channels,
@@ -186,9 +222,12 @@ class DyRegGNN(nn.Module):
         n_layers = 1 if cfg.share_weights else cfg.iterations
         self.spatial = nn.ModuleList(make_spatial_layer(cfg.gnn, ch) for _ in range(n_layers))
         self.temporal = nn.ModuleList(TemporalUpdate(ch, cfg.temporal) for _ in range(n_layers))
-        self._is_rstg = all(isinstance(m, RSTGConv) for m in self.spatial)
+        self._is_rstg = all(isinstance(m, (RSTGConv, AuthorsRSTGConv)) for m in self.spatial)
 
     def reset_parameters(self) -> None:
+        if self.authors is not None:
+            self.authors.reset_parameters()
+            return
         for m in self.modules():
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
@@ -227,12 +266,17 @@ class DyRegGNN(nn.Module):
         # Message passing needs only the edges; the PyG Batch is assembled for details.
         edge_index = frame_edge_index(b * t, n, self.config.self_loops, x.device)
         v = nodes.reshape(b * t * n, -1)
+        graph_kw = {}
+        if any(isinstance(m, AuthorsRSTGConv) for m in self.spatial):  # norms per frame graph
+            graph_kw = dict(batch=torch.arange(b * t, device=x.device).repeat_interleave(n),
+                            num_graphs=b * t)
         for k in range(self.config.iterations):
             idx = 0 if self.config.share_weights else k
             if self._is_rstg and want_attention:
-                v, (_, attention) = self.spatial[idx](v, edge_index, return_attention_weights=True)
+                v, (_, attention) = self.spatial[idx](v, edge_index, return_attention_weights=True,
+                                                      **graph_kw)
             else:
-                v = self.spatial[idx](v, edge_index)  # Eq. 8 (or any PyG layer)
+                v = self.spatial[idx](v, edge_index, **graph_kw)  # Eq. 8 (or any PyG layer)
             v = self.temporal[idx](v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
         return v.view(b * t, n, -1), regions, kernels, attention
 
@@ -240,6 +284,8 @@ class DyRegGNN(nn.Module):
         """The nodes after the K graph iterations, before re-mapping, attached to autograd:
         ``[B, T, N, node_channels]`` - for node-level read-outs and losses."""
         b, t = x.shape[:2]
+        if self.authors is not None:
+            return self.authors.node_states(x)
         nodes = self._process(x, regions, want_attention=False)[0]
         return nodes.view(b, t, self.num_nodes, -1)
 
@@ -247,6 +293,10 @@ class DyRegGNN(nn.Module):
         self, x: Tensor, regions: Tensor | None = None, return_details: bool = False
     ) -> Tensor | tuple[Tensor, DyRegDetails]:
         """Apply the module; see the class docstring for shapes."""
+        if self.authors is not None:
+            if regions is not None:
+                raise ValueError("regions: flavor='authors' predicts its regions (mode 'dyreg')")
+            return self.authors(x, return_details)
         nodes, regions, kernels, attention = self._process(x, regions, return_details)
         b, t, c, h, w = x.shape
         flat_k = kernels.reshape(b * t, self.num_nodes, h, w)
@@ -296,14 +346,23 @@ class DyRegBlock(nn.Module):
             cfg["gnn"] = config.gnn if "gnn" not in kwargs else kwargs["gnn"]
         else:
             cfg = {**(config or {}), **kwargs}
-        norm = cfg.pop("norm", "batch")
+        norm = cfg.pop("norm", None)
         gate_init = cfg.pop("gate_init", 0.0)
-        if norm not in NORMS:
+        if norm is not None and norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
-        self.gnn = DyRegGNN(in_channels, **cfg)
+        self.gnn = DyRegGNN(in_channels, norm=norm, gate_init=gate_init, **cfg)
+        norm = self.gnn.config.norm  # None resolves to the flavour's
         self.norm_kind = norm
+        if self.gnn.config.flavor == "authors":  # x + LN(y) * s + b, no gamma
+            from .authors import AuthorsWriteBack
+
+            self.norm: nn.Module = AuthorsWriteBack(in_channels, gate_init)
+            self.register_parameter("gamma", None)
+            self.last = None
+            self.record = False
+            return
         if norm == "batch":
-            self.norm: nn.Module = nn.BatchNorm2d(in_channels)
+            self.norm = nn.BatchNorm2d(in_channels)
         elif norm == "layer":
             self.norm = nn.GroupNorm(1, in_channels)
         else:
@@ -318,6 +377,8 @@ class DyRegBlock(nn.Module):
             y, self.last = self.gnn(x, regions, return_details=True)
         else:
             y = self.gnn(x, regions)
+        if self.gamma is None:
+            return self.norm(x, y)
         b, t, c, h, w = y.shape
         y = self.norm(y.reshape(b * t, c, h, w)).view(b, t, c, h, w)
         return x + self.gamma.view(1, 1, c, 1, 1).to(y.dtype) * y

@@ -2,7 +2,15 @@
 shards and the streaming clip loader."""
 
 from .decode import CorruptSample, decode_jpeg, decode_npy_frames, decode_video
-from .loader import ClipDataset, ClipLoader, SkipCounter, make_clip_loader
+from .loader import (
+    MAX_EMPTY_PASSES,
+    ClipDataset,
+    ClipLoader,
+    EmptyDataError,
+    SkipCounter,
+    explain_skips,
+    make_clip_loader,
+)
 from .memory import InMemoryClips, InMemoryLoader
 from .shards import ShardWriter, brace_pattern, expand_shard_urls
 from .something import (
@@ -35,7 +43,8 @@ from .transforms import (
 )
 
 __all__ = [
-    "make_clip_loader", "ClipLoader", "ClipDataset", "SkipCounter", "InMemoryClips",
+    "make_clip_loader", "ClipLoader", "ClipDataset", "SkipCounter", "EmptyDataError",
+    "MAX_EMPTY_PASSES", "explain_skips", "InMemoryClips",
     "InMemoryLoader",
     "write_syncmnist_shards", "generate_video", "load_digit_pool", "SyncMNISTConfig",
     "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "syncmnist_label",

@@ -10,14 +10,25 @@ Samples that cannot be used (corrupt JPEG/video/array, missing or unknown label,
 unreadable shard) are skipped, logged with their key and counted; the counts travel with the
 batches to the main process, where :class:`ClipLoader` accumulates them in a
 :class:`SkipCounter` and logs a summary at the end of every epoch.
+
+The tar stage reads each shard to its end-of-archive marker: a shard that cannot be opened,
+is not a tar, or ends early (a read error or a missing end marker: a truncated file) is a
+``shard_error`` named by its URL; where the shards' manifest lists a shard's sample count, a
+shard that yields fewer samples is reported with the shortfall. Only such data errors are
+caught; anything else (``TimeoutError``, ``KeyboardInterrupt``, a bug) propagates. A training
+stream that yields no usable sample in :data:`MAX_EMPTY_PASSES` passes over its shards raises
+:class:`EmptyDataError` instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import lzma
 import os
 import random
+import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,28 +74,61 @@ DATASETS: dict[str, dict[str, Any]] = {
 _TRAIN_SPLITS = ("train",)
 _EVAL_SPLITS = ("val", "validation", "test", "eval")
 
+#: A training stream (shards resampled without end) raises :class:`EmptyDataError` after this
+#: many passes - each pass reads every shard at least once - that produced no usable sample.
+MAX_EMPTY_PASSES = 3
+
+# Errors of reading a shard: missing or unreadable file, failed pipe, not a tar, truncated or
+# corrupt archive or compression. TimeoutError and InterruptedError are OSErrors too, but they
+# stop the reader from outside: never caught.
+_SHARD_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+_NOT_DATA_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, InterruptedError)
+
+
+class EmptyDataError(RuntimeError):
+    """The shards yielded no usable sample (training would wait forever; an evaluation would
+    report on nothing). The message names the shards and says why (see
+    :meth:`SkipCounter.explain`)."""
+
 
 @dataclass
 class SkipCounter:
     """Skipped samples: ``count``, ``reasons`` (reason -> count) and the first ``keep``
-    ``(key, reason, detail)`` examples."""
+    ``(key, reason, detail)`` examples.
+
+    A sample-level record counts 1. A shard-level record (key ``<shard URL>``) counts the
+    samples it lost where the shards' manifest says how many (``shard_error``: unreadable or
+    truncated shard; ``shard_short``: fewer samples than listed), else 1 (the shard).
+    """
 
     count: int = 0
     reasons: Counter = field(default_factory=Counter)
     examples: list[tuple[str, str, str]] = field(default_factory=list)
     keep: int = 50
 
-    def add(self, key: str, reason: str, detail: str = "") -> None:
-        """Record one skipped sample."""
-        self.count += 1
-        self.reasons[reason] += 1
+    def add(self, key: str, reason: str, detail: str = "", n: int = 1) -> None:
+        """Record ``n`` skipped samples (1: one sample) under ``key`` and ``reason``."""
+        self.count += n
+        self.reasons[reason] += n
         if len(self.examples) < self.keep:
             self.examples.append((key, reason, detail))
 
-    def merge(self, records: Iterable[tuple[str, str, str]]) -> None:
-        """Add ``(key, reason, detail)`` records."""
-        for key, reason, detail in records:
-            self.add(key, reason, detail)
+    def merge(self, records: Iterable[tuple]) -> None:
+        """Add ``(key, reason, detail)`` or ``(key, reason, detail, n)`` records."""
+        for rec in records:
+            self.add(*rec)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"count", "reasons", "examples"}`` (JSON-ready; examples as ``[key, reason,
+        detail]``, at most 20)."""
+        return {"count": self.count, "reasons": dict(sorted(self.reasons.items())),
+                "examples": [list(e) for e in self.examples[:20]]}
+
+    def explain(self) -> str:
+        """Why no usable sample came out of the shards, from the counts, in one sentence."""
+        return explain_skips(self.reasons, [k for k, r, _ in self.examples
+                                            if r in ("shard_error", "shard_short")])
 
     def reset(self) -> None:
         """Forget everything."""
@@ -98,6 +142,31 @@ class SkipCounter:
             return "no sample skipped"
         parts = ", ".join(f"{r}: {n}" for r, n in sorted(self.reasons.items()))
         return f"{self.count} samples skipped ({parts})"
+
+
+def explain_skips(reasons: dict[str, int], bad_shards: Sequence[str] = ()) -> str:
+    """One sentence on why a stream yielded no usable sample, given its skip ``reasons``
+    (reason -> count) and the names of the shards that failed."""
+    if not reasons:
+        return "the shards hold no sample (empty tar files?)"
+    parts = []
+    if reasons.get("missing_cls"):
+        parts.append(f"{reasons['missing_cls']} samples have no .cls label (an unlabelled "
+                     "split such as a test split? evaluation and training need labelled shards)")
+    if reasons.get("label_not_in_class_map") or reasons.get("bad_label"):
+        n = reasons.get("label_not_in_class_map", 0) + reasons.get("bad_label", 0)
+        parts.append(f"{n} samples have a label outside the class map (wrong num_classes or "
+                     "shards of another dataset?)")
+    lost = reasons.get("shard_error", 0) + reasons.get("shard_short", 0)
+    if lost:
+        names = ", ".join(sorted(set(bad_shards))[:3])
+        parts.append(f"shards could not be read whole ({lost} lost: {names})")
+    rest = {r: n for r, n in reasons.items() if r not in (
+        "missing_cls", "label_not_in_class_map", "bad_label", "shard_error", "shard_short")}
+    if rest:
+        parts.append("samples skipped as " + ", ".join(f"{r}: {n}" for r, n in
+                                                        sorted(rest.items())))
+    return "; ".join(parts)
 
 
 @dataclass
@@ -123,6 +192,14 @@ class _Params:
     partial: bool
     channels: int | None
     jpeg_draft: bool
+    shard_counts: dict[str, int] = field(default_factory=dict)  # shard file name -> samples
+
+
+def _take(records: list) -> list:
+    """The records so far, emptying ``records`` in place (the tar stage appends to it)."""
+    out = list(records)
+    records.clear()
+    return out
 
 
 def _worker() -> tuple[int, int]:
@@ -161,23 +238,18 @@ class ClipDataset(IterableDataset):
         return iter([{"url": u} for u in p.urls]), total, g
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        import webdataset as wds
-
         p = self.p
         worker, num_workers = _worker()
         seed_seq = [p.seed, self.epoch, p.rank, worker]
         rng = random.Random(str(seed_seq))
         nrng = np.random.default_rng(seed_seq)
-        skipped: list[tuple[str, str, str]] = []
+        skipped: list[tuple] = []
         shards, modulus, remainder = self._shards(worker, num_workers, rng)
-
-        def on_error(exn: Exception) -> bool:  # a tar-level error: the rest of the shard is lost
-            if modulus == 1 or remainder == 0:
-                url = next((a for a in exn.args if isinstance(a, str) and ".tar" in a), "?")
-                self._skip(skipped, f"<shard {url}>", "shard_error", repr(exn)[:300])
-            return True
-
-        samples: Iterator[dict[str, Any]] = wds.tarfile_samples(shards, handler=on_error)
+        # with a sample-level split every reader reads every shard: one of them reports it
+        report = modulus == 1 or remainder == 0
+        watch = _EmptyPasses(p.urls) if p.train else None
+        samples: Iterator[dict[str, Any]] = _tar_samples(
+            shards, skipped if report else None, p.shard_counts, watch)
         if modulus > 1:
             samples = (s for j, s in enumerate(samples) if j % modulus == remainder)
         if p.train and p.shuffle_buffer > 1:
@@ -189,18 +261,22 @@ class ClipDataset(IterableDataset):
                 batch.append(self.make_clip(sample, nrng))
             except CorruptSample as exn:
                 self._skip(skipped, key, exn.reason, exn.detail)
+                if watch is not None:
+                    watch.failed(exn.reason)
                 continue
+            if watch is not None:
+                watch.usable += 1
             if len(batch) == p.batch_size:
                 out = collate_clips(batch)
-                out["skipped"], skipped = skipped, []
+                out["skipped"] = _take(skipped)
                 batch = []
                 yield out
         if batch and p.partial:
             out = collate_clips(batch)
-            out["skipped"], skipped = skipped, []
+            out["skipped"] = _take(skipped)
             yield out
         if skipped:
-            yield {"skipped": skipped}
+            yield {"skipped": _take(skipped)}
 
     @staticmethod
     def _skip(records: list, key: str, reason: str, detail: str) -> None:
@@ -334,6 +410,182 @@ class ClipDataset(IterableDataset):
             return [center_crop_view(rh, rw, crop)], (rh, rw, short)
         rh, rw = _resized(h, w, crop)
         return three_crop_views(rh, rw, crop), (rh, rw, crop)
+
+
+class _EmptyPasses:
+    """Training only: counts passes over the shards (a pass ends when every shard has been
+    read at least once since it began) that produced no usable sample, and raises
+    :class:`EmptyDataError` after :data:`MAX_EMPTY_PASSES` of them while no usable sample has
+    come out at all. A pass counts as empty when it read no sample, or when samples reached
+    decoding and all failed (a pass that only fills the shuffle buffer does not count)."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.urls = list(urls)
+        self.pending = set(self.urls)
+        self.usable = 0            # clips made since the stream began
+        self.empty_passes = 0
+        self.reads = 0             # shard reads since the stream began
+        self.samples = 0           # raw samples read since the stream began
+        self.pass_samples = 0
+        self.pass_failed = 0
+        self.reasons: Counter = Counter()
+        self.errors: dict[str, str] = {}
+
+    def failed(self, reason: str) -> None:
+        self.pass_failed += 1
+        self.reasons[reason] += 1
+
+    def shard_read(self, url: str, samples: int, error: str | None) -> None:
+        self.reads += 1
+        self.samples += samples
+        self.pass_samples += samples
+        if error is not None:
+            self.errors.setdefault(url, error)
+        self.pending.discard(url)
+        if self.pending:
+            return
+        empty = self.usable == 0 and (self.pass_samples == 0 or self.pass_failed > 0)
+        self.empty_passes += empty
+        self.pending, self.pass_samples, self.pass_failed = set(self.urls), 0, 0
+        if self.empty_passes >= MAX_EMPTY_PASSES:
+            raise EmptyDataError(self.message())
+
+    def message(self) -> str:
+        names = self.urls[:5] + ([f"... ({len(self.urls) - 5} more)"]
+                                 if len(self.urls) > 5 else [])
+        reasons = dict(self.reasons)
+        if self.errors:
+            reasons["shard_error"] = len(self.errors)
+        errors = "; ".join(f"{u}: {e}" for u, e in list(self.errors.items())[:3])
+        return (f"data: no usable training sample in {self.empty_passes} passes over the "
+                f"{len(self.urls)} shard(s) {names} ({self.reads} shard reads, {self.samples} "
+                f"samples read, none usable): {explain_skips(reasons, list(self.errors))}"
+                + (f". Shard errors: {errors}" if errors else ""))
+
+
+def _open_shard(url: str) -> Any:
+    """A binary stream of the shard ``url`` (a local path, ``file://``, ``pipe:`` or another
+    URL that ``webdataset.gopen`` knows)."""
+    from webdataset.gopen import gopen
+
+    return gopen(url, "rb")
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    """``(key, extension)`` of a member name: the key ends at the first dot of the base name
+    (WebDataset's convention)."""
+    folder, _, base = name.rpartition("/")
+    key, dot, ext = base.partition(".")
+    if not dot or not key:
+        return None
+    return (f"{folder}/{key}" if folder else key), ext.lower()
+
+
+class _ShardReadError(Exception):
+    """A shard could not be read to its end; ``samples`` complete ones came before."""
+
+    def __init__(self, what: str, samples: int) -> None:
+        super().__init__(what)
+        self.what, self.samples = what, samples
+
+
+def _read_shard(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one tar shard (members grouped by key, in order), read as a stream.
+
+    Raises :class:`_ShardReadError` when the shard cannot be opened or read, or ends before
+    its end-of-archive marker (a truncated file); the sample being read then may be incomplete
+    (a file cut between two members of a sample looks like one cut between two samples) and is
+    not yielded. Members whose names hold no extension or start with ``__`` are ignored.
+    """
+    n = 0
+    current: dict[str, Any] | None = None
+    try:
+        stream = _open_shard(url)
+    except _NOT_DATA_ERRORS:
+        raise
+    except (*_SHARD_ERRORS, ValueError) as exn:  # gopen: ValueError for a pipe it cannot open
+        raise _ShardReadError(f"cannot open: {exn!r}", 0) from exn
+    try:
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|*")
+            for info in tar:
+                if not info.isreg():
+                    continue
+                parts = _split_name(info.name)
+                if parts is None or info.name.rpartition("/")[2].startswith("__"):
+                    continue
+                key, ext = parts
+                if current is None or current["__key__"] != key:
+                    if current is not None:  # a new key: the previous sample is complete
+                        n += 1
+                        yield current
+                    current = {"__key__": key, "__url__": url}
+                data = tar.extractfile(info).read()
+                if ext in current:
+                    log.warning("shard %s: duplicate member %s (the first one is kept)", url,
+                                info.name)
+                    continue
+                current[ext] = data
+            # A complete archive ends with zero blocks; tarfile stops silently at a missing
+            # one (a file cut at a member boundary), so check that it read a whole end block.
+            if tar.fileobj.tell() < tar.offset + tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("unexpected end of file: no end-of-archive marker "
+                                        "(truncated shard)")
+        except _NOT_DATA_ERRORS:
+            raise
+        except _SHARD_ERRORS as exn:
+            lost = f" (sample {current['__key__']!r} incomplete)" if current else ""
+            raise _ShardReadError(f"{exn!r}{lost}", n) from exn
+        if current is not None:
+            yield current
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            try:
+                close()
+            except _NOT_DATA_ERRORS:
+                raise
+            except _SHARD_ERRORS as exn:  # a pipe that exits with an error
+                log.warning("shard %s: closing failed: %r", url, exn)
+
+
+def _tar_samples(shards: Iterable[dict[str, str]], records: list | None,
+                 expected: dict[str, int], watch: _EmptyPasses | None
+                 ) -> Iterator[dict[str, Any]]:
+    """Samples of every shard in ``shards``. A shard that fails (or, per the manifest counts
+    ``expected``, comes up short) is logged and, when ``records`` is a list, recorded there as
+    a ``(<shard URL>, shard_error|shard_short, detail, samples lost)`` skip record."""
+    warned_empty: set[str] = set()
+    for item in shards:
+        url = item["url"]
+        want = expected.get(url)
+        n, error = 0, None
+        try:
+            for sample in _read_shard(url):
+                n += 1
+                yield sample
+        except _ShardReadError as exn:
+            error = exn.what
+        listed = f" of the {want} the manifest lists" if want is not None else ""
+        lost = want - n if want is not None and want > n else 0
+        if error is not None:
+            detail = f"{error}; read {n} samples{listed}"
+            log.warning("shard %s: shard error: %s", url, detail)
+            if records is not None:
+                records.append((f"<shard {url}>", "shard_error", detail[:300], max(lost, 1)))
+        elif lost:
+            detail = f"read {n} samples{listed}"
+            log.warning("shard %s: %s", url, detail)
+            if records is not None:
+                records.append((f"<shard {url}>", "shard_short", detail, lost))
+        elif n == 0 and url not in warned_empty:
+            warned_empty.add(url)
+            log.warning("shard %s holds no sample", url)
+        if want is not None and n > want:
+            log.warning("shard %s: read %d samples, more than the %d the manifest lists "
+                        "(a stale manifest?)", url, n, want)
+        if watch is not None:
+            watch.shard_read(url, n, error)
 
 
 def _unscale_view(v: View, sx: float, sy: float, w: int, h: int) -> View:
@@ -531,6 +783,13 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     Skipped samples (corrupt data, missing ``.cls``, label outside ``[0, num_classes)``, bad
     JSON, unreadable shard) are logged with their key and counted in ``loader.skips`` /
     ``loader.epoch_skips`` (:class:`SkipCounter`); a summary is logged at the end of each epoch.
+    A shard that cannot be read to its end (missing, not a tar, truncated) is a
+    ``shard_error`` under ``<shard URL>``; where the manifest next to the shards lists their
+    sample counts, the samples a shard lost are counted (``shard_error``, or ``shard_short``
+    for a shard that reads cleanly but holds fewer samples than listed). A training stream
+    that produces no usable sample in :data:`MAX_EMPTY_PASSES` passes over its shards raises
+    :class:`EmptyDataError` naming them; an evaluation pass simply ends (the caller checks
+    that it read something).
 
     Args:
         urls: Shards (see above).
@@ -595,6 +854,12 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     if flip_pairs is None:
         raw = (manifest or {}).get("flip_pairs") or {}
         flip_pairs = {int(k): int(v) for k, v in dict(raw).items()}
+    shard_counts: dict[str, int] = {}
+    if manifest and isinstance(manifest.get("shards"), list):
+        folder = Path(shard_urls[0]).parent
+        for entry in manifest["shards"]:
+            if isinstance(entry, dict) and "name" in entry and "count" in entry:
+                shard_counts[str(folder / str(entry["name"]))] = int(entry["count"])
     do_flip = defaults["flip"] if flip is None else bool(flip)
     if train and do_flip and dataset == "something" and not flip_pairs:
         log.warning("flip: no left/right flip_pairs known for these Something-Something shards "
@@ -608,7 +873,7 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
         flip=do_flip and train, flip_pairs=dict(flip_pairs), scales=tuple(scales),
         num_classes=num_classes, shuffle_buffer=shuffle_buffer, seed=int(seed), rank=rank,
         world_size=world_size, partial=(not train) if partial is None else bool(partial),
-        channels=None, jpeg_draft=jpeg_draft,
+        channels=None, jpeg_draft=jpeg_draft, shard_counts=shard_counts,
     )
     num_batches = None
     if train and epoch_size is not None:

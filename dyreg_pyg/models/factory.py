@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import timm
@@ -51,6 +51,7 @@ def build_video_model(
     drop_rate: float = 0.5,
     input_size: int | tuple[int, int] | None = None,
     remove_stages: Sequence[str] = (),
+    dyreg_per_block: Mapping[str, dict[str, Any]] | None = None,
     **timm_kwargs: Any,
 ) -> VideoModel:
     """Build a video model from a timm backbone name (or a torchvision video ResNet).
@@ -79,6 +80,8 @@ def build_video_model(
             sizes; default: the backbone's own default input size.
         remove_stages: backbone children replaced by identity (``["layer4"]`` gives the
             3-stage ResNet-18 of the MultiSyncMNIST experiments).
+        dyreg_per_block: ``{dyreg_at name: {field: value}}``, :class:`DyRegConfig` fields
+            that differ at one block (e.g. the authors' 256-d nodes at ``layer4``).
         **timm_kwargs: passed on to ``timm.create_model`` (e.g. ``drop_path_rate``).
 
     Raises:
@@ -100,12 +103,16 @@ def build_video_model(
     if pretrained_file is not None and not os.path.isfile(pretrained_file):
         raise ValueError(f"pretrained_file: no such file {pretrained_file!r}")
     cfg = as_config(dyreg)
+    per_block = dict(dyreg_per_block or {})
+    if set(per_block) - set(dyreg_at):
+        raise ValueError(f"dyreg_per_block: names {sorted(set(per_block) - set(dyreg_at))} are "
+                         f"not in dyreg_at {list(dyreg_at)}")
 
     if backbone in VIDEO_RESNETS:
-        if shift or remove_stages or timm_kwargs:
+        if shift or remove_stages or timm_kwargs or per_block:
             raise ValueError(
-                f"backbone: shift / remove_stages / timm keyword arguments apply to 2-D timm "
-                f"backbones, not to the torchvision 3-D model {backbone!r}"
+                f"backbone: shift / remove_stages / dyreg_per_block / timm keyword arguments "
+                f"apply to 2-D timm backbones, not to the torchvision 3-D model {backbone!r}"
             )
         return build_video3d_model(backbone, num_classes, num_frames, dyreg_at, cfg,
                                    drop_rate, input_size, in_chans, pretrained_file)
@@ -158,7 +165,10 @@ def build_video_model(
         log.debug("%s: temporal shift in %d blocks", backbone, n_shift)
     for name in dyreg_at:
         c, h, w = shapes[name]
-        attach_dyreg(net.get_submodule(name), DyRegBlock(c, block_config(cfg, h, w)),
+        bcfg = cfg
+        if name in per_block:
+            bcfg = DyRegConfig.from_dict({**cfg.to_dict(), "gnn": cfg.gnn, **per_block[name]})
+        attach_dyreg(net.get_submodule(name), DyRegBlock(c, block_config(bcfg, h, w)),
                      num_frames)
     fixed = bool(shift or dyreg_at)
     return VideoModel(net, num_classes, num_frames, out_shape[1], drop_rate, in_chans, size,

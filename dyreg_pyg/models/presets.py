@@ -55,6 +55,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tsm_r50_dyreg": dict(_SSV, backbone="resnet50",
                           dyreg_at=["layer2.2", "layer3.4", "layer4.1"]),
     "tsm_r50_dyreg_r4": dict(_SSV, backbone="resnet50", dyreg_at=["layer3.4"]),
+    # The authors' released model (their train_model.sh): DyReg inside the bottleneck, after
+    # conv2 and before bn2 (128/256/512 channels; nodes 128/256/256 with a projection at
+    # layer4), their module (flavor="authors"); their checkpoints load with
+    # dyreg_pyg.compat.load_official.
+    "tsm_r50_dyreg_authors": dict(
+        _SSV, backbone="resnet50",
+        dyreg_at=["layer2.2.conv2", "layer3.4.conv2", "layer4.1.conv2"],
+        dyreg=dict(flavor="authors", num_nodes=9, init="center", iterations=3),
+        dyreg_per_block={"layer4.1.conv2": dict(node_channels=256)},
+    ),
     "tsm_r18_dyreg": dict(_SSV, backbone="resnet18",
                           dyreg_at=["layer2.1", "layer3.1", "layer4.1"],
                           dyreg=dict(_SSV["dyreg"], node_channels=128)),

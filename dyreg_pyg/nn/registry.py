@@ -9,6 +9,7 @@ import torch_geometric.nn as pyg_nn
 from torch import nn
 from torch_geometric.nn import MessagePassing
 
+from .authors import AuthorsRSTGConv
 from .rstg import RSTGConv
 
 __all__ = ["make_spatial_layer", "available_layers", "TESTED_LAYERS"]
@@ -16,15 +17,16 @@ __all__ = ["make_spatial_layer", "available_layers", "TESTED_LAYERS"]
 SpatialLayerSpec = str | Callable[[int], MessagePassing]
 
 TESTED_LAYERS = (
-    "rstg", "GATConv", "GATv2Conv", "TransformerConv", "GCNConv", "GraphConv", "SAGEConv",
-    "GINConv",
+    "rstg", "rstg_authors", "GATConv", "GATv2Conv", "TransformerConv", "GCNConv", "GraphConv",
+    "SAGEConv", "GINConv",
 )
 """Names covered by the test-suite; other ``(in, out)`` PyG convs are accepted as well."""
 
 
 def available_layers() -> list[str]:
-    """Names accepted by :func:`make_spatial_layer`: ``"rstg"`` and PyG's conv classes."""
-    names = ["rstg"]
+    """Names accepted by :func:`make_spatial_layer`: ``"rstg"``, ``"rstg_authors"`` and
+    PyG's conv classes."""
+    names = ["rstg", "rstg_authors"]
     for name in sorted(pyg_nn.conv.__all__):
         cls = getattr(pyg_nn, name, None)
         if inspect.isclass(cls) and issubclass(cls, MessagePassing):
@@ -34,7 +36,7 @@ def available_layers() -> list[str]:
 
 def _lookup(name: str) -> type[MessagePassing] | None:
     wanted = name.lower()
-    for cand in available_layers()[1:]:
+    for cand in available_layers()[2:]:
         low = cand.lower()
         if wanted in (low, low.removesuffix("conv")):
             return getattr(pyg_nn, cand)
@@ -45,7 +47,8 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int) -> MessagePassing:
     """Build a ``channels -> channels`` message-passing layer.
 
     Args:
-        spec: ``"rstg"`` (Eq. 8, default of :class:`~dyreg_pyg.DyRegGNN`); the name of a
+        spec: ``"rstg"`` (Eq. 8, default of :class:`~dyreg_pyg.DyRegGNN`); ``"rstg_authors"``
+            (:class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv`, the authors' code); the name of a
             ``torch_geometric.nn`` conv class whose constructor takes
             ``(in_channels, out_channels)`` (case-insensitive, the ``Conv`` suffix optional,
             e.g. ``"GATConv"``, ``"gatv2"``, ``"sage"``); ``"GINConv"`` gets a 2-layer MLP; or
@@ -64,11 +67,13 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int) -> MessagePassing:
         raise ValueError(f"gnn: expected a layer name or a callable, got {type(spec)}")
     if spec.lower() == "rstg":
         return RSTGConv(channels, channels)
+    if spec.lower() == "rstg_authors":
+        return AuthorsRSTGConv(channels)
     cls = _lookup(spec)
     if cls is None:
         raise ValueError(
-            f"gnn: unknown layer {spec!r}; expected 'rstg', a callable, or one of "
-            f"{available_layers()[1:]}"
+            f"gnn: unknown layer {spec!r}; expected 'rstg', 'rstg_authors', a callable, or "
+            f"one of {available_layers()[2:]}"
         )
     if cls is pyg_nn.GINConv:
         mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels))
