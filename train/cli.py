@@ -40,7 +40,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         evaluate(args.checkpoint, args.data, args.num_clips, args.num_crops, args.out,
-                 args.batch_size, args.device, args.set)
+                 args.batch_size, args.device, args.set, official=args.official)
     finally:
         cleanup_distributed()
     return 0
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="metrics.json path (default: next to ckpt)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--official", default=None, metavar="CONFIG",
+                   help="the checkpoint is the authors' (github bit-ml/DyReg-GNN .pth.tar); "
+                        "CONFIG (e.g. tsm_r50_dyreg_authors) builds the model it loads into")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("visualize", help="PNG/GIF of the predicted regions and kernels")

@@ -684,10 +684,19 @@ def _distill_loss(blocks: dict[str, nn.Module], teachers: dict[str, nn.Module],
 
 def evaluate(checkpoint: str, data: str, num_clips: int = 1, num_crops: int = 1,
              out: str | None = None, batch_size: int | None = None,
-             device: str = "auto", overrides: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint on shards; writes ``metrics.json`` (rank 0)."""
+             device: str = "auto", overrides: list[str] | None = None,
+             official: str | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on shards; writes ``metrics.json`` (rank 0). ``official``: the
+    checkpoint is the authors' (``.pth.tar``) and this config names the model."""
     env = setup_distributed(device)
-    model, cfg, num_classes = load_trained(checkpoint, data, num_clips, num_crops, overrides)
+    if official:
+        from .official import load_official_run
+
+        model, cfg, num_classes = load_official_run(checkpoint, official, data, num_clips,
+                                                    num_crops, overrides)
+    else:
+        model, cfg, num_classes = load_trained(checkpoint, data, num_clips, num_crops,
+                                               overrides)
     if batch_size:
         cfg.data.eval_batch_size = batch_size
     model.to(env.device)
