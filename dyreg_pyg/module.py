@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ from .kernels import KernelPositionEmbedding, pool_nodes, regions_to_boxes, rema
 from .nn import RSTGConv, TemporalUpdate, make_spatial_layer
 from .nn.authors import AuthorsRSTGConv
 from .nn.registry import SpatialLayerSpec
-from .regions import REGION_MODES, make_region_generator
+from .regions import REGION_MODES, default_init, make_region_generator
 
 __all__ = ["DyRegConfig", "DyRegDetails", "DyRegGNN", "DyRegBlock"]
 
@@ -34,7 +34,10 @@ class DyRegConfig:
         num_nodes: ``N`` regions / graph nodes per frame (paper: 9).
         node_channels: node feature size; ``None`` keeps the input's channel count.
         regions: region mode, one of :data:`~dyreg_pyg.regions.REGION_MODES`.
-        init: reference points, ``"center"`` or ``"grid"``.
+        init: reference points, ``"center"`` or ``"grid"``; ``None``: the mode's
+            (:func:`~dyreg_pyg.regions.default_init`: the grid for ``fixed`` and ``static``,
+            which reject ``"center"`` - their N regions would be one region - and the centre
+            for the others).
         init_size: starting kernel radius (normalised); ``None`` picks one per ``init``.
         init_jitter: per-node random offset of the references (0: the paper's start; > 0
             breaks the symmetry of the centre start, see :class:`~dyreg_pyg.regions.RegionAlpha`).
@@ -67,7 +70,7 @@ class DyRegConfig:
     num_nodes: int = 9
     node_channels: int | None = None
     regions: str = "dyreg"
-    init: str = "center"
+    init: str | None = None
     init_size: float | None = None
     init_jitter: float = 0.0
     region_channels: int | None = None
@@ -82,12 +85,13 @@ class DyRegConfig:
     norm: str | None = None
     gate_init: float = 0.0
     flavor: str = "paper"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor: expected one of {FLAVORS}, got {self.flavor!r}")
         authors = self.flavor == "authors"
+        if self.init is None:
+            self.init = default_init(self.regions)
         if self.region_channels is None:
             self.region_channels = 128 if authors else 32
         if self.share_weights is None:
@@ -173,7 +177,7 @@ class DyRegGNN(nn.Module):
         node_channels: int | None = None,
         num_nodes: int = 9,
         regions: str = "dyreg",
-        init: str = "center",
+        init: str | None = None,
         gnn: SpatialLayerSpec = "rstg",
         temporal: str = "gru",
         iterations: int = 3,
@@ -187,6 +191,13 @@ class DyRegGNN(nn.Module):
         self.config = cfg
         if in_channels < 1:
             raise ValueError(f"in_channels: expected a positive integer, got {in_channels}")
+        for name in ("num_nodes", "region_channels"):
+            value = getattr(cfg, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        nc = cfg.node_channels
+        if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+            raise ValueError(f"node_channels: expected a positive integer or None, got {nc!r}")
         if cfg.regions not in REGION_MODES:
             raise ValueError(
                 f"regions: unknown mode {cfg.regions!r}; expected one of {REGION_MODES}"
@@ -225,12 +236,13 @@ class DyRegGNN(nn.Module):
         self._is_rstg = all(isinstance(m, (RSTGConv, AuthorsRSTGConv)) for m in self.spatial)
 
     def reset_parameters(self) -> None:
+        """Re-initialise every parameter as at construction (regions back on their
+        references: each submodule's own ``reset_parameters`` decides for its subtree)."""
         if self.authors is not None:
             self.authors.reset_parameters()
             return
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        for child in self.children():
+            _reset_tree(child)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 5:
@@ -241,6 +253,26 @@ class DyRegGNN(nn.Module):
             raise ValueError(
                 f"x: expected {self.in_channels} channels (in_channels) at dim 2 of "
                 f"[B, T, C, H, W], got {x.shape[2]} (shape {tuple(x.shape)})"
+            )
+        if x.numel() == 0:
+            raise ValueError(
+                f"x: expected a non-empty clip [B, T, C, H, W] (B, T, H, W >= 1), got shape "
+                f"{tuple(x.shape)}"
+            )
+        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
+        low = sorted(str(d) for d in dtypes & {torch.float16, torch.bfloat16})
+        if low:
+            raise ValueError(
+                f"DyRegGNN: parameters in {', '.join(low)} are not supported (the regions and "
+                f"kernels need float32); keep the module in float32 and run it under "
+                f"torch.autocast for mixed precision"
+            )
+        if len(dtypes) == 1 and x.dtype not in dtypes and not torch.is_autocast_enabled(
+            x.device.type
+        ):
+            raise ValueError(
+                f"x: expected dtype {next(iter(dtypes))} (the module's parameters) outside "
+                f"autocast, got {x.dtype}; cast the input or the module, or use torch.autocast"
             )
 
     def _process(self, x: Tensor, regions: Tensor | None, want_attention: bool
@@ -260,7 +292,7 @@ class DyRegGNN(nn.Module):
         if self.config.backend == "dense":
             for k in range(self.config.iterations):
                 idx = 0 if self.config.share_weights else k
-                nodes = self.spatial[idx].forward_dense(nodes)  # Eq. 8
+                nodes = self.spatial[idx].forward_dense(nodes, self.config.self_loops)  # Eq. 8
                 nodes = self.temporal[idx](nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # Eq. 9
             return nodes, regions, kernels, attention
         # Message passing needs only the edges; the PyG Batch is assembled for details.
@@ -318,6 +350,17 @@ class DyRegGNN(nn.Module):
             live_regions=regions,
         )
         return out, details
+
+
+def _reset_tree(module: nn.Module) -> None:
+    """Call ``reset_parameters()`` on the outermost modules that have one (a module's own
+    reset decides for its subtree, e.g. the zero ``W_o`` of the region branch); descend
+    into those that have none."""
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+        return
+    for child in module.children():
+        _reset_tree(child)
 
 
 class DyRegBlock(nn.Module):

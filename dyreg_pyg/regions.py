@@ -8,13 +8,17 @@ and kernels are always computed in float32, also under autocast.
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels import region_kernels
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "REGION_MODES",
@@ -30,6 +34,8 @@ __all__ = [
     "ExternalRegions",
     "make_region_generator",
     "reference_points",
+    "default_init",
+    "ZeroLinear",
 ]
 
 INITS = ("center", "grid")
@@ -49,6 +55,13 @@ def reference_points(num_nodes: int, init: str) -> Tensor:
     ticks = (torch.arange(side, dtype=torch.float32) + 0.5) / side
     ys, xs = torch.meshgrid(ticks, ticks, indexing="ij")
     return torch.stack((xs.reshape(-1), ys.reshape(-1)), -1)
+
+
+def default_init(mode: str) -> str:
+    """The reference points a region mode starts from when ``init`` is not given: the grid
+    for the input-independent modes (``fixed``, ``static``: from the centre their regions
+    would all be the same one), the frame centre (the paper's start) for the others."""
+    return "grid" if mode in ("fixed", "static") else "center"
 
 
 def default_init_size(num_nodes: int, init: str) -> float:
@@ -109,8 +122,11 @@ class RegionAlpha(nn.Module):
         start = torch.full_like(min_size, self.init_size).maximum(min_size)
         if not self.learn_size:
             return torch.cat((centre, start.expand_as(centre)), -1)
-        frac = ((start - min_size) / (1 - min_size)).clamp(1e-4, 1 - 1e-4)
-        size = min_size + (1 - min_size) * torch.sigmoid(torch.logit(frac) + raw[..., 2:4])
+        # An axis of one cell has min_size = 1: its only radius is the whole axis (span 0;
+        # the clamp keeps 0/0 out of the graph, the size there is exactly 1, gradient 0).
+        span = 1 - min_size
+        frac = ((start - min_size) / span.clamp_min(1e-6)).clamp(1e-4, 1 - 1e-4)
+        size = min_size + span * torch.sigmoid(torch.logit(frac) + raw[..., 2:4])
         return torch.cat((centre, size), -1)  # Eq. 4, size
 
     def extra_repr(self) -> str:
@@ -125,6 +141,10 @@ class RegionGenerator(nn.Module):
     """
 
     uses_input = True
+    takes_regions = False
+    """Whether ``forward`` takes the caller's regions (only ``external``); the others raise
+    rather than silently ignore them."""
+    mode = ""
 
     def __init__(self, num_nodes: int) -> None:
         super().__init__()
@@ -136,9 +156,19 @@ class RegionGenerator(nn.Module):
     def kernels(self, x: Tensor, regions: Tensor) -> Tensor:
         return region_kernels(regions, x.shape[-2], x.shape[-1])
 
+    def _prepare(self, x: Tensor, regions: Tensor | None) -> Tensor:
+        """Reject regions this mode would ignore; ``x`` in the computation's precision:
+        float32, or float64 for a float64 input (a module cast with ``.double()``)."""
+        if regions is not None and not self.takes_regions:
+            raise ValueError(
+                f"regions: regions={self.mode!r} predicts its own regions and would ignore the "
+                f"given ones (shape {tuple(regions.shape)}); only regions='external' takes them"
+            )
+        return x if x.dtype == torch.float64 else x.float()
+
     def forward(self, x: Tensor, regions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
+            x = self._prepare(x, regions)
             regions = self.predict(x, regions)
             return regions, self.kernels(x, regions)
 
@@ -179,9 +209,15 @@ class _RegionFeatures(nn.Module):
             self.g_logits = nn.Parameter(torch.zeros(num_nodes, cells))
             self.g_embed = nn.Parameter(torch.zeros(num_nodes, channels))
             self.g_lin = nn.Linear(channels, channels)
-        self.reset_parameters()
+        self._reset_g()
 
     def reset_parameters(self) -> None:
+        for m in self.f:
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+                m.reset_parameters()
+        self._reset_g()
+
+    def _reset_g(self) -> None:
         if self.g_kind == "fc":
             bound = 1.0 / math.sqrt(self.g_weight.shape[1])
             nn.init.uniform_(self.g_weight, -bound, bound)
@@ -202,6 +238,17 @@ class _RegionFeatures(nn.Module):
         return F.relu(self.g_lin(pooled))  # Eq. 2 (lite)
 
 
+class ZeroLinear(nn.Linear):
+    """A linear layer whose (re-)initialisation is all zeros: ``W_o`` of Eq. 4, so that the
+    regions start on their references also after any ``reset_parameters()`` loop."""
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # the same random draws as nn.Linear: seeded runs keep
+        nn.init.zeros_(self.weight)  # the initialisation of every later layer
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class DynamicRegions(RegionGenerator):
     """``dyreg``: position and size predicted from the input at every time step (Eq. 1-4).
 
@@ -210,7 +257,11 @@ class DynamicRegions(RegionGenerator):
     :class:`RegionAlpha` gives the regions (Eq. 4), which therefore start on the references.
     """
 
+    mode = "dyreg"
     learn_size = True
+    recurrent = True
+    """Whether the latents run through the GRU of Eq. 3 (subclasses without time steps
+    build no GRU, so that every parameter gets a gradient, as DDP requires)."""
 
     def __init__(
         self, in_channels: int, num_nodes: int = 9, init: str = "center",
@@ -219,16 +270,21 @@ class DynamicRegions(RegionGenerator):
     ) -> None:
         super().__init__(num_nodes)
         self.features = _RegionFeatures(in_channels, channels, num_nodes, g)
-        self.gru = nn.GRU(channels, channels, batch_first=True)
-        self.out = nn.Linear(channels, 4 if self.learn_size else 2)
+        self.gru = nn.GRU(channels, channels, batch_first=True) if self.recurrent else None
+        self.out = ZeroLinear(channels, 4 if self.learn_size else 2)
         self.alpha = RegionAlpha(num_nodes, init, init_size, learn_size=self.learn_size,
                                  init_jitter=init_jitter)
-        self.reset_parameters()
+        self.features._reset_g()  # the draws of earlier versions: a seed gives the same init
+        self._reset_head()
 
     def reset_parameters(self) -> None:
         self.features.reset_parameters()
-        self.gru.reset_parameters()
-        nn.init.zeros_(self.out.weight)
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        if self.gru is not None:
+            self.gru.reset_parameters()
+        nn.init.zeros_(self.out.weight)  # W_o = 0: the regions start on the references
         nn.init.zeros_(self.out.bias)
 
     def latents(self, x: Tensor) -> Tensor:
@@ -247,12 +303,29 @@ class DynamicRegions(RegionGenerator):
 class PositionOnlyRegions(DynamicRegions):
     """``pos_only``: as ``dyreg`` but every region keeps its initial size."""
 
+    mode = "pos_only"
     learn_size = False
 
 
 class ConstantTimeRegions(DynamicRegions):
     """``constant_time``: regions predicted once per clip from the time-averaged input, then
-    used at every frame (no recurrence over time)."""
+    used at every frame (no recurrence over time, hence no GRU)."""
+
+    mode = "constant_time"
+    recurrent = False
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Checkpoints written before the unused GRU was removed still load; its weights
+        # never influenced the output.
+        stale = [k for k in state_dict if k.startswith(prefix + "gru.")]
+        if stale:
+            log.info("constant_time regions: ignoring %d weights of the removed, unused GRU "
+                     "(%s...)", len(stale), stale[0])
+            for k in stale:
+                del state_dict[k]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def latents(self, x: Tensor) -> Tensor:
         b, t = x.shape[:2]
@@ -268,6 +341,7 @@ class StaticRegions(RegionGenerator):
     references).
     """
 
+    mode = "static"
     uses_input = False
 
     def __init__(
@@ -290,6 +364,7 @@ class StaticRegions(RegionGenerator):
 class FixedRegions(RegionGenerator):
     """``fixed``: the reference regions (a grid by default) with a fixed size; no parameters."""
 
+    mode = "fixed"
     uses_input = False
 
     def __init__(
@@ -313,6 +388,8 @@ class SemanticRegions(RegionGenerator):
     mean position as the centre and the standard deviation per axis as the radius.
     """
 
+    mode = "semantic"
+
     def __init__(self, in_channels: int, num_nodes: int = 9) -> None:
         super().__init__(num_nodes)
         self.att = nn.Conv2d(in_channels, num_nodes, 1)
@@ -325,7 +402,7 @@ class SemanticRegions(RegionGenerator):
 
     def forward(self, x: Tensor, regions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
+            x = self._prepare(x, regions)
             b, t, c, h, w = x.shape
             logits = self.att(x.reshape(b * t, c, h, w)).reshape(b, t, self.num_nodes, h * w)
             maps = torch.softmax(logits, -1).reshape(b, t, self.num_nodes, h, w)
@@ -341,9 +418,11 @@ class SemanticRegions(RegionGenerator):
 
 class ExternalRegions(RegionGenerator):
     """``external``: regions given by the caller (e.g. detector boxes), ``[B, T, N, 4]`` as
-    ``(cx, cy, w, h)`` normalised to the feature map."""
+    ``(cx, cy, w, h)`` normalised to the feature map; they must be finite."""
 
+    mode = "external"
     uses_input = False
+    takes_regions = True
 
     def predict(self, x: Tensor, regions: Tensor | None) -> Tensor:
         b, t, _, h, w = x.shape
@@ -356,7 +435,14 @@ class ExternalRegions(RegionGenerator):
             raise ValueError(
                 f"regions: expected shape {expected} (B, T, N, 4), got {tuple(regions.shape)}"
             )
-        return regions.float()
+        bad = ~torch.isfinite(regions)
+        if bad.any():
+            first = [int(i) for i in bad.nonzero()[0]]
+            raise ValueError(
+                f"regions: expected finite values (cx, cy, w, h), got {int(bad.sum())} NaN or "
+                f"inf, the first at index {first} of the [B, T, N, 4] tensor"
+            )
+        return regions.to(x.dtype)
 
 
 REGION_MODES = (
@@ -368,29 +454,50 @@ def make_region_generator(
     mode: str,
     in_channels: int,
     num_nodes: int = 9,
-    init: str = "center",
+    init: str | None = None,
     init_size: float | None = None,
     channels: int = 32,
     init_jitter: float = 0.0,
 ) -> RegionGenerator:
     """Build the region generator for ``mode`` (one of :data:`REGION_MODES`).
 
-    ``init_jitter`` (see :class:`RegionAlpha`) applies to the learned modes (``dyreg``,
-    ``dyreg_lite``, ``pos_only``, ``constant_time``, ``static``); other modes reject it.
+    ``init`` ``None`` picks :func:`default_init` of the mode. ``init_jitter`` (see
+    :class:`RegionAlpha`) applies to the learned modes (``dyreg``, ``dyreg_lite``,
+    ``pos_only``, ``constant_time``, ``static``); other modes reject it.
 
     ``dyreg_lite`` is ``dyreg`` with the light ``g_i`` (global pooling with positional
-    information). ``fixed`` ignores ``init="center"`` only in the sense that it still uses the
-    reference points it is given; the paper's Fixed model is ``init="grid"``.
+    information). The input-independent modes ``fixed`` and ``static`` reject
+    ``init="center"``: all N regions would be the same region, and nothing (no input, no
+    gradient difference) could ever separate them (``static`` accepts it with
+    ``init_jitter > 0``, whose offsets separate them). The paper's Fixed model is the grid.
     """
+    if mode not in REGION_MODES:
+        raise ValueError(f"regions: unknown mode {mode!r}; expected one of {REGION_MODES}")
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"num_nodes: expected a positive integer, got {num_nodes!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"region_channels: expected a positive integer, got {channels!r}")
+    init = default_init(mode) if init is None else init
     if init not in INITS:
         raise ValueError(f"init: expected one of {INITS}, got {init!r}")
     if init == "grid":
         reference_points(num_nodes, init)  # validates the perfect square
     if init_jitter and mode not in ("dyreg", "dyreg_lite", "pos_only", "constant_time", "static"):
         raise ValueError(f"init_jitter: only for learned regions, got mode {mode!r}")
+    if init == "center" and num_nodes > 1 and (
+        mode == "fixed" or (mode == "static" and not init_jitter)
+    ):
+        raise ValueError(
+            f"init: regions={mode!r} with init='center' gives {num_nodes} identical regions "
+            f"that nothing can separate (they do not depend on the input); expected "
+            f"init='grid' (the default of this mode)"
+            + (" or init_jitter > 0" if mode == "static" else "") + ", got init='center'"
+        )
     if mode in ("dyreg", "dyreg_lite"):
         g = "lite" if mode == "dyreg_lite" else "fc"
-        return DynamicRegions(in_channels, num_nodes, init, init_size, channels, g, init_jitter)
+        gen = DynamicRegions(in_channels, num_nodes, init, init_size, channels, g, init_jitter)
+        gen.mode = mode
+        return gen
     if mode == "pos_only":
         return PositionOnlyRegions(in_channels, num_nodes, init, init_size, channels,
                                    init_jitter=init_jitter)

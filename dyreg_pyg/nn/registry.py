@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+import torch
 import torch_geometric.nn as pyg_nn
 from torch import nn
 from torch_geometric.nn import MessagePassing
@@ -62,7 +63,7 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int) -> MessagePassing:
         layer = spec(channels)
         if not isinstance(layer, nn.Module):
             raise ValueError(f"gnn: the callable must return an nn.Module, got {type(layer)}")
-        return layer
+        return _check_runs(layer, channels)
     if not isinstance(spec, str):
         raise ValueError(f"gnn: expected a layer name or a callable, got {type(spec)}")
     if spec.lower() == "rstg":
@@ -78,10 +79,52 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int) -> MessagePassing:
     if cls is pyg_nn.GINConv:
         mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels))
         return pyg_nn.GINConv(mlp, train_eps=True)
+    if cls is pyg_nn.EdgeConv:  # h_theta([x_i, x_j - x_i]): a 2-layer MLP, as for GINConv
+        mlp = nn.Sequential(nn.Linear(2 * channels, channels), nn.ReLU(),
+                            nn.Linear(channels, channels))
+        return pyg_nn.EdgeConv(mlp)
     try:
-        return cls(channels, channels)
-    except TypeError as err:
+        layer = cls(channels, channels)
+    except (TypeError, AttributeError, ValueError, AssertionError) as err:
         raise ValueError(
             f"gnn: {cls.__name__} cannot be built as {cls.__name__}({channels}, {channels}) "
             f"({err}); pass a callable (channels) -> MessagePassing instead"
         ) from err
+    return _check_runs(layer, channels)
+
+
+def _check_runs(layer: nn.Module, channels: int) -> nn.Module:
+    """Run ``layer(x, edge_index)`` once on a small complete graph (deterministic input, no
+    gradient, eval mode) and reject layers that need more than that - positions, normals,
+    the initial features ``x_0`` (e.g. ``PointNetConv``, ``PPFConv``, ``FAConv``,
+    ``GCN2Conv``) - or that do not map ``channels`` to ``channels``, at construction rather
+    than deep inside the first forward."""
+    name = type(layer).__name__
+    ref = next(iter(layer.parameters()), None)
+    device = ref.device if ref is not None else None
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    n = 4
+    x = torch.linspace(-1.0, 1.0, n * channels, device=device, dtype=dtype).view(n, channels)
+    idx = torch.arange(n, device=device)
+    edge_index = torch.stack((idx.repeat(n), idx.repeat_interleave(n)))
+    was_training = layer.training
+    layer.eval()
+    try:
+        with torch.no_grad():
+            out = layer(x, edge_index)
+    except Exception as err:  # noqa: BLE001 - any failure means it cannot run as the module does
+        raise ValueError(
+            f"gnn: {name} cannot run as {name}(x, edge_index) on node features "
+            f"[num_nodes, {channels}] ({type(err).__name__}: {err}); it needs more inputs "
+            f"than the frame graph has (e.g. positions or the initial features x_0) - pass a "
+            f"callable (channels) -> MessagePassing that adapts it"
+        ) from err
+    finally:
+        layer.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, channels):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"gnn: {name} returned an output of shape {got} for node features of shape "
+            f"{(n, channels)}; expected {(n, channels)} (a channels -> channels layer)"
+        )
+    return layer

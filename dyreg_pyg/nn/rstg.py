@@ -133,19 +133,28 @@ class RSTGConv(MessagePassing):
         self._alpha = alpha
         return alpha.unsqueeze(-1) * F.relu(hs_j + hd_i)
 
-    def forward_dense(self, x: Tensor) -> Tensor:
-        """Eq. 8 on complete graphs with self-loops, as batched matmuls (no gather/scatter).
+    def forward_dense(self, x: Tensor, self_loops: bool = True) -> Tensor:
+        """Eq. 8 on complete graphs, as batched matmuls (no gather/scatter).
 
-        Same parameters and result as :meth:`forward` on :func:`complete_edge_index` graphs.
+        Same parameters and result as :meth:`forward` on
+        :func:`~dyreg_pyg.graph.complete_edge_index` graphs with or without self-loops.
 
         Args:
             x: ``[G, N, F_in]`` (``G`` graphs of ``N`` nodes).
+            self_loops: whether node ``i`` also receives its own message (``j = i``).
 
         Returns:
             ``[G, N, F_out]``.
         """
         q, k, hs, hd = self._projections(x)
-        a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(self.attention_channels), -1)
+        logits = q @ k.transpose(1, 2) / math.sqrt(self.attention_channels)
+        n = x.shape[-2]
+        if not self_loops:
+            if n == 1:  # no edges at all: every node receives nothing, as in `forward`
+                return x.new_zeros(*x.shape[:-1], self.out_channels)
+            eye = torch.eye(n, dtype=torch.bool, device=x.device)
+            logits = logits.masked_fill(eye, float("-inf"))
+        a = torch.softmax(logits, -1)
         h = F.relu(hs.unsqueeze(1) + hd.unsqueeze(2))  # [G, i, j, F]
         out = self.lin_out((a.unsqueeze(-1) * h).sum(2))
         if self.bias is not None:
