@@ -317,6 +317,7 @@ class DyRegGNN(nn.Module):
         ``[B, T, N, node_channels]`` - for node-level read-outs and losses."""
         b, t = x.shape[:2]
         if self.authors is not None:
+            self._check_input(x)  # empty clips, dtypes (the flavour checks the map size)
             return self.authors.node_states(x)
         nodes = self._process(x, regions, want_attention=False)[0]
         return nodes.view(b, t, self.num_nodes, -1)
@@ -328,6 +329,7 @@ class DyRegGNN(nn.Module):
         if self.authors is not None:
             if regions is not None:
                 raise ValueError("regions: flavor='authors' predicts its regions (mode 'dyreg')")
+            self._check_input(x)  # empty clips, dtypes (the flavour checks the map size)
             return self.authors(x, return_details)
         nodes, regions, kernels, attention = self._process(x, regions, return_details)
         b, t, c, h, w = x.shape

@@ -312,3 +312,13 @@ def test_a_callable_returning_a_layer_of_the_wrong_width_is_rejected():
 
     with pytest.raises(ValueError, match=r"gnn: .*output of shape \(4, 3\).*\(4, 8\)"):
         make_spatial_layer(lambda c: GCNConv(c, 3), 8)
+
+
+def test_authors_flavour_gets_the_same_input_checks():
+    m = DyRegGNN(C, 8, flavor="authors", spatial_size=(H, W))
+    with pytest.raises(ValueError, match="x: expected a non-empty clip"):
+        m(torch.randn(0, T, C, H, W))
+    with pytest.raises(ValueError, match="x: expected a non-empty clip"):
+        m.node_states(torch.randn(B, 0, C, H, W))
+    with pytest.raises(ValueError, match="autocast"):
+        m.to(torch.bfloat16)(_x().to(torch.bfloat16))
