@@ -3,7 +3,9 @@
 Every generator maps a clip of feature maps ``x [B, T, C, H, W]`` to regions
 ``[B, T, N, 4]`` as ``(cx, cy, w, h)`` in normalised map coordinates (see
 :mod:`dyreg_pyg.kernels`) and to the kernels ``[B, T, N, H, W]`` that pool the nodes. Regions
-and kernels are always computed in float32, also under autocast.
+and kernels are computed in float32, also under autocast (in float64 for a float64 input,
+i.e. a module cast with ``.double()``; half-precision modules are not supported - use
+autocast).
 """
 
 from __future__ import annotations
