@@ -45,19 +45,35 @@ def _frame_rgb(frame: Tensor, scale: int) -> Image.Image:
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
+def _clip_box(x0: float, y0: float, x1: float, y1: float, w: int, h: int
+              ) -> list[float] | None:
+    """The box ``[x0, x1) x [y0, y1)`` clipped to a ``w x h`` image, as the inclusive corners
+    Pillow draws; ``None`` when no part of it lies inside (e.g. a ground-truth box outside the
+    centre crop, which the loader clips to zero width)."""
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)]
+
+
 def _draw_boxes(img: Image.Image, regions: Tensor, gt_boxes: Sequence | None,
                 gt_size: tuple[int, int] | None) -> None:
+    """Draw the regions (and the ground-truth boxes); boxes are clipped to the image and those
+    with nothing inside it are left out."""
     draw = ImageDraw.Draw(img)
     w, h = img.size
     if gt_boxes is not None and gt_size is not None:
         gw, gh = gt_size
         for x0, y0, x1, y1 in gt_boxes:
-            draw.rectangle([x0 * w / gw, y0 * h / gh, x1 * w / gw - 1, y1 * h / gh - 1],
-                           outline=GT_COLOUR, width=1)
+            box = _clip_box(x0 * w / gw, y0 * h / gh, x1 * w / gw, y1 * h / gh, w, h)
+            if box is not None:
+                draw.rectangle(box, outline=GT_COLOUR, width=1)
     for i, (cx, cy, rw, rh) in enumerate(regions.tolist()):
-        box = [max(cx - rw, 0) * w, max(cy - rh, 0) * h,
-               min(cx + rw, 1) * w - 1, min(cy + rh, 1) * h - 1]
-        draw.rectangle(box, outline=_colour(i), width=2)
+        box = _clip_box((cx - rw) * w, (cy - rh) * h, (cx + rw) * w, (cy + rh) * h, w, h)
+        if box is not None:
+            draw.rectangle(box, outline=_colour(i), width=2)
         draw.ellipse([cx * w - 2, cy * h - 2, cx * w + 2, cy * h + 2], fill=_colour(i))
 
 
@@ -88,7 +104,8 @@ def draw_regions(
         regions: ``[T, N, 4]`` ``(cx, cy, w, h)`` normalised (what ``DyRegDetails`` holds).
         kernels: ``[T, N, h, w]`` kernels, or ``None`` for no heat-map row.
         gt_boxes: per frame a list of ground-truth ``(x0, y0, x1, y1)`` in pixels of
-            ``gt_size`` = ``(width, height)``; drawn in white.
+            ``gt_size`` = ``(width, height)``; drawn in white, clipped to the frame (boxes
+            with no area inside it, e.g. objects outside the centre crop, are left out).
         scale: upscaling of each frame.
         max_frames: at most this many frames, evenly spaced.
 

@@ -182,3 +182,230 @@ def test_garbage_shard_in_evaluation_is_counted_with_its_name(tmp_path):
     assert len(_keys(loader)) == 6
     assert dict(loader.skips.reasons) == {"shard_error": 1}
     assert loader.skips.examples[0][0] == f"<shard {junk}>"
+
+
+# ------------------------------------------------------------------ items 3, 4: evaluate
+def _write_model_shards(folder, prefix: str, good: int, unlabelled: int = 0) -> str:
+    """Samples the tiny test model can run on (4 frames of 32 x 32, 1 channel)."""
+    with ShardWriter(folder, prefix, maxcount=10_000) as w:
+        for i in range(unlabelled):  # first: a short training run reads them
+            w.write(f"{prefix}_nolabel_{i:04d}", {"frames.npy": _npy(4, 32, i)})
+        for i in range(good):
+            w.write(f"{prefix}_{i:04d}", {"frames.npy": _npy(4, 32, i), "cls": str(i % 3).encode()})
+        shards = w.close()
+    return str(folder / shards[0]["name"])
+
+
+def _tiny_cfg(tmp_path, train: str, val: str, *extra: str):
+    from train.config import load_config
+
+    return load_config("syncmnist_demo", [
+        f"data.train={train}", f"data.val={val}", f"out_dir={tmp_path / 'run'}",
+        "data.num_frames=4", "data.batch_size=2", "data.num_workers=0", "data.epoch_size=4",
+        "data.num_classes=3", "data.shuffle=1", "epochs=1", "max_steps=2", "threads=1",
+        "model.preset=syncmnist_r18_dyreg", "model.overrides.input_size=32",
+        "optim.name=adam", "optim.schedule=none", *extra])
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A checkpoint of the tiny model (untrained weights are enough to evaluate)."""
+    import torch
+
+    from train.checkpoint import save_checkpoint
+    from train.config import config_to_dict
+    from train.loop import build_model
+
+    cfg = _tiny_cfg(tmp_path, "unused.tar", "unused.tar")
+    torch.manual_seed(0)
+    model = build_model(cfg, 3)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg),
+                     "num_classes": 3}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("fault", ["unlabelled", "empty", "garbage"])
+def test_evaluate_on_no_usable_sample_fails_and_says_why(tmp_path, checkpoint, fault):
+    from train.loop import evaluate
+
+    data = tmp_path / "d"
+    data.mkdir()
+    if fault == "unlabelled":  # e.g. the Something-Something test split
+        url, why = _write_model_shards(data, "test", 0, unlabelled=3), "no .cls label"
+    elif fault == "empty":
+        url, why = str(data / "empty.tar"), "hold no sample"
+        tarfile.open(url, "w").close()
+    else:
+        url, why = str(data / "junk.tar"), "could not be read"
+        open(url, "wb").write(b"\x00garbage" * 200)
+    out = tmp_path / "metrics.json"
+    with bounded(), pytest.raises(EmptyDataError) as err:
+        evaluate(checkpoint, url, out=str(out))
+    assert "no labelled sample was read" in str(err.value) and why in str(err.value)
+    assert not out.exists()
+
+
+def test_evaluate_writes_skip_counts_into_metrics_json(tmp_path, checkpoint):
+    import json
+
+    from train.loop import evaluate
+
+    data = tmp_path / "d"
+    data.mkdir()
+    url = _write_model_shards(data, "val", 3, unlabelled=2)
+    out = tmp_path / "metrics.json"
+    metrics = evaluate(checkpoint, url, out=str(out))
+    written = json.loads(out.read_text())
+    assert metrics["samples"] == written["samples"] == 3
+    assert written["skipped"]["count"] == 2
+    assert written["skipped"]["reasons"] == {"missing_cls": 2}
+
+
+def test_cli_evaluate_on_unlabelled_shards_exits_nonzero_with_one_line(tmp_path, checkpoint,
+                                                                      capsys):
+    from train.cli import main
+
+    data = tmp_path / "d"
+    data.mkdir()
+    url = _write_model_shards(data, "test", 0, unlabelled=2)
+    with bounded():
+        rc = main(["evaluate", "--checkpoint", checkpoint, "--data", url,
+                   "--out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "\n" not in err and "Traceback" not in err
+    assert "no labelled sample was read" in err and "no .cls label" in err
+
+
+# ------------------------------------------------------------------ item 3: training
+def test_fit_reports_skips_in_summary_and_scalars(tmp_path, caplog):
+    import json
+
+    from train.loop import fit
+
+    data = tmp_path / "d"
+    data.mkdir()
+    train = _write_model_shards(data, "train", 6, unlabelled=2)
+    val = _write_model_shards(data, "val", 3, unlabelled=1)
+    cfg = _tiny_cfg(tmp_path, train, val)
+    with bounded(), caplog.at_level("INFO"):
+        metrics = fit(cfg)
+    out = tmp_path / "run"
+    summary = json.loads((out / "val_metrics.json").read_text())
+    assert summary["skipped"]["reasons"] == {"missing_cls": 1} == metrics["skipped"]["reasons"]
+    assert summary["train_skipped"]["count"] >= 1
+    assert set(summary["train_skipped"]["reasons"]) == {"missing_cls"}
+    assert "training samples skipped over this run" in caplog.text
+    tags = {row.split(",")[1] for row in (out / "scalars.csv").read_text().splitlines()[1:]}
+    assert {"train/skipped", "train/skipped/missing_cls", "val/skipped",
+            "val/skipped/missing_cls"} <= tags
+
+
+# ------------------------------------------------------------------ item 1 end to end
+def test_cli_fit_on_an_empty_tar_fails_fast_naming_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    empty = tmp_path / "empty.tar"
+    tarfile.open(empty, "w").close()
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "train", "fit", "--config", "syncmnist_demo",
+           "--set", f"data.train={empty}", "--set", "data.val=", "--set", "max_steps=2",
+           "--set", "data.num_classes=3", "--set", "data.epoch_size=4",
+           "--set", "data.num_workers=0", "--set", f"out_dir={tmp_path / 'run'}",
+           "--set", "model.overrides.input_size=32", "--set", "threads=1"]
+    try:
+        res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=180,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    except subprocess.TimeoutExpired:
+        pytest.fail("fit on an empty tar hung")
+    assert res.returncode != 0
+    err = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert any(str(empty) in line and "no usable training sample" in line for line in err)
+
+
+# ------------------------------------------------------------------ items 7, 8: config, CLI
+@pytest.mark.parametrize("bad, match", [
+    (["epochs=0", "max_steps=1"], "epochs: >= 1"),
+    (["max_steps=0"], "max_steps"),
+    (["max_minutes=0"], "max_minutes"),
+    (["eval_every=0"], "eval_every"),
+    (["epochs=abc"], r"epochs: expected an integer, got 'abc'"),
+    (["optim.lr=fast"], r"optim.lr: expected a number, got 'fast'"),
+    (["data.crop_size=big"], r"data.crop_size: expected an integer or null"),
+    (["data.in_memory=maybe"], r"data.in_memory: expected true or false"),
+    (["data.mean=[0.5, x]"], r"data.mean\[1\]: expected a number"),
+    (["data.num_frames=8", "model.overrides.num_frames=16"], "model.overrides.num_frames"),
+])
+def test_config_rejects_contradictions_and_wrong_types(bad, match):
+    from train.config import load_config
+
+    with pytest.raises(ValueError, match=match):
+        load_config("syncmnist_demo", bad)
+
+
+def test_config_converts_values_of_a_compatible_type():
+    from train.config import load_config
+
+    cfg = load_config("syncmnist_demo", ["optim.lr=1e-3", "max_minutes=15", "epochs=3.0",
+                                         "data.mean=[1]", "data.std=[1]"])
+    assert cfg.optim.lr == 0.001 and isinstance(cfg.max_minutes, float)
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int) and cfg.data.mean == [1.0]
+
+
+def test_ssv2_model_frames_follow_data_num_frames():
+    from train.config import load_config
+    from train.loop import build_model
+
+    cfg = load_config("ssv2_tsm_r50_dyreg", ["data.num_frames=8", "model.pretrained_file=null",
+                                             "model.overrides.input_size=64"])
+    assert build_model(cfg, 174).num_frames == 8
+
+
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(capsys):
+    from train.cli import main
+
+    rc = main(["fit", "--config", "syncmnist_demo", "--set", "epochs=abc"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "\n" not in err and "Traceback" not in err
+    assert "epochs: expected an integer, got 'abc'" in err and "--debug" in err
+    with pytest.raises(ValueError, match="epochs"):
+        main(["fit", "--config", "syncmnist_demo", "--set", "epochs=abc", "--debug"])
+
+
+# ------------------------------------------------------------------ item 6: visualize
+def test_visualize_draws_a_box_outside_the_centre_crop(tmp_path):
+    import json
+
+    import torch
+
+    from dyreg_pyg.viz import draw_regions, save_regions_gif
+
+    # frames 60 x 40; object 0 lies left of the 32 x 32 centre crop, object 1 straddles it
+    boxes = [[[0, 0, 5, 40], [10, 5, 30, 30]] for _ in range(4)]
+    with ShardWriter(tmp_path, "val") as w:
+        members = {"cls": b"1", "json": json.dumps({"boxes": boxes,
+                                                    "frame_size": [60, 40]}).encode()}
+        members["frames.npy"] = _npy_rgb(4, 40, 60)
+        w.write("something_else", members)
+    loader = make_clip_loader(str(tmp_path / "val-000000.tar"), "val", num_frames=4,
+                              batch_size=1, crop_size=32, dataset="something", num_classes=3)
+    batch = next(iter(loader))
+    meta = batch["meta"][0]
+    x0, _, x1, _ = meta["boxes"][0][0]
+    assert x1 - x0 == 0  # the loader clipped object 0 to zero width
+    regions = torch.tensor([[[0.5, 0.5, 0.25, 0.25], [0.0, 0.0, 0.0, 0.0]]] * 4)
+    img = draw_regions(batch["video"][0], regions, None, meta["boxes"],
+                       tuple(meta["frame_size"]))
+    assert img.size == (4 * 32 * 4, 32 * 4)
+    save_regions_gif(tmp_path / "r.gif", batch["video"][0], regions, meta["boxes"],
+                     tuple(meta["frame_size"]))
+
+
+def _npy_rgb(frames: int, h: int, w: int) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.full((frames, h, w, 3), 128, np.uint8), allow_pickle=False)
+    return buf.getvalue()

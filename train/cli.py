@@ -112,6 +112,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
+    for sp in sub.choices.values():
+        sp.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback (default: one line)")
     args = parser.parse_args(argv)
     _setup_logging()
-    return args.func(args)
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exn:  # KeyboardInterrupt and SystemExit pass through
+        print(f"python -m train {args.command}: error: {_one_line(exn)} (--debug shows the "
+              "traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exn: BaseException) -> str:
+    """The message of ``exn`` on one line. An error re-raised from a DataLoader worker carries
+    the worker's traceback in its message: its last line holds the original message. The
+    type is named unless it is ``ValueError`` or one of the project's own errors, whose
+    messages say what is wrong."""
+    cls = type(exn)
+    text = str(exn).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        for name in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+            text = text.removeprefix(name)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    own = cls is ValueError or cls.__module__.split(".")[0] in ("dyreg_pyg", "train")
+    if own and text:
+        return text
+    return f"{cls.__name__}: {text}" if text else cls.__name__

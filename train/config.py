@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,8 +134,77 @@ def config_from_dict(values: dict[str, Any], cls: type = TrainConfig, prefix: st
         if dataclasses.is_dataclass(hints[k]):
             kwargs[k] = config_from_dict(v or {}, hints[k], f"{prefix}{k}.")
         else:
-            kwargs[k] = v
+            kwargs[k] = _checked(f"{prefix}{k}", v, hints[k])
     return cls(**kwargs)
+
+
+def _describe(hint: Any) -> str:
+    """``int | None`` -> "an integer or null", for error messages."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" \
+            if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _checked(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` of the config field ``name`` (an integral float is an
+    integer, an integer a float); anything else raises ``ValueError`` naming the field, the
+    expected type and the value."""
+    def bad() -> ValueError:
+        return ValueError(f"config: {name}: expected {_describe(hint)}, got {value!r} "
+                          f"({type(value).__name__})")
+
+    if hint is Any:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _checked(name, value, arg)
+            except ValueError:
+                pass
+        raise bad()
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise bad()
+        return [_checked(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)] if args \
+            else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return {str(k): _checked(f"{name}.{k}", v, args[1]) for k, v in value.items()} if args \
+            else dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        raise bad()
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise bad()
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # a YAML number where a name is expected: out_dir=2024
+        raise bad()
+    return value
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -218,7 +289,20 @@ def validate(cfg: TrainConfig) -> None:
          f"optim.lr_mult: positive numbers by parameter-name part, got {cfg.optim.lr_mult}"),
         (cfg.data.num_crops in (1, 3), f"data.num_crops: 1 or 3, got {cfg.data.num_crops}"),
         (cfg.data.batch_size >= 1, f"data.batch_size: >= 1, got {cfg.data.batch_size}"),
-        (cfg.epochs >= 1 or cfg.max_steps, "epochs: >= 1 (or set max_steps)"),
+        (cfg.epochs >= 1, f"epochs: >= 1, got {cfg.epochs} (max_steps and max_minutes only "
+                          "stop a run early: it trains for at most epochs epochs)"),
+        (cfg.max_steps is None or cfg.max_steps >= 1,
+         f"max_steps: null or >= 1, got {cfg.max_steps}"),
+        (cfg.max_minutes is None or cfg.max_minutes > 0,
+         f"max_minutes: null or > 0, got {cfg.max_minutes}"),
+        (min(cfg.ckpt_every, cfg.log_every, cfg.eval_every) >= 1,
+         f"ckpt_every, log_every, eval_every: >= 1, got {cfg.ckpt_every}, {cfg.log_every}, "
+         f"{cfg.eval_every}"),
+        (cfg.data.num_frames >= 1, f"data.num_frames: >= 1, got {cfg.data.num_frames}"),
+        (cfg.model.overrides.get("num_frames", cfg.data.num_frames) == cfg.data.num_frames,
+         f"model.overrides.num_frames: the model is built for data.num_frames="
+         f"{cfg.data.num_frames}; got model.overrides.num_frames="
+         f"{cfg.model.overrides.get('num_frames')} (drop it or make them equal)"),
         (0.0 <= cfg.distill.fraction <= 1.0, "distill.fraction: in [0, 1]"),
         (len(cfg.data.mean) == len(cfg.data.std), "data.mean and data.std: same length"),
         (not cfg.data.in_memory or (cfg.data.dataset == "syncmnist" and

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dyreg_pyg.data import InMemoryClips
+from dyreg_pyg.data import EmptyDataError, InMemoryClips, explain_skips
 from dyreg_pyg.metrics import DistanceMeter, confusion_matrix, topk_correct
 from dyreg_pyg.regions import reference_points
 
@@ -41,7 +42,8 @@ from .data import (
 )
 from .dist import DistEnv, all_reduce_sum, barrier, gather_objects, setup_distributed
 
-__all__ = ["fit", "evaluate", "build_model", "load_trained", "NonFiniteLossError"]
+__all__ = ["fit", "evaluate", "build_model", "load_trained", "skip_counts",
+           "NonFiniteLossError"]
 
 log = logging.getLogger("train")
 
@@ -51,10 +53,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The video model of ``cfg.model`` (a :mod:`dyreg_pyg.models` preset + overrides)."""
+    """The video model of ``cfg.model`` (a :mod:`dyreg_pyg.models` preset + overrides), built
+    for clips of ``cfg.data.num_frames`` frames (``model.overrides.num_frames``, when given,
+    must agree: :func:`~train.config.validate`)."""
     from dyreg_pyg.models import build_preset
 
     kwargs = dict(cfg.model.overrides)
+    kwargs.setdefault("num_frames", cfg.data.num_frames)
     kwargs["num_classes"] = num_classes
     if cfg.model.pretrained_file:
         kwargs["pretrained_file"] = cfg.model.pretrained_file
@@ -288,13 +293,40 @@ def _forward_views(model: nn.Module, video: torch.Tensor,
     return logits.float().softmax(-1).view(b, v, -1).mean(1).log()
 
 
+def skip_counts(loader) -> dict[str, Any]:
+    """The samples ``loader`` skipped in its current (or last) epoch, summed over ranks:
+    ``{"count", "reasons": {reason: n}, "shards": [names of shards with errors]}`` (zeros for
+    loaders that skip nothing, e.g. clips held in memory). Every rank must call it."""
+    skips = getattr(loader, "epoch_skips", None)
+    local = {"reasons": dict(skips.reasons) if skips is not None else {},
+             "shards": [k for k, r, _ in (skips.examples if skips is not None else [])
+                        if r in ("shard_error", "shard_short")]}
+    reasons: Counter = Counter()
+    shards: list[str] = []
+    for part in gather_objects(local):
+        reasons.update(part["reasons"])
+        shards += [s for s in part["shards"] if s not in shards]
+    return {"count": sum(reasons.values()), "reasons": dict(sorted(reasons.items())),
+            "shards": shards[:20]}
+
+
+def _skip_scalars(prefix: str, skipped: dict[str, Any]) -> dict[str, float]:
+    return {f"{prefix}/skipped": skipped["count"],
+            **{f"{prefix}/skipped/{r}": n for r, n in skipped["reasons"].items()}}
+
+
 @torch.no_grad()
 def validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv,
              num_classes: int, record_regions: bool = True) -> dict[str, Any]:
     """Top-1/top-5, per-class accuracy, confusion matrix and the region-object distance,
-    gathered over ranks. Every sample is counted once (checked by key). Torch's CPU random
-    state is left as it was (the loader draws from it), so that stopping, validating and
-    resuming continues the same run."""
+    gathered over ranks, with the samples skipped (``"skipped"``: count and reasons). Every
+    sample is counted once (checked by key). Torch's CPU random state is left as it was (the
+    loader draws from it), so that stopping, validating and resuming continues the same run.
+
+    Raises:
+        EmptyDataError: no labelled sample was read (on every rank); the message says why
+            (empty or unreadable shards, no labels, labels outside the class map, ...).
+    """
     with torch.random.fork_rng(devices=[]):
         return _validate(model, loader, cfg, env, num_classes, record_regions)
 
@@ -353,6 +385,11 @@ def _validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv, num_clas
         dist_vals += [m.total, m.count]
     sums = all_reduce_sum([loss_sum, scores_top5[0], *dist_vals], env.device)
     n = len(all_keys)
+    skipped = skip_counts(loader)
+    if n == 0:
+        raise EmptyDataError(
+            f"validation: no labelled sample was read from {cfg.data.val!r}: "
+            f"{explain_skips(skipped['reasons'], skipped['shards'])}")
     conf = confusion_matrix(all_preds, all_labels, num_classes) if n else None
     per_class = None
     if conf is not None:
@@ -371,6 +408,7 @@ def _validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv, num_clas
         "per_class_accuracy": per_class,
         "confusion_matrix": conf.tolist() if conf is not None else None,
         "region_object_distance": distances,
+        "skipped": skipped,
     }
 
 
@@ -473,6 +511,8 @@ def fit(cfg: TrainConfig, resume: str | None = None,
     logger = _Logger(out, env.is_main)
     val_loader = make_loader(cfg, "val", epoch=0) if cfg.data.val else None
     metrics: dict[str, Any] = {}
+    # samples skipped over this run (by reason); clips held in memory: those of the decoding
+    train_skips: Counter = Counter(memory.skips.reasons if memory is not None else {})
     start_time = time.time()
     stop = False
     try:
@@ -540,25 +580,37 @@ def fit(cfg: TrainConfig, resume: str | None = None,
             if epoch_done:
                 state.epoch += 1
                 state.epoch_step = 0
+            skipped = skip_counts(loader)  # every rank: a collective
+            train_skips.update(skipped["reasons"])
             if env.is_main:
-                log.info("epoch %d: %d steps, train loss %.4f top1 %.4f, %.1f videos/s",
+                log.info("epoch %d: %d steps, train loss %.4f top1 %.4f, %.1f videos/s, %s",
                          state.epoch, state.step, loss_acc / max(seen, 1),
-                         correct / max(seen, 1), seen * env.world_size / (time.time() - t0))
+                         correct / max(seen, 1), seen * env.world_size / (time.time() - t0),
+                         _skip_text(skipped))
+                logger.scalars(state.step, _skip_scalars("train", skipped))
             if val_loader is not None and (stop or state.epoch % cfg.eval_every == 0):
-                metrics = validate(ddp_model, val_loader, cfg, env, num_classes)
+                try:
+                    metrics = validate(ddp_model, val_loader, cfg, env, num_classes)
+                except EmptyDataError:
+                    if env.is_main:  # keep the training done so far, then fail loudly
+                        _save(out / "last.pt", model, optimizer, plateau, scaler, state, cfg,
+                              num_classes)
+                    raise
                 # only whole epochs count towards a plateau (a time/step stop validates a
                 # partial one, and the run may be resumed)
                 plateau.step_epoch(metrics["top1"] if cfg.optim.schedule == "plateau" and
                                    epoch_done else None)
                 if env.is_main:
                     d = metrics["region_object_distance"]
-                    log.info("val: top1 %.4f top5 %.4f (%d samples) region-object distance %s",
-                             metrics["top1"], metrics["top5"], metrics["samples"],
+                    log.info("val: top1 %.4f top5 %.4f (%d samples, %s) region-object distance "
+                             "%s", metrics["top1"], metrics["top5"], metrics["samples"],
+                             _skip_text(metrics["skipped"]),
                              {k: None if v is None else round(v, 4) for k, v in d.items()})
                     logger.scalars(state.step, {
                         "val/top1": metrics["top1"], "val/top5": metrics["top5"],
                         "val/loss": metrics["loss"],
-                        **{f"val/dist/{k}": v for k, v in d.items()}})
+                        **{f"val/dist/{k}": v for k, v in d.items()},
+                        **_skip_scalars("val", metrics["skipped"])})
                     if metrics["top1"] > state.best_top1:
                         state.best_top1 = metrics["top1"]
                         _save(out / "best.pt", model, optimizer, plateau, scaler, state, cfg,
@@ -574,9 +626,24 @@ def fit(cfg: TrainConfig, resume: str | None = None,
         sums = gather_objects([float(flat.sum()), float(flat.abs().sum())])
         if env.is_main:
             (out / "replicas.json").write_text(json.dumps({"checksums": sums}))
+    train_skipped = {"count": sum(train_skips.values()),
+                     "reasons": dict(sorted(train_skips.items()))}
+    if env.is_main:
+        log.info("training done: %d steps, %d epochs; training samples skipped over this "
+                 "run: %s", state.step, state.epoch, _skip_text(train_skipped))
+    if metrics:
+        metrics["train_skipped"] = train_skipped
     if env.is_main and metrics:
         (out / "val_metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _skip_text(skipped: dict[str, Any]) -> str:
+    """``"no sample skipped"`` or ``"5 skipped (missing_cls: 5)"``."""
+    if not skipped["count"]:
+        return "no sample skipped"
+    parts = ", ".join(f"{r}: {n}" for r, n in sorted(skipped["reasons"].items()))
+    return f"{skipped['count']} skipped ({parts})"
 
 
 def _agree(flag: bool, env: DistEnv) -> bool:
@@ -708,6 +775,6 @@ def evaluate(checkpoint: str, data: str, num_clips: int = 1, num_crops: int = 1,
         path = Path(out) if out else Path(checkpoint).parent / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=1))
-        log.info("top1 %.4f top5 %.4f on %d samples -> %s", metrics["top1"], metrics["top5"],
-                 metrics["samples"], path)
+        log.info("top1 %.4f top5 %.4f on %d samples (%s) -> %s", metrics["top1"],
+                 metrics["top5"], metrics["samples"], _skip_text(metrics["skipped"]), path)
     return metrics
