@@ -242,3 +242,20 @@ def test_oracle_preset_pools_the_given_boxes_and_keeps_no_state():
             model(clip)  # the boxes of the previous call are not kept
         with pytest.raises(ValueError, match=r"\(2, 10, 5, 4\)"):
             model(clip, regions=boxes[:, :, :4])
+
+
+def test_oracle_regions_reach_only_the_external_blocks():
+    """A model mixing an ``external`` block with a predicting one: the caller's regions go to
+    the external block only (a predicting mode rejects given regions)."""
+    torch.manual_seed(0)
+    model = build_video_model(
+        "resnet18", 4, 4, dyreg_at=["layer2", "layer3"], in_chans=1,
+        dyreg=dict(node_channels=8, num_nodes=5, region_channels=8), input_size=64,
+        dyreg_per_block={"layer2": dict(regions="external")},
+    ).eval()
+    blocks = model.dyreg_blocks()
+    assert blocks["layer2"].gnn.config.regions == "external"
+    assert blocks["layer3"].gnn.config.regions == "dyreg"
+    with torch.no_grad():
+        out = model(torch.randn(2, 4, 1, 64, 64), regions=_boxes(2, 4, 5))
+    assert out.shape == (2, 4) and torch.isfinite(out).all()

@@ -243,7 +243,10 @@ class VideoModel(nn.Module):
         self.check_clip(clip)
         if regions is None:  # the attachments hold none between calls
             return self.fc(self.dropout(self.forward_features(clip)))
-        attachments = [m for m in self.modules() if isinstance(m, _DyRegAttachment)]
+        attachments = [
+            m for m in self.modules()
+            if isinstance(m, _DyRegAttachment) and m.dyreg.gnn.config.regions == "external"
+        ]
         for a in attachments:
             a.regions = regions
         try:
