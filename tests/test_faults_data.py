@@ -409,3 +409,21 @@ def _npy_rgb(frames: int, h: int, w: int) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.full((frames, h, w, 3), 128, np.uint8), allow_pickle=False)
     return buf.getvalue()
+
+
+def test_visualize_on_no_usable_sample_fails_and_says_why(tmp_path, checkpoint):
+    from train.visualize import visualize
+
+    url = tmp_path / "empty.tar"
+    tarfile.open(url, "w").close()
+    with bounded(), pytest.raises(EmptyDataError, match="no usable sample.*hold no sample"):
+        visualize(checkpoint, str(url), str(tmp_path / "viz"))
+
+
+def test_in_memory_decoding_of_unlabelled_shards_says_why(tmp_path):
+    from train.data import load_train_in_memory
+
+    url = _write_model_shards(tmp_path, "train", 0, unlabelled=2)
+    cfg = _tiny_cfg(tmp_path, url, "", "data.in_memory=true", "data.epoch_size=null")
+    with bounded(), pytest.raises(ValueError, match="no sample.*no .cls label"):
+        load_train_in_memory(cfg)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from dyreg_pyg.data import EmptyDataError
 from dyreg_pyg.viz import draw_regions, export_regions, save_regions_gif
 
 from .checkpoint import load_checkpoint, load_model_state
@@ -55,7 +56,8 @@ def collect_regions(model, loader, cfg, num: int, block: str | None = None):
 
 def visualize(checkpoint: str, data: str, out: str, num: int = 4, block: str | None = None,
               export: str | None = None, gif: bool = False) -> list[Path]:
-    """Write ``regions_<i>.png`` (frames + boxes, kernel heat maps), optional GIFs and JSON."""
+    """Write ``regions_<i>.png`` (frames + boxes, kernel heat maps), optional GIFs and JSON.
+    Raises :class:`~dyreg_pyg.data.EmptyDataError` (saying why) when no sample was read."""
     from .loop import build_model
 
     ck = load_checkpoint(checkpoint)
@@ -64,7 +66,11 @@ def visualize(checkpoint: str, data: str, out: str, num: int = 4, block: str | N
     cfg.data.num_workers = 0
     model = build_model(cfg, ck["num_classes"])
     load_model_state(model, ck["model"], checkpoint)
-    name, samples = collect_regions(model, make_loader(cfg, "val"), cfg, num, block)
+    loader = make_loader(cfg, "val")
+    name, samples = collect_regions(model, loader, cfg, num, block)
+    if not samples:
+        raise EmptyDataError(f"visualize: no usable sample was read from {data!r}: "
+                             f"{loader.epoch_skips.explain()}")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

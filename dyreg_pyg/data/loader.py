@@ -157,10 +157,11 @@ def explain_skips(reasons: dict[str, int], bad_shards: Sequence[str] = ()) -> st
         n = reasons.get("label_not_in_class_map", 0) + reasons.get("bad_label", 0)
         parts.append(f"{n} samples have a label outside the class map (wrong num_classes or "
                      "shards of another dataset?)")
-    lost = reasons.get("shard_error", 0) + reasons.get("shard_short", 0)
-    if lost:
-        names = ", ".join(sorted(set(bad_shards))[:3])
-        parts.append(f"shards could not be read whole ({lost} lost: {names})")
+    if reasons.get("shard_error") or reasons.get("shard_short"):
+        names = sorted(set(bad_shards))
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        parts.append("shards could not be read whole" +
+                     (f": {', '.join(names[:3])}{more}" if names else ""))
     rest = {r: n for r, n in reasons.items() if r not in (
         "missing_cls", "label_not_in_class_map", "bad_label", "shard_error", "shard_short")}
     if rest:

@@ -77,7 +77,8 @@ class InMemoryClips:
             keys += list(batch["key"])
             boxes.append(batch.get("boxes"))
         if not videos:
-            raise ValueError("batches: the loader yielded no sample")
+            why = f": {skips.explain()}" if skips is not None else ""
+            raise ValueError(f"batches: the loader yielded no sample{why}")
         order = sorted(range(len(keys)), key=keys.__getitem__)
         index = torch.tensor(order, dtype=torch.long)
         stacked = torch.cat(videos)
