@@ -522,6 +522,7 @@ def _read_shard(url: str) -> Iterator[dict[str, Any]]:
                         yield current
                     current = {"__key__": key, "__url__": url}
                 data = tar.extractfile(info).read()
+                tar.members = []  # a stream keeps every header read: forget them
                 if ext in current:
                     log.warning("shard %s: duplicate member %s (the first one is kept)", url,
                                 info.name)
