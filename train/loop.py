@@ -293,7 +293,7 @@ def _forward_views(model: nn.Module, video: torch.Tensor,
     return logits.float().softmax(-1).view(b, v, -1).mean(1).log()
 
 
-def skip_counts(loader) -> dict[str, Any]:
+def skip_counts(loader: Any) -> dict[str, Any]:
     """The samples ``loader`` skipped in its current (or last) epoch, summed over ranks:
     ``{"count", "reasons": {reason: n}, "shards": [names of shards with errors]}`` (zeros for
     loaders that skip nothing, e.g. clips held in memory). Every rank must call it."""
