@@ -17,9 +17,11 @@ whole TSM-R50 + 3 DyReg (``ops/models.py: TSN``) against our preset
 ours on the pooled vector: the whole models differ in training mode by construction). For
 the output and for the gradient of ``sum(out * R)`` (``R`` fixed random) w.r.t. the input it
 prints the largest absolute difference and that difference relative to the reference's scale
-(its largest absolute value). The last line is ``worst max abs diff: <number>`` - the largest
-relative difference of all rows; the exit status is 1 if it exceeds 1e-6 (float64) or 1e-4
-(float32).
+(its largest absolute value); ``dyreg``: the DyReg branches' share of the output (largest
+change when they are switched off, relative to the output's scale), ``spread``: the standard
+deviation of the predicted region centres in cells (the regions move). The last line is
+``worst max abs diff: <number>`` - the largest relative difference of all rows; the exit
+status is 1 if it exceeds 1e-6 (float64) or 1e-4 (float32).
 """
 
 from __future__ import annotations
@@ -135,9 +137,13 @@ def module_rows(their_dyreg, dtype: torch.dtype, batch: int, frames: int,
             theirs.train(mode == "train")
             ours.train(mode == "train")
             res = compare(theirs, ours, x, gen)
+            with torch.no_grad():  # the DyReg branch's share of the output; region spread
+                y, det = ours.gnn(x, return_details=True)
+                share = (ours(x) - x).abs().max() / ours(x).abs().max()
+            spread = (det.regions[..., :2] * h).std(dim=(0, 1, 2)).mean().item()
             rows.append(dict(what=f"module {place}", mode=mode,
                              shape=f"[{batch},{frames},{c},{h},{h}] node {gp['node_dim']}",
-                             **res))
+                             dyreg_share=share.item(), centre_spread_cells=spread, **res))
     return rows
 
 
@@ -159,7 +165,14 @@ def model_row(their_models, dtype: torch.dtype, batch: int, gen: torch.Generator
     t = args.num_segments
     x = torch.randn(batch, t, 3, 224, 224, generator=gen, dtype=dtype)
     res = compare(lambda v: theirs(v)[0], ours, x, gen)
-    return dict(what="whole model", mode="eval", shape=f"[{batch},{t},3,224,224] -> 174", **res)
+    with torch.no_grad():  # the three DyReg branches' share: ours with them switched off
+        out = ours(x)
+        for blk in ours.dyreg_blocks().values():
+            blk.norm.norm.weight.zero_()
+            blk.norm.norm.bias.zero_()
+        share = ((out - ours(x)).abs().max() / out.abs().max()).item()
+    return dict(what="whole model", mode="eval", shape=f"[{batch},{t},3,224,224] -> 174",
+                dyreg_share=share, centre_spread_cells=float("nan"), **res)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,11 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     if not a.skip_model:
         rows.append(model_row(their_models, dtype, 1, gen))
     head = (f"{'compared':<16} {'mode':<5} {'shape':<30} {'out max|d|':>10} {'rel':>9} "
-            f"{'grad max|d|':>11} {'rel':>9} {'theirs s':>8} {'ours s':>7}")
+            f"{'grad max|d|':>11} {'rel':>9} {'dyreg':>6} {'spread':>6} {'theirs s':>8} "
+            f"{'ours s':>7}")
     print(head)
     for r in rows:
         print(f"{r['what']:<16} {r['mode']:<5} {r['shape']:<30} {r['out_abs']:>10.2e} "
               f"{r['out_rel']:>9.2e} {r['grad_abs']:>11.2e} {r['grad_rel']:>9.2e} "
+              f"{r['dyreg_share']:>6.2f} {r['centre_spread_cells']:>6.2f} "
               f"{r['theirs_s']:>8.2f} {r['ours_s']:>7.2f}")
     worst = max(max(r["out_rel"], r["grad_rel"]) for r in rows)
     if a.json is not None:

@@ -133,7 +133,7 @@ def test_load_official_whole_preset(tmp_path):
     from dyreg_pyg.models import build_preset
 
     gen = torch.Generator().manual_seed(2)
-    model = build_preset("tsm_r50_dyreg_authors", num_classes=5)
+    model = build_preset("tsm_r50_dyreg_authors", num_classes=174)
     places = {"layer2.2": (128, 128, 28), "layer3.4": (256, 256, 14), "layer4.1": (512, 256, 7)}
     theirs = {}
     for k, v in model.backbone.state_dict().items():
@@ -146,14 +146,20 @@ def test_load_official_whole_preset(tmp_path):
     for p, (c, node, h) in places.items():
         for k, v in _their_block_state(c, node, h, node != c, gen).items():
             theirs[f"module.base_model.{p}.conv2.1.{k}"] = v
-    theirs["module.new_fc.weight"] = torch.randn(5, 2048, generator=gen)
-    theirs["module.new_fc.bias"] = torch.randn(5, generator=gen)
+    theirs["module.new_fc.weight"] = torch.randn(174, 2048, generator=gen)
+    theirs["module.new_fc.bias"] = torch.randn(174, generator=gen)
     path = tmp_path / "ckpt.pth.tar"
     torch.save({"epoch": 3, "state_dict": theirs, "best_prec1": 1.0}, path)
     load_official(model, path)
     assert torch.equal(model.fc.bias, theirs["module.new_fc.bias"])
     w = model.backbone.layer1[0].conv1.layer.weight
     assert torch.equal(w, theirs["module.base_model.layer1.0.conv1.net.weight"])
+    # python -m train evaluate --official tsm_r50_dyreg_authors: the config builds the model
+    from train.official import load_official_run
+
+    run_model, cfg, classes = load_official_run(path, "tsm_r50_dyreg_authors", "val-{0..1}.tar")
+    assert classes == 174 and cfg.data.val == "val-{0..1}.tar"
+    assert torch.equal(run_model.fc.weight, theirs["module.new_fc.weight"])
     del theirs["module.new_fc.bias"]
     with pytest.raises(ValueError, match="fc.bias"):
         load_official(model, {"state_dict": theirs})
