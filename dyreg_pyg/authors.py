@@ -16,7 +16,7 @@ reported in :class:`~dyreg_pyg.DyRegDetails` are converted to the library's norm
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from .nn.registry import make_spatial_layer
 from .nn.temporal import TemporalUpdate
 
 if TYPE_CHECKING:
-    from .module import DyRegConfig, DyRegDetails
+    from .module import DyRegConfig
 
 __all__ = [
     "AUTHORS_REGION_CHANNELS",
@@ -386,9 +386,9 @@ class AuthorsDyRegGNN(nn.Module):
         return self._process(x, False)[0].view(b, t, self.num_nodes, -1)
 
     def forward(self, x: Tensor, return_details: bool = False
-                ) -> Tensor | tuple[Tensor, DyRegDetails]:
-        from .module import DyRegDetails
-
+                ) -> Tensor | tuple[Tensor, dict[str, Any]]:
+        """``y [B, T, C_in, H, W]``; with ``return_details`` also the fields of a
+        :class:`~dyreg_pyg.DyRegDetails` (which :class:`~dyreg_pyg.DyRegGNN` returns)."""
         nodes, regions, flat_k, attention = self._process(x, return_details)
         b, t, c, h, w = x.shape
         y = remap_nodes(nodes, flat_k)  # Eq. 10
@@ -402,7 +402,7 @@ class AuthorsDyRegGNN(nn.Module):
         if self.config.backend == "pyg":
             graph = build_graph_batch(nodes.detach().view(b, t, n, -1), regions.detach().float(),
                                       self.config.self_loops)
-        details = DyRegDetails(
+        details = dict(
             regions=regions.detach(), boxes=regions_to_boxes(regions.detach()),
             kernels=flat_k.detach().view(b, t, n, h, w), graph=graph,
             attention=None if attention is None else attention.detach(), live_regions=regions,

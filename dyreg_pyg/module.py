@@ -330,7 +330,10 @@ class DyRegGNN(nn.Module):
             if regions is not None:
                 raise ValueError("regions: flavor='authors' predicts its regions (mode 'dyreg')")
             self._check_input(x)  # empty clips, dtypes (the flavour checks the map size)
-            return self.authors(x, return_details)
+            if not return_details:
+                return self.authors(x)
+            y, parts = self.authors(x, return_details=True)
+            return y, DyRegDetails(**parts)
         nodes, regions, kernels, attention = self._process(x, regions, return_details)
         b, t, c, h, w = x.shape
         flat_k = kernels.reshape(b * t, self.num_nodes, h, w)

@@ -267,3 +267,15 @@ def test_authors_config_resolves_and_rejects():
     with pytest.raises(ValueError, match="x: expected"):
         DyRegGNN(8, flavor="authors", spatial_size=(8, 8))(torch.randn(1, 2, 8, 9, 9))
     assert math.isclose(encoder_geometry(28)[3], 6) and encoder_geometry(7)[3] == 5
+
+
+def test_authors_block_every_parameter_gets_a_gradient_under_autocast():
+    """DDP with find_unused_parameters=False needs a gradient for every parameter."""
+    torch.manual_seed(0)
+    blk = _block(32, 14, node=16, region_channels=8)
+    x = torch.randn(2, 3, 32, 14, 14, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = blk(x)
+    y.float().sum().backward()
+    assert [n for n, p in blk.named_parameters() if p.grad is None] == []
+    assert x.grad.abs().sum() > 0
