@@ -158,7 +158,8 @@ def model_row(their_models, dtype: torch.dtype, batch: int, gen: torch.Generator
         shift_place=args.shift_place, temporal_pool=args.temporal_pool,
         non_local=args.non_local, print_spec=False)
     randomise(theirs, gen)
-    ours = build_preset("tsm_r50_dyreg_authors", num_classes=174)
+    ours = build_preset("tsm_r50_dyreg_authors", num_classes=174,
+                        dyreg={"init": args.init_regions})
     load_official(ours, {"state_dict": {"module." + k: v for k, v in theirs.state_dict().items()}})
     theirs.to(dtype).eval()
     ours.to(dtype).eval()
@@ -183,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=2, help="clips per module comparison")
     ap.add_argument("--frames", type=int, default=16, help="T of the module comparisons")
     ap.add_argument("--skip-model", action="store_true", help="modules only (no TSM-R50)")
+    ap.add_argument("--init", choices=("center", "grid"), default=None,
+                    help="their --init_regions (default: train_model.sh's, center)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     a = ap.parse_args(argv)
     saved_argv = list(sys.argv)
     their_models, their_dyreg = import_official(a.official.resolve())
     sys.argv = saved_argv
+    if a.init is not None:  # read by dyregParams.set_from_args when the modules are built
+        their_dyreg.args.init_regions = their_models.args.init_regions = a.init
     dtype = getattr(torch, a.dtype)
     gen = torch.Generator().manual_seed(a.seed)
     torch.manual_seed(a.seed)
