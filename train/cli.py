@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "run"]
 
 log = logging.getLogger("train")
 
@@ -65,7 +65,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train",
+    """``python -m train``: parse ``argv`` (default ``sys.argv[1:]``) and run the command."""
+    return run(build_parser(), argv)
+
+
+def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
+    """The parser of every command (each sets ``func``); the ``dyreg-pyg`` console command
+    (train/console.py) reuses it, so a command added here is a ``dyreg-pyg`` command too."""
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Train and evaluate DyReg-GNN video models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -115,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     for sp in sub.choices.values():
         sp.add_argument("--debug", action="store_true",
                         help="on an error, show the full traceback (default: one line)")
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with ``parser`` (from :func:`build_parser`) and run the command; an error
+    prints one line (``--debug``: the traceback) and returns 1."""
     args = parser.parse_args(argv)
     _setup_logging()
     if args.debug:
@@ -122,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exn:  # KeyboardInterrupt and SystemExit pass through
-        print(f"python -m train {args.command}: error: {_one_line(exn)} (--debug shows the "
+        print(f"{parser.prog} {args.command}: error: {_one_line(exn)} (--debug shows the "
               "traceback)", file=sys.stderr)
         return 1
 
