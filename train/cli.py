@@ -1,4 +1,5 @@
-"""Command line of ``python -m train``: fit, evaluate, visualize, demo."""
+"""Command line of ``python -m train``: fit, evaluate, visualize, demo, export-graphs, predict,
+export-model."""
 
 from __future__ import annotations
 
@@ -64,6 +65,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_graphs(args: argparse.Namespace) -> int:
+    from .export_graphs import export_graphs
+
+    s = export_graphs(args.checkpoint, args.data, args.out, args.block, args.batch_size,
+                      args.num_workers, args.device, args.chunk, args.set,
+                      progress=not args.no_progress)
+    print(f"{s['videos']} graphs in {s['out']} (block {s['block']}, {s['written']} new), "
+          f"{s['skipped']} videos skipped" + (f" {s['skip_reasons']}" if s["skipped"] else ""))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    logging.getLogger("dyreg_pyg.data.loader").setLevel(logging.WARNING)  # no per-epoch line
+    r = predict(args.checkpoint, args.videos, args.top_k, args.num_clips, args.num_crops,
+                args.regions, args.block, args.classes, args.device)
+    for p in r["predictions"]:
+        print(f"{p['video']}:")
+        for rank, (_, name, prob) in enumerate(p["top"], 1):
+            print(f"  {rank}. {prob:6.4f}  {name}")
+        if p.get("regions_gif"):
+            print(f"  regions: {p['regions_gif']}")
+    if r["skipped"]:
+        print(f"skipped {len(r['skipped'])} of {len(args.videos)} videos: " + "; ".join(
+            f"{s['video']} ({s['reason']})" for s in r["skipped"]), file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_export_model(args: argparse.Namespace) -> int:
+    from .predict import export_model
+
+    report = export_model(args.checkpoint, args.out, program=not args.weights_only)
+    for key in ("weights", "program", "info"):
+        if key in report:
+            print(report[key])
+    if "program_error" in report:
+        print(f"no model.pt2: {report['program_error']}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m train``: parse ``argv`` (default ``sys.argv[1:]``) and run the command."""
     return run(build_parser(), argv)
@@ -118,6 +161,41 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     p.add_argument("--val-videos", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("export-graphs", help="the region graphs of every video as a PyG dataset")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="labelled shard pattern")
+    p.add_argument("--out", required=True, help="dataset folder (an interrupted run continues)")
+    p.add_argument("--block", default=None, help="DyReg block name (default: first)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=256, help="graphs per committed chunk")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_export_graphs)
+
+    p = sub.add_parser("predict", help="top-5 classes of video files (exit 2: some skipped)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run's .pt, or model.safetensors from export-model")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="webm/mp4/... file or frame folder")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--num-clips", type=int, default=1)
+    p.add_argument("--num-crops", type=int, default=1, choices=(1, 3))
+    p.add_argument("--regions", default=None, metavar="OUT.gif",
+                   help="draw the predicted regions on the video")
+    p.add_argument("--block", default=None, help="DyReg block for --regions (default: first)")
+    p.add_argument("--classes", default=None,
+                   help="class names: a manifest JSON or one name per line")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export-model",
+                       help="model.safetensors (+ torch.export model.pt2) for inference")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--weights-only", action="store_true", help="skip torch.export")
+    p.set_defaults(func=_cmd_export_model)
 
     for sp in sub.choices.values():
         sp.add_argument("--debug", action="store_true",

@@ -1,0 +1,257 @@
+"""Inference outside the training code: video files in, and a trained video model out.
+
+* :func:`pack_videos` puts video files (webm, mp4, ...) and frame folders into a one-shard
+  WebDataset tar, so that they go through the very pipeline the evaluation uses
+  (:func:`~dyreg_pyg.data.make_clip_loader`: segment-centre frames, resize, centre or 3
+  crops, and skipped-and-counted corrupt samples).
+* :func:`export_program` is ``torch.export`` of a video model (batch size dynamic), checked
+  against the eager model; :func:`save_weights` / :func:`load_weights` write and read the
+  weights as safetensors with what rebuilding the model needs in the file's metadata (the
+  preset name and its arguments, the clip size, the normalisation and the class names), so a
+  model loads with ``dyreg_pyg`` alone, without the training code or its YAML files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data.decode import VIDEO_EXTS
+from .data.shards import ShardWriter
+
+__all__ = ["IMAGE_EXTS", "pack_videos", "match_channels", "match_size", "export_program",
+           "load_program", "save_weights", "load_weights", "WEIGHTS_META_KEY", "ExportError"]
+
+log = logging.getLogger(__name__)
+
+#: Frame files a frame folder may hold (sorted by the numbers in their names).
+IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "webp")
+#: The safetensors metadata entry that holds the model's description (JSON).
+WEIGHTS_META_KEY = "dyreg_pyg"
+
+
+class ExportError(RuntimeError):
+    """``torch.export`` could not trace the model, or the exported program's logits differ
+    from the eager model's."""
+
+
+def _natural_key(name: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _sample_key(index: int, path: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.name.split(".")[0])[:60] or "video"
+    return f"v{index:04d}-{stem}"
+
+
+def _frame_folder_members(folder: Path) -> dict[str, bytes]:
+    files = sorted((p for p in folder.iterdir()
+                    if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTS),
+                   key=lambda p: _natural_key(p.name))
+    if not files:
+        raise ValueError(f"video: {folder} is a folder with no frame image "
+                         f"({', '.join(IMAGE_EXTS)})")
+    if all(p.suffix.lower() in (".jpg", ".jpeg") for p in files):
+        # As the Something-Something shards store frames: decoded by the loader itself.
+        return {f"{i:06d}.jpg": p.read_bytes() for i, p in enumerate(files)}
+    from PIL import Image
+
+    frames = []
+    for p in files:
+        try:
+            with Image.open(p) as img:
+                frames.append(np.asarray(img.convert("RGB")))
+        except Exception as exn:  # PIL raises many types for a bad file
+            raise ValueError(f"video: frame {p} cannot be read: {exn!r}") from exn
+    if len({f.shape for f in frames}) != 1:
+        raise ValueError(f"video: the frames in {folder} differ in size")
+    buf = io.BytesIO()
+    np.save(buf, np.stack(frames), allow_pickle=False)
+    return {"frames.npy": buf.getvalue()}
+
+
+def pack_videos(paths: Sequence[str | Path], folder: str | Path) -> tuple[str, dict[str, Path]]:
+    """Write the videos ``paths`` into one tar shard in ``folder`` for
+    :func:`~dyreg_pyg.data.make_clip_loader` (use an evaluation split: ``"test"`` when there
+    are no labels).
+
+    A path is an encoded video (``.webm``, ``.mp4``, ``.mkv``, ``.avi``, ``.mov``: the bytes
+    are stored as they are and decoded by PyAV in the loader) or a folder of frames (JPEGs are
+    stored as they are; other images are decoded once into a lossless ``frames.npy``).
+
+    Returns:
+        ``(shard path, {sample key: video path})``.
+
+    Raises:
+        ValueError: a path that does not exist, has an extension no decoder reads, or is a
+            folder without frames (checked for every path before anything is written). The
+            content of a video file is only checked when it is decoded: a corrupt file is a
+            skipped sample (reason ``corrupt_video``) of the loader.
+    """
+    if not paths:
+        raise ValueError("videos: expected at least one video file or frame folder, got none")
+    items: list[tuple[str, Path, dict[str, bytes] | None]] = []
+    for i, raw in enumerate(paths):
+        path = Path(raw)
+        key = _sample_key(i, path)
+        if path.is_dir():
+            items.append((key, path, None))
+        elif path.is_file():
+            ext = path.suffix.lower().lstrip(".")
+            if ext not in VIDEO_EXTS:
+                raise ValueError(f"video: {path} has extension {path.suffix!r}; expected a video "
+                                 f"({', '.join('.' + e for e in VIDEO_EXTS)}) or a frame folder")
+            items.append((key, path, None))
+        else:
+            raise ValueError(f"video: {path} does not exist")
+    keys: dict[str, Path] = {}
+    with ShardWriter(folder, "predict", maxcount=len(items) + 1) as writer:
+        for key, path, _ in items:
+            if path.is_dir():
+                members = _frame_folder_members(path)
+            else:
+                members = {path.suffix.lower().lstrip("."): path.read_bytes()}
+            writer.write(key, members)
+            keys[key] = path
+    return str(writer.shard_path(0)), keys
+
+
+def match_channels(video: Tensor, in_chans: int) -> Tensor:
+    """uint8 frames ``[..., C, H, W]`` with ``in_chans`` channels: RGB -> luma (ITU-R 601,
+    as Pillow's ``"L"``) for a 1-channel model, grey repeated for a 3-channel one."""
+    c = video.shape[-3]
+    if c == in_chans:
+        return video
+    if c == 3 and in_chans == 1:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(3, 1, 1)
+        grey = (video.float() * w).sum(-3, keepdim=True)
+        return grey.round().clamp(0, 255).to(torch.uint8)
+    if c == 1 and in_chans == 3:
+        return video.expand(*video.shape[:-3], 3, *video.shape[-2:]).contiguous()
+    raise ValueError(f"video: frames with {c} channels cannot feed a model with in_chans="
+                     f"{in_chans}")
+
+
+def match_size(video: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 frames ``[..., C, H, W]`` resized (bilinear, antialiased) to ``size = (H, W)``
+    unless they have it already."""
+    if tuple(video.shape[-2:]) == tuple(size):
+        return video
+    lead = video.shape[:-3]
+    flat = video.reshape(-1, *video.shape[-3:]).float()
+    out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False,
+                        antialias=True)
+    return out.round().clamp(0, 255).to(torch.uint8).reshape(*lead, video.shape[-3], *size)
+
+
+def export_program(model: nn.Module, example: Tensor, path: str | Path | None = None,
+                   atol: float = 1e-4, max_batch: int = 1024) -> torch.export.ExportedProgram:
+    """``torch.export`` of a video model in eval mode, the batch dimension dynamic
+    (1 .. ``max_batch``), checked to give the eager model's logits on ``example`` and on the
+    same clips with the batch size plus one.
+
+    Args:
+        model: a :class:`~dyreg_pyg.VideoModel` (put in eval mode).
+        example: a normalised clip batch ``[B, T, C, H, W]``.
+        path: also ``torch.export.save`` the program there (``.pt2``).
+
+    Raises:
+        ExportError: tracing failed (the message holds torch's own first line, which names
+            the operation and source line where it broke), or the logits differ by more than
+            ``atol``.
+    """
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with warnings.catch_warnings():
+        # nn.GRU sets its _flat_weights list during export; torch warns about it, harmlessly
+        # (the weights are the module's parameters, read at call time).
+        warnings.filterwarnings("ignore", message=".*were assigned during export.*")
+        try:
+            program = torch.export.export(model, (example,), dynamic_shapes={"clip": {0: batch}})
+        except Exception as exn:
+            first = str(exn).strip().splitlines()[0] if str(exn).strip() else ""
+            raise ExportError(f"torch.export could not trace {type(model).__name__}: "
+                              f"{type(exn).__name__}: {first}") from exn
+    with torch.no_grad():
+        more = torch.cat([example, example[:1]])
+        for clips in (example, more):
+            eager, exported = model(clips), program.module()(clips)
+            diff = float((eager - exported).abs().max())
+            if diff > atol:
+                raise ExportError(f"torch.export: the exported program's logits differ from the "
+                                  f"eager model's by {diff:.3g} (> {atol}) on a batch of "
+                                  f"{clips.shape[0]}")
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, str(path))
+    return program
+
+
+def load_program(path: str | Path) -> nn.Module:
+    """The callable module of a ``.pt2`` written by :func:`export_program` (clip in, logits
+    out; normalise the clip as the weights' metadata says)."""
+    return torch.export.load(str(path)).module()
+
+
+def _safetensors():
+    try:
+        import safetensors.torch as st
+    except ImportError as exn:
+        raise ImportError("safetensors is not installed: pip install safetensors (or "
+                          "pip install 'dyreg-pyg[export]')") from exn
+    return st
+
+
+def save_weights(model: nn.Module, path: str | Path, info: dict[str, Any]) -> Path:
+    """Write ``model``'s weights as safetensors with ``info`` (JSON) in the metadata.
+
+    ``info`` must name what rebuilds the model: ``preset`` and ``preset_kwargs`` (the
+    arguments of :func:`~dyreg_pyg.models.build_preset`); anything else JSON-able rides along
+    (clip size, ``mean`` / ``std``, ``class_names`` ...)."""
+    st = _safetensors()
+    if "preset" not in info or "preset_kwargs" not in info:
+        raise ValueError(f"info: expected 'preset' and 'preset_kwargs' keys, got {sorted(info)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    st.save_model(model, str(path), metadata={WEIGHTS_META_KEY: json.dumps(info)})
+    return path
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu"
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model described in a :func:`save_weights` file and load its weights
+    (strict); returns ``(model in eval mode, info)``."""
+    st = _safetensors()
+    from safetensors import safe_open
+
+    from .models import build_preset
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights: {path} does not exist")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exn:
+        raise ValueError(f"weights: {path} is not a readable safetensors file: {exn!r}") from exn
+    if WEIGHTS_META_KEY not in meta:
+        raise ValueError(f"weights: {path} has no {WEIGHTS_META_KEY!r} metadata (not written by "
+                         "dyreg_pyg.inference.save_weights)")
+    info = json.loads(meta[WEIGHTS_META_KEY])
+    model = build_preset(info["preset"], **info["preset_kwargs"])
+    missing, unexpected = st.load_model(model, str(path), strict=False, device=str(device))
+    if missing or unexpected:
+        raise ValueError(f"weights: {path} does not match preset {info['preset']!r}: missing "
+                         f"{sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+    return model.eval(), info

@@ -1,0 +1,158 @@
+"""``python -m train export-graphs``: the region graphs of a trained model over a set of
+videos, as a PyG dataset (:class:`dyreg_pyg.export.RegionGraphDataset`).
+
+Streaming (one batch of clips at a time), with a progress bar (tqdm when installed, else a
+log line every few hundred videos) and the videos skipped counted by reason; resumable: the
+graphs are committed in chunks (one SQLite transaction each) and ``progress.json`` is
+replaced atomically after each, so a run interrupted at any point continues with
+``--out`` the same folder. On resume the loader reads the shards again from the start (the
+evaluation stream is deterministic) and only the videos not yet written go through the model;
+the key of the last written video is checked, so data that changed in between is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from dyreg_pyg.data import make_clip_loader
+from dyreg_pyg.export import RegionGraphWriter, record_region_graphs
+
+from .data import external_regions, normalise, read_split_size
+from .loop import load_trained
+from .predict import class_names_for, pick_device
+
+__all__ = ["export_graphs"]
+
+log = logging.getLogger("train")
+
+
+class _Progress:
+    """tqdm when installed, else a log line every ``every`` videos."""
+
+    def __init__(self, total: int | None, initial: int, every: int = 500) -> None:
+        self.n, self.every, self.total, self.bar = initial, every, total, None
+        self.t0, self.last = time.time(), initial
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, initial=initial, unit="video", desc="export-graphs",
+                        dynamic_ncols=True)
+
+    def update(self, n: int, skipped: int) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(skipped=skipped, refresh=False)
+        elif self.n - self.last >= self.every:
+            self.last = self.n
+            log.info("export-graphs: %d%s videos, %d skipped, %.1f videos/s", self.n,
+                     f"/{self.total}" if self.total else "", skipped,
+                     self.n / max(time.time() - self.t0, 1e-9))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def export_graphs(checkpoint: str, data: str, out: str, block: str | None = None,
+                  batch_size: int = 8, num_workers: int = 0, device: str = "auto",
+                  chunk: int = 256, overrides: list[str] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Write the region graphs of DyReg ``block`` (default: the model's first) for every video
+    of the labelled shards ``data`` into ``out`` (see :mod:`dyreg_pyg.export` for the layout).
+
+    Clips are sampled as the evaluation samples them (one clip of segment centres, centre
+    crop). Returns ``{"out", "videos", "written", "skipped", "skip_reasons", "block"}``.
+    """
+    model, cfg, num_classes = load_trained(checkpoint, data, 1, 1, overrides)
+    blocks = model.dyreg_blocks()
+    if not blocks:
+        raise ValueError(f"export-graphs: the model of {checkpoint} has no DyReg block")
+    name = block or next(iter(blocks))
+    if name not in blocks:
+        raise ValueError(f"--block: unknown DyReg block {name!r}; the model has {sorted(blocks)}")
+    blk = blocks[name]
+    dev = pick_device(device)
+    model.to(dev).eval()
+    meta = {
+        "checkpoint": str(Path(checkpoint).resolve()), "data": data, "block": name,
+        "num_frames": cfg.data.num_frames, "num_nodes": blk.gnn.num_nodes,
+        "node_channels": blk.gnn.node_channels, "num_classes": num_classes,
+        "class_names": class_names_for(cfg, num_classes), "self_loops": blk.gnn.config.self_loops,
+        "edge_types": {"spatial": 0, "temporal": 1}, "node_order": "(t, n)",
+        "region_format": "cx, cy, w, h normalised to the feature map (w, h: half-widths)",
+        "box_format": "x0, y0, x1, y1 normalised, clipped to [0, 1]",
+    }
+    writer = RegionGraphWriter(out, meta, identity=("checkpoint", "data", "block", "num_frames"))
+    if writer.complete:
+        log.info("export-graphs: %s is complete (%d graphs, %d videos skipped); nothing to do",
+                 out, writer.done, writer.progress.get("skipped", 0))
+        writer.close()
+        return _summary(writer, name, 0)
+    resume_from = writer.done
+    if resume_from:
+        log.info("export-graphs: resuming %s after %d graphs (last video %s)", out, resume_from,
+                 writer.last_key)
+    loader = make_clip_loader(
+        data, split="val", num_frames=cfg.data.num_frames, batch_size=batch_size,
+        num_workers=num_workers, crop_size=cfg.data.crop_size, dataset=cfg.data.dataset,
+        num_clips=1, num_crops=1, num_classes=num_classes, rank=0, world_size=1)
+    try:
+        total = read_split_size(data)
+    except (ValueError, OSError):
+        total = None
+    bar = _Progress(total, resume_from) if progress else None
+    seen, written, pending = 0, 0, []
+    needs_regions = bool(getattr(model, "needs_regions", lambda: False)())
+    try:
+        for batch in loader:
+            keys = list(batch["key"])
+            start = max(0, resume_from - seen)  # videos of this batch already written
+            if resume_from and seen < resume_from <= seen + len(keys):
+                if keys[resume_from - 1 - seen] != writer.last_key:
+                    raise ValueError(
+                        f"export-graphs: cannot resume {out}: video #{resume_from} of {data} is "
+                        f"{keys[resume_from - 1 - seen]!r}, the export's last is "
+                        f"{writer.last_key!r} (the shards changed?); use another --out")
+            seen += len(keys)
+            if start >= len(keys):
+                continue
+            sub = slice(start, None)
+            video = normalise(batch["video"][sub].to(dev), cfg)
+            regions = None
+            if needs_regions:
+                regions = external_regions({**batch, "video": batch["video"]})[sub].to(dev)
+            pending += record_region_graphs(model, blk, video, keys[sub], batch["label"][sub],
+                                            regions)
+            written += len(keys) - start
+            if bar is not None:
+                bar.update(len(keys) - start, loader.epoch_skips.count)
+            if len(pending) >= chunk:
+                writer.append(pending, loader.epoch_skips.as_dict())
+                pending = []
+        if seen < resume_from:
+            raise ValueError(f"export-graphs: cannot resume {out}: it holds {resume_from} graphs "
+                             f"but {data} yields only {seen} videos (the shards changed?)")
+        writer.append(pending, loader.epoch_skips.as_dict())
+        writer.write_progress(loader.epoch_skips.as_dict(), complete=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+    summary = _summary(writer, name, written)
+    log.info("export-graphs: %d graphs in %s (%d new), %d videos skipped%s", summary["videos"],
+             out, written, summary["skipped"],
+             f" ({summary['skip_reasons']})" if summary["skipped"] else "")
+    return summary
+
+
+def _summary(writer: RegionGraphWriter, block: str, written: int) -> dict[str, Any]:
+    p = writer.progress
+    return {"out": str(writer.root), "videos": writer.done, "written": written,
+            "skipped": p.get("skipped", 0), "skip_reasons": p.get("skip_reasons", {}),
+            "block": block}
+

@@ -1,0 +1,276 @@
+"""``python -m train predict`` and ``export-model``: a trained model on video files, and the
+model for inference without the training code (``torch.export`` + safetensors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyreg_pyg.data import make_clip_loader, normalize_clip
+from dyreg_pyg.inference import (
+    ExportError,
+    export_program,
+    load_weights,
+    match_channels,
+    match_size,
+    pack_videos,
+    save_weights,
+)
+
+__all__ = ["predict", "export_model", "load_predictor", "Predictor", "class_names_for",
+           "find_manifest", "pick_device"]
+
+log = logging.getLogger("train")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def find_manifest(pattern: str) -> dict[str, Any] | None:
+    """The ``<split>-manifest.json`` (or ``manifest.json``) next to local shards ``pattern``."""
+    if not pattern or pattern.startswith("pipe:") or "://" in pattern:
+        return None
+    first = Path(pattern.split("::")[0].split("{")[0])
+    for cand in (first.parent / f"{first.name.split('-')[0]}-manifest.json",
+                 first.parent / "manifest.json"):
+        if cand.is_file():
+            try:
+                return json.loads(cand.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def class_names_for(cfg, num_classes: int, checkpoint: dict[str, Any] | None = None
+                    ) -> list[str] | None:
+    """Class names of a trained run: the checkpoint's own ``class_names`` if it has them, else
+    those of the data manifest next to its validation or training shards (``cfg.data.val``,
+    ``cfg.data.train``); ``None`` when there is none (or it lists another number of classes)."""
+    names = (checkpoint or {}).get("class_names")
+    if names and len(names) == num_classes:
+        return [str(n) for n in names]
+    for pattern in (cfg.data.val, cfg.data.train):
+        m = find_manifest(pattern)
+        names = (m or {}).get("class_names")
+        if names and len(names) == num_classes:
+            return [str(n) for n in names]
+    return None
+
+
+@dataclass
+class Predictor:
+    """A video model with what its clips need: ``num_frames``, ``crop_size`` (``None``: the
+    stored frames), ``dataset`` (resize defaults), ``mean`` / ``std``, and class names."""
+
+    model: torch.nn.Module
+    num_frames: int
+    crop_size: int | None
+    dataset: str
+    mean: list[float]
+    std: list[float]
+    num_classes: int
+    class_names: list[str] | None = None
+    source: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def label(self, index: int) -> str:
+        return self.class_names[index] if self.class_names else str(index)
+
+
+def load_predictor(checkpoint: str | Path, classes: str | None = None) -> Predictor:
+    """A trained run's checkpoint (``.pt``) or a :func:`export_model` weights file
+    (``.safetensors``: no training config needed) as a :class:`Predictor` on the CPU.
+
+    Class names: ``classes`` (a manifest JSON with ``class_names``, or a text file with one
+    name per line) if given, else the checkpoint's (see :func:`class_names_for`); without any,
+    predictions show class indices and a warning says so."""
+    path = Path(checkpoint)
+    if path.suffix == ".safetensors":
+        model, info = load_weights(path)
+        p = Predictor(model, int(info["num_frames"]), info.get("crop_size"),
+                      info.get("dataset", "generic"), list(info["mean"]), list(info["std"]),
+                      int(info["num_classes"]), info.get("class_names"), str(path), info)
+    else:
+        from .checkpoint import load_checkpoint, load_model_state
+        from .config import config_from_dict
+        from .loop import build_model
+
+        ck = load_checkpoint(path)
+        if "config" not in ck or "num_classes" not in ck:
+            raise ValueError(f"checkpoint: {path} has no training config (not written by "
+                             "`python -m train fit`?)")
+        cfg = config_from_dict(ck["config"])
+        num_classes = int(ck["num_classes"])
+        model = build_model(cfg, num_classes)
+        load_model_state(model, ck["model"], str(path))
+        d = cfg.data
+        p = Predictor(model.eval(), d.num_frames, d.crop_size, d.dataset, list(d.mean),
+                      list(d.std), num_classes, class_names_for(cfg, num_classes, ck), str(path),
+                      {"preset": cfg.model.preset, "overrides": dict(cfg.model.overrides)})
+    if classes:
+        p.class_names = _read_classes(classes, p.num_classes)
+    if not p.class_names:
+        log.warning("%s: no class names (no data manifest with 'class_names' next to the "
+                    "run's shards, and none in the checkpoint): predictions show class indices; "
+                    "--classes FILE names them", path)
+    return p
+
+
+def _read_classes(path: str, num_classes: int) -> list[str]:
+    text = Path(path).read_text()
+    try:
+        names = json.loads(text)
+        names = names.get("class_names") if isinstance(names, dict) else names
+    except ValueError:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not isinstance(names, list) or len(names) != num_classes:
+        raise ValueError(f"--classes: {path} lists {len(names) if isinstance(names, list) else 0}"
+                         f" class names, the model has {num_classes} classes")
+    return [str(n) for n in names]
+
+
+@torch.no_grad()
+def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips: int = 1,
+            num_crops: int = 1, regions: str | None = None, block: str | None = None,
+            classes: str | None = None, device: str = "auto", batch_size: int = 4
+            ) -> dict[str, Any]:
+    """Top-k classes of each video (files or frame folders), clips sampled as the evaluation
+    samples them (segment-centre frames; centre crop, or ``num_clips x num_crops`` views whose
+    softmax scores are averaged).
+
+    ``regions``: write a GIF of the predicted regions (DyReg ``block``, default the first) on
+    the frames the model saw: that path for one video, ``<stem>_<key><suffix>`` beside it for
+    several.
+
+    Returns:
+        ``{"predictions": [{"video", "top": [(class index, name, probability), ...],
+        "regions_gif"}], "skipped": [{"video", "reason", "detail"}]}``.
+
+    Raises:
+        ValueError: a path that does not exist or is not a video; every video failed to
+            decode (the message names each).
+    """
+    pred = load_predictor(checkpoint, classes)
+    dev = pick_device(device)
+    model = pred.model.to(dev).eval()
+    blk = None
+    if regions:
+        blocks = model.dyreg_blocks()
+        if not blocks:
+            raise ValueError(f"--regions: the model of {checkpoint} has no DyReg block")
+        name = block or next(iter(blocks))
+        if name not in blocks:
+            raise ValueError(f"--block: unknown DyReg block {name!r}; the model has "
+                             f"{sorted(blocks)}")
+        blk = blocks[name]
+    if getattr(model, "needs_regions", lambda: False)():
+        raise ValueError(f"predict: the model of {checkpoint} takes its regions from the caller "
+                         "(regions='external', ground-truth boxes); it cannot run on a video file")
+    k = min(top_k, pred.num_classes)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="dyreg-predict-") as tmp:
+        shard, keys = pack_videos(videos, tmp)
+        loader = make_clip_loader(  # without a crop, videos of different sizes: one a batch
+            shard, split="test", num_frames=pred.num_frames,
+            batch_size=batch_size if pred.crop_size else 1,
+            num_workers=0, crop_size=pred.crop_size, dataset=pred.dataset, num_clips=num_clips,
+            num_crops=num_crops, num_classes=pred.num_classes, rank=0, world_size=1)
+        size = tuple(getattr(model, "input_size", ()))
+        for batch in loader:
+            raw = batch["video"]  # [B, T, C, H, W] or [B, V, T, C, H, W], uint8
+            video = match_channels(raw, getattr(model, "in_chans", raw.shape[-3]))
+            if pred.crop_size is None and len(size) == 2:
+                video = match_size(video, size)  # the stored size, as the model was trained
+            x = normalize_clip(video.to(dev), pred.mean, pred.std)
+            if blk is not None:
+                blk.record = True
+            try:
+                if x.dim() == 6:
+                    b, v = x.shape[:2]
+                    probs = model(x.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1)
+                    views = v
+                else:
+                    probs, views = model(x).float().softmax(-1), 1
+                recorded = blk.last.regions.cpu() if blk is not None else None
+            finally:
+                if blk is not None:
+                    blk.record, blk.last = False, None
+            for i, key in enumerate(batch["key"]):
+                top = probs[i].topk(k)
+                entry = {"video": str(keys[key]), "key": key, "views": views,
+                         "top": [(int(c), pred.label(int(c)), float(p))
+                                 for p, c in zip(top.values.tolist(), top.indices.tolist())]}
+                if recorded is not None:
+                    frames = raw[i, 0] if raw.dim() == 6 else raw[i]
+                    reg = recorded[i * views]  # the first view of video i
+                    entry["regions_gif"] = str(_gif(regions, len(keys), key, frames, reg))
+                results.append(entry)
+        got = {r["key"] for r in results}
+        reasons = {k_: (r, d) for k_, r, d in loader.epoch_skips.examples}
+        skipped = [{"video": str(keys[k_]), "reason": reasons.get(k_, ("unknown", ""))[0],
+                    "detail": reasons.get(k_, ("", ""))[1]} for k_ in keys if k_ not in got]
+    for s in skipped:
+        log.warning("skipped %s: %s %s", s["video"], s["reason"], s["detail"][:200])
+    if not results:
+        raise ValueError("predict: no video could be used: " + "; ".join(
+            f"{s['video']}: {s['reason']} ({s['detail'][:120]})" for s in skipped))
+    order = {str(p): i for i, p in enumerate(keys.values())}
+    results.sort(key=lambda r: order[r["video"]])
+    return {"predictions": results, "skipped": skipped, "class_names": bool(pred.class_names)}
+
+
+def _gif(out: str, count: int, key: str, frames: torch.Tensor, regions: torch.Tensor) -> Path:
+    from dyreg_pyg.viz import save_regions_gif
+
+    path = Path(out)
+    if count > 1:
+        path = path.with_name(f"{path.stem}_{key}{path.suffix or '.gif'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_regions_gif(path, frames, regions)
+
+
+def export_model(checkpoint: str | Path, out: str | Path, batch_size: int = 2,
+                 program: bool = True) -> dict[str, Any]:
+    """Write ``<out>/model.safetensors`` (weights + what rebuilds the model, loadable with
+    :func:`dyreg_pyg.inference.load_weights` alone) and ``<out>/model.pt2`` (``torch.export``,
+    batch size dynamic, checked to give the eager model's logits; see
+    :func:`dyreg_pyg.inference.export_program`). If ``torch.export`` fails, the weights are
+    still written and the report says why (``"program_error"``)."""
+    pred = load_predictor(checkpoint)
+    if pred.info.get("preset") is None:
+        raise ValueError(f"export-model: {checkpoint} is already an exported weights file")
+    model = pred.model.eval()
+    kwargs = dict(pred.info["overrides"])
+    kwargs.pop("pretrained_file", None)
+    kwargs["num_frames"] = pred.num_frames
+    kwargs["num_classes"] = pred.num_classes
+    size = tuple(getattr(model, "input_size", (pred.crop_size or 224,) * 2))
+    info = {"preset": pred.info["preset"], "preset_kwargs": kwargs, "num_frames": pred.num_frames,
+            "crop_size": pred.crop_size, "dataset": pred.dataset, "mean": pred.mean,
+            "std": pred.std, "num_classes": pred.num_classes, "class_names": pred.class_names,
+            "input_size": list(size), "in_chans": int(getattr(model, "in_chans", 3)),
+            "source": str(checkpoint)}
+    out = Path(out)
+    report: dict[str, Any] = {"weights": str(save_weights(model, out / "model.safetensors", info))}
+    example = torch.randn(batch_size, pred.num_frames, info["in_chans"], *size,
+                          generator=torch.Generator().manual_seed(0))
+    if program:
+        try:
+            export_program(model, example, out / "model.pt2")
+            report["program"] = str(out / "model.pt2")
+        except ExportError as exn:
+            log.warning("%s; wrote the weights only", exn)
+            report["program_error"] = str(exn)
+    (out / "model.json").write_text(json.dumps(info, indent=1))
+    report["info"] = str(out / "model.json")
+    return report
