@@ -70,6 +70,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         dyreg_at=["layer2.2.conv2", "layer3.4.conv2", "layer4.1.conv2"],
         dyreg=dict(flavor="authors", num_nodes=9, init="center", iterations=3),
         dyreg_per_block={"layer4.1.conv2": dict(node_channels=256)},
+        # their torchvision ResNet starts bn3 at 1; timm's default zero_init_last would zero
+        # every residual branch, and with it the gradient of the DyReg modules inside them
+        zero_init_last=False,
     ),
     "tsm_r18_dyreg": dict(_SSV, backbone="resnet18",
                           dyreg_at=["layer2.1", "layer3.1", "layer4.1"],
