@@ -123,7 +123,7 @@ def test_training_with_one_usable_shard_among_empty_ones_keeps_going(tmp_path):
 def test_stop_signals_are_not_swallowed_as_shard_errors(tmp_path, monkeypatch, exc):
     url = _write(tmp_path, "train", 4)
 
-    def stop(_url):
+    def stop(_url, *_timeout):
         raise exc("stop reading")
 
     monkeypatch.setattr(loader_mod, "_open_shard", stop)

@@ -41,6 +41,9 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.5])
     num_classes: int | None = None      # None: read from the shards' manifest
+    train_shards: str = "resample"      # resample (with replacement) | split (each sample once
+                                        # per epoch over all ranks: shards split by node/worker)
+    read_timeout: float = 60.0          # s a remote shard (http(s)://, pipe:) may send no byte
 
 
 @dataclass
@@ -100,6 +103,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     threads: int | None = None          # torch.set_num_threads on CPU
+    dist_timeout: float = 1800.0        # s: torchrun process group set-up and collectives (a
+                                        # lost or frozen node fails the others after this)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

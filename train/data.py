@@ -48,6 +48,8 @@ def make_loader(cfg: TrainConfig, split: str, epoch: int = 0, memory=None):
         num_clips=1 if train else d.num_clips,
         num_crops=1 if train else d.num_crops,
         seed=_seed(cfg, epoch),
+        train_shards=d.train_shards,
+        read_timeout=d.read_timeout,
     )
 
 
@@ -61,7 +63,8 @@ def load_train_in_memory(cfg: TrainConfig):
     d = cfg.data
     loader = make_clip_loader(d.train, split="val", num_frames=d.num_frames,
                               batch_size=256, num_workers=d.num_workers,
-                              crop_size=d.crop_size, dataset=d.dataset, rank=0, world_size=1)
+                              crop_size=d.crop_size, dataset=d.dataset, rank=0, world_size=1,
+                              read_timeout=d.read_timeout)
     def checked(batches):
         want = list(range(d.num_frames))
         for batch in batches:
@@ -90,9 +93,15 @@ def normalise(video: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 
 def _manifest(pattern: str) -> dict[str, Any] | None:
-    """The ``<split>-manifest.json`` written next to the shards, if any."""
+    """The ``<split>-manifest.json`` written next to the shards (a folder or an HTTP(S)
+    server), if any."""
+    from dyreg_pyg.data.remote import fetch_manifest, is_http
+    from dyreg_pyg.data.shards import expand_shard_urls
+
     if pattern.startswith("pipe:"):
         return None
+    if is_http(pattern):
+        return fetch_manifest(expand_shard_urls(pattern)[0])
     first = pattern.split("{")[0]
     folder = Path(first).parent
     prefix = Path(first).name.split("-")[0]

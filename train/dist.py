@@ -33,9 +33,16 @@ class DistEnv:
         return self.world_size > 1
 
 
-def setup_distributed(device: str = "auto") -> DistEnv:
+def setup_distributed(device: str = "auto", timeout: float = 1800.0) -> DistEnv:
     """Read torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), pick the
-    device and initialise the process group when more than one process runs."""
+    device and initialise the process group when more than one process runs.
+
+    ``timeout`` (seconds, ``dist_timeout`` in the training config) bounds the set-up and every
+    collective: when a node is lost without closing its connections (frozen, cut off), the
+    others fail with a ``DistBackendError`` after this long instead of waiting forever (a
+    killed node's peers fail at once: the connection closes)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"dist_timeout: expected a number of seconds > 0, got {timeout!r}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -49,8 +56,9 @@ def setup_distributed(device: str = "auto") -> DistEnv:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-        log.info("rank %d/%d initialised (%s, %s)", rank, world, backend, dev)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        log.info("rank %d/%d initialised (%s, %s, timeout %g s)", rank, world, backend, dev,
+                 timeout)
     return DistEnv(rank, world, local, dev)
 
 

@@ -436,7 +436,7 @@ def fit(cfg: TrainConfig, resume: str | None = None,
     split is decoded once (or ``train_clips``, already decoded, is used: a study that trains
     several models on the same data decodes it once).
     """
-    env = setup_distributed(cfg.device)
+    env = setup_distributed(cfg.device, timeout=cfg.dist_timeout)
     if cfg.threads and env.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)

@@ -22,6 +22,7 @@ stream that yields no usable sample in :data:`MAX_EMPTY_PASSES` passes over its 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import lzma
@@ -47,6 +48,7 @@ from .decode import (
     decode_video,
     frame_members,
 )
+from .remote import DEFAULT_READ_TIMEOUT, fetch_manifest, is_http, open_shard
 from .shards import expand_shard_urls
 from .transforms import (
     TSM_SCALES,
@@ -194,6 +196,8 @@ class _Params:
     channels: int | None
     jpeg_draft: bool
     shard_counts: dict[str, int] = field(default_factory=dict)  # shard file name -> samples
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    train_shards: str = "resample"
 
 
 def _take(records: list) -> list:
@@ -226,17 +230,38 @@ class ClipDataset(IterableDataset):
                 ) -> tuple[Iterator[dict[str, str]], int, int]:
         """Shard URLs for this worker, and the (modulus, remainder) of a sample-level split."""
         p = self.p
-        if p.train:  # resampled, infinite: each (rank, worker) draws its own sequence
-            def resample() -> Iterator[dict[str, str]]:
-                while True:
-                    yield {"url": p.urls[rng.randrange(len(p.urls))]}
-            return resample(), 1, 0
+        if p.train and p.train_shards == "resample":
+            return self._resampled(rng), 1, 0
+        urls = list(p.urls)
+        if p.train:  # "split": this epoch's shard order, the same on every rank and worker
+            random.Random(str([p.seed, self.epoch, "shards"])).shuffle(urls)
         total = p.world_size * num_workers
         g = p.rank * num_workers + worker
-        if len(p.urls) >= total:  # split by node and by worker at shard level
-            return iter([{"url": u} for u in p.urls[g::total]]), 1, 0
+        if len(urls) >= total:  # split by node and by worker at shard level
+            return iter([{"url": u} for u in urls[g::total]]), 1, 0
         # Fewer shards than readers: everybody reads every shard, keeps every total-th sample.
-        return iter([{"url": u} for u in p.urls]), total, g
+        return iter([{"url": u} for u in urls]), total, g
+
+    def _resampled(self, rng: random.Random) -> Iterator[dict[str, str]]:
+        """Shards drawn with replacement, without end (each rank and worker its own
+        sequence)."""
+        urls = self.p.urls
+        while True:
+            yield {"url": urls[rng.randrange(len(urls))]}
+
+    def _padding(self, worker: int, rng: random.Random, skipped: list,
+                 watch: _EmptyPasses | None) -> Iterator[dict[str, Any]]:
+        """Training with ``train_shards="split"``: samples from resampled shards after this
+        reader's share of the epoch is read, so that a rank whose share is short still fills
+        the epoch's batches (as ``DistributedSampler`` pads with repeated samples)."""
+        p = self.p
+        log.debug("rank %d worker %d: its share of the epoch is read; padding with resampled "
+                  "shards", p.rank, worker)
+        samples = _tar_samples(self._resampled(rng), skipped, p.shard_counts, watch,
+                               p.read_timeout)
+        if p.shuffle_buffer > 1:
+            samples = _shuffle(samples, p.shuffle_buffer, rng)
+        yield from samples
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         p = self.p
@@ -250,11 +275,13 @@ class ClipDataset(IterableDataset):
         report = modulus == 1 or remainder == 0
         watch = _EmptyPasses(p.urls) if p.train else None
         samples: Iterator[dict[str, Any]] = _tar_samples(
-            shards, skipped if report else None, p.shard_counts, watch)
+            shards, skipped if report else None, p.shard_counts, watch, p.read_timeout)
         if modulus > 1:
             samples = (s for j, s in enumerate(samples) if j % modulus == remainder)
         if p.train and p.shuffle_buffer > 1:
             samples = _shuffle(samples, p.shuffle_buffer, rng)
+        if p.train and p.train_shards == "split":
+            samples = itertools.chain(samples, self._padding(worker, rng, skipped, watch))
         batch: list[dict[str, Any]] = []
         for sample in samples:
             key = str(sample.get("__key__", "?"))
@@ -464,12 +491,11 @@ class _EmptyPasses:
                 + (f". Shard errors: {errors}" if errors else ""))
 
 
-def _open_shard(url: str) -> Any:
-    """A binary stream of the shard ``url`` (a local path, ``file://``, ``pipe:`` or another
-    URL that ``webdataset.gopen`` knows)."""
-    from webdataset.gopen import gopen
-
-    return gopen(url, "rb")
+def _open_shard(url: str, timeout: float) -> Any:
+    """A binary stream of the shard ``url`` (a local path, ``file://``, ``http(s)://``,
+    ``pipe:`` with reads bounded by ``timeout`` seconds, or another URL that
+    ``webdataset.gopen`` knows): :func:`~dyreg_pyg.data.remote.open_shard`."""
+    return open_shard(url, timeout)
 
 
 def _split_name(name: str) -> tuple[str, str] | None:
@@ -490,7 +516,7 @@ class _ShardReadError(Exception):
         self.what, self.samples = what, samples
 
 
-def _read_shard(url: str) -> Iterator[dict[str, Any]]:
+def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict[str, Any]]:
     """The samples of one tar shard (members grouped by key, in order), read as a stream.
 
     Raises :class:`_ShardReadError` when the shard cannot be opened or read, or ends before
@@ -501,7 +527,7 @@ def _read_shard(url: str) -> Iterator[dict[str, Any]]:
     n = 0
     current: dict[str, Any] | None = None
     try:
-        stream = _open_shard(url)
+        stream = _open_shard(url, timeout)
     except _NOT_DATA_ERRORS:
         raise
     except (*_SHARD_ERRORS, ValueError) as exn:  # gopen: ValueError for a pipe it cannot open
@@ -552,8 +578,8 @@ def _read_shard(url: str) -> Iterator[dict[str, Any]]:
 
 
 def _tar_samples(shards: Iterable[dict[str, str]], records: list | None,
-                 expected: dict[str, int], watch: _EmptyPasses | None
-                 ) -> Iterator[dict[str, Any]]:
+                 expected: dict[str, int], watch: _EmptyPasses | None,
+                 timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict[str, Any]]:
     """Samples of every shard in ``shards``. A shard that fails (or, per the manifest counts
     ``expected``, comes up short) is logged and, when ``records`` is a list, recorded there as
     a ``(<shard URL>, shard_error|shard_short, detail, samples lost)`` skip record."""
@@ -563,7 +589,7 @@ def _tar_samples(shards: Iterable[dict[str, str]], records: list | None,
         want = expected.get(url)
         n, error = 0, None
         try:
-            for sample in _read_shard(url):
+            for sample in _read_shard(url, timeout):
                 n += 1
                 yield sample
         except _ShardReadError as exn:
@@ -721,8 +747,11 @@ def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def _manifest_for(urls: list[str]) -> dict[str, Any] | None:
+def _manifest_for(urls: list[str], timeout: float = DEFAULT_READ_TIMEOUT
+                  ) -> dict[str, Any] | None:
     first = urls[0]
+    if is_http(first):
+        return fetch_manifest(first, timeout)
     if first.startswith("pipe:") or "://" in first:
         return None
     path = Path(first)
@@ -746,15 +775,24 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
                      scales: Sequence[float] = TSM_SCALES, num_classes: int | None = None,
                      seed: int = 0, rank: int | None = None, world_size: int | None = None,
                      pin_memory: bool = False, prefetch_factor: int | None = None,
-                     partial: bool | None = None, jpeg_draft: bool = True) -> ClipLoader:
+                     partial: bool | None = None, jpeg_draft: bool = True,
+                     train_shards: str = "resample",
+                     read_timeout: float = DEFAULT_READ_TIMEOUT) -> ClipLoader:
     """Streaming clip loader over WebDataset shards (TSN/TSM sampling and augmentation).
 
     Shards: a brace pattern (``data/train-{000000..000099}.tar``), several joined by ``::``,
-    a list, a local folder (all ``*.tar``), or ``pipe:`` commands / URLs for object stores. An
-    empty list, a pattern that matches nothing or a missing local shard raises ``ValueError``.
+    a list, a local folder (all ``*.tar``), ``http(s)://`` URLs, or ``pipe:`` commands for
+    object stores (``pipe:aws s3 cp s3://bucket/train-{000000..000099}.tar -``); see
+    :mod:`dyreg_pyg.data.remote`. A remote shard that delivers no byte for ``read_timeout``
+    seconds, or whose connection drops, is a ``shard_error`` (its remaining samples are lost,
+    the stream goes on). An HTTP folder's manifest is fetched like a local one. An empty list,
+    a pattern that matches nothing or a missing local shard raises ``ValueError``.
 
     * ``split="train"``: shards are resampled with replacement (each rank and worker has its
-      own seeded sequence), samples go through a shuffle buffer, one random frame is taken in
+      own seeded sequence; ``train_shards="split"``: every epoch, a shard order shared by all
+      ranks, split by node and by worker as for evaluation, so that each sample is read once
+      per epoch over all ranks, then resampled shards pad a rank whose share ran out before
+      its batches), samples go through a shuffle buffer, one random frame is taken in
       each of ``num_frames`` equal segments, then (if ``crop_size``) short side resize to
       ``resize_size``, TSM multi-scale crop to ``crop_size`` and a random horizontal flip
       (default on for ``"something"``, where the labels of left/right class pairs
@@ -819,6 +857,10 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
         partial: Keep the last partial batch (default: only for evaluation).
         jpeg_draft: Let libjpeg decode large JPEGs at reduced size when that still covers
             the crop (faster; the result is resized anyway).
+        train_shards: Training shard order: ``"resample"`` (with replacement, endless) or
+            ``"split"`` (each sample once per epoch over all ranks; see above).
+        read_timeout: Seconds a remote shard (HTTP, ``pipe:``) may deliver no byte, and the
+            HTTP connect time-out.
 
     Returns:
         A :class:`ClipLoader` (iterable; ``len()`` when ``epoch_size`` is set).
@@ -847,10 +889,15 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
         raise ValueError("num_crops: 3 crops need crop_size, got crop_size=None")
     if not scales or any(not 0 < s <= 1 for s in scales):
         raise ValueError(f"scales: expected values in (0, 1], got {tuple(scales)}")
+    if train_shards not in ("resample", "split"):
+        raise ValueError(f"train_shards: expected 'resample' or 'split', got {train_shards!r}")
+    if isinstance(read_timeout, bool) or not isinstance(read_timeout, int | float) \
+            or not read_timeout > 0:
+        raise ValueError(f"read_timeout: expected a number of seconds > 0, got {read_timeout!r}")
     shard_urls = expand_shard_urls(urls)
     rank, world_size = _dist_info(rank, world_size)
     defaults = DATASETS[dataset]
-    manifest = _manifest_for(shard_urls)
+    manifest = _manifest_for(shard_urls, read_timeout)
     if num_classes is None and manifest and "num_classes" in manifest:
         num_classes = int(manifest["num_classes"])
     if flip_pairs is None:
@@ -858,10 +905,13 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
         flip_pairs = {int(k): int(v) for k, v in dict(raw).items()}
     shard_counts: dict[str, int] = {}
     if manifest and isinstance(manifest.get("shards"), list):
-        folder = Path(shard_urls[0]).parent
+        remote = is_http(shard_urls[0])
+        folder = shard_urls[0].rpartition("/")[0] if remote else Path(shard_urls[0]).parent
         for entry in manifest["shards"]:
             if isinstance(entry, dict) and "name" in entry and "count" in entry:
-                shard_counts[str(folder / str(entry["name"]))] = int(entry["count"])
+                name = str(entry["name"])
+                shard_counts[f"{folder}/{name}" if remote else str(folder / name)] = \
+                    int(entry["count"])
     do_flip = defaults["flip"] if flip is None else bool(flip)
     if train and do_flip and dataset == "something" and not flip_pairs:
         log.warning("flip: no left/right flip_pairs known for these Something-Something shards "
@@ -876,6 +926,7 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
         num_classes=num_classes, shuffle_buffer=shuffle_buffer, seed=int(seed), rank=rank,
         world_size=world_size, partial=(not train) if partial is None else bool(partial),
         channels=None, jpeg_draft=jpeg_draft, shard_counts=shard_counts,
+        read_timeout=float(read_timeout), train_shards=train_shards,
     )
     num_batches = None
     if train and epoch_size is not None:
