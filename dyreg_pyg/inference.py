@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import re
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,7 +183,7 @@ def export_program(model: nn.Module, example: Tensor, path: str | Path | None = 
         except Exception as exn:
             first = str(exn).strip().splitlines()[0] if str(exn).strip() else ""
             raise ExportError(f"torch.export could not trace {type(model).__name__}: "
-                              f"{type(exn).__name__}: {first}") from exn
+                              f"{type(exn).__name__}: {first}{_where(exn)}") from exn
     with torch.no_grad():
         more = torch.cat([example, example[:1]])
         for clips in (example, more):
@@ -196,6 +197,19 @@ def export_program(model: nn.Module, example: Tensor, path: str | Path | None = 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(program, str(path))
     return program
+
+
+def _where(exn: BaseException) -> str:
+    """`` at <file>:<line> (<function>)`` of the innermost frame of the model's own code
+    (``dyreg_pyg`` or timm) in ``exn``'s traceback, or ``""``."""
+    here = Path(__file__).resolve()
+    frames = [f for f in traceback.extract_tb(exn.__traceback__)
+              if ("dyreg_pyg" in f.filename or "/timm/" in f.filename)
+              and Path(f.filename).resolve() != here]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (at {Path(f.filename).name}:{f.lineno} in {f.name})"
 
 
 def load_program(path: str | Path) -> nn.Module:

@@ -199,6 +199,7 @@ def test_corrupt_videos_are_skipped_and_counted(setup, tmp_path):
     assert {e[0] for e in progress["skip_examples"]} == {"bad_npy", "no_label"}
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_export_graphs_and_missing_export(setup, tmp_path):
     r = subprocess.run([sys.executable, "-m", "train", "export-graphs", "--checkpoint",
                         str(setup["ckpt"]), "--data", f"{setup['shards']}/train-000001.tar",

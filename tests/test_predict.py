@@ -167,6 +167,7 @@ def test_checkpoint_without_manifest_shows_indices_and_warns(files, caplog, tmp_
         predict(files["bare"], [str(files["webm"])], classes=str(names))
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_predict_output_and_exit_codes(files):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "train", "predict", "--checkpoint", str(files["ckpt"])]
@@ -205,6 +206,7 @@ def test_export_model_torch_export_and_safetensors(files, tmp_path):
     assert np.allclose([x[2] for x in a], [x[2] for x in b], atol=1e-6)
 
 
+@pytest.mark.slow  # a subprocess
 def test_exported_weights_load_without_the_training_code(files, tmp_path):
     export_model(files["ckpt"], tmp_path / "exp", program=False)
     assert not (tmp_path / "exp" / "model.pt2").exists()
@@ -228,3 +230,31 @@ def test_missing_safetensors_is_a_clear_error(files, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(ImportError, match="safetensors is not installed: pip install"):
         export_model(files["ckpt"], tmp_path / "exp", program=False)
+
+
+def test_export_model_falls_back_to_weights_when_torch_export_fails(files, tmp_path,
+                                                                     monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Could not guard on data-dependent expression u0 > 0\nmore lines")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
+    report = export_model(files["ckpt"], tmp_path / "exp")
+    assert report["program_error"] == (
+        "torch.export could not trace VideoModel: RuntimeError: Could not guard on "
+        "data-dependent expression u0 > 0")
+    assert not (tmp_path / "exp" / "model.pt2").exists()
+    assert (tmp_path / "exp" / "model.safetensors").is_file()
+
+
+def test_export_error_names_where_the_model_code_broke(files, monkeypatch):
+    import dyreg_pyg.module
+    from dyreg_pyg.inference import ExportError, export_program
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(dyreg_pyg.module, "pool_nodes", broken)  # Eq. 7, in DyRegGNN
+    model = load_predictor(files["ckpt"]).model
+    with pytest.raises(ExportError, match=r"RuntimeError: unsupported operation \(at "
+                                          r"module\.py:\d+ in \w+\)"):
+        export_program(model, torch.zeros(2, T, 1, 32, 32))
