@@ -16,6 +16,7 @@ reported in :class:`~dyreg_pyg.DyRegDetails` are converted to the library's norm
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .graph import build_graph_batch, frame_edge_index
-from .kernels import KernelPositionEmbedding, pool_nodes, regions_to_boxes, remap_nodes
+from .kernels import (
+    KernelPositionEmbedding,
+    fold_group_norm,
+    pool_nodes,
+    regions_to_boxes,
+    remap_nodes,
+)
 from .nn.authors import AuthorsRSTGConv, GraphLayerNorm
 from .nn.registry import make_spatial_layer
 from .nn.temporal import TemporalUpdate
@@ -39,6 +46,7 @@ __all__ = [
     "AuthorsRegions",
     "authors_reference_points",
     "authors_region_kernels",
+    "authors_graph_stack",
     "AuthorsDyRegGNN",
     "AuthorsWriteBack",
 ]
@@ -252,6 +260,85 @@ def authors_region_kernels(raw: Tensor, ref_rows: Tensor, ref_cols: Tensor,
     return kernels, regions
 
 
+def authors_graph_stack(
+    nodes: Tensor,
+    input_norm: GraphLayerNorm,
+    temporal: Sequence[nn.Module],
+    spatial: Sequence[nn.Module],
+    temporal_out: nn.Module,
+    iterations: int,
+    backend: str = "pyg",
+    self_loops: bool = True,
+    want_attention: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    r"""The graph stack of their ``RSTG`` (Eq. 8-9 as their code runs them) on node tensors.
+
+    .. math::
+        V \leftarrow \mathrm{LN}_{N,C}(V);\quad K \times \big(V \leftarrow \mathrm{GRU}_{int}(V);
+        \ V \leftarrow \mathrm{Space}(V)\big);\quad V \leftarrow \mathrm{GRU}_{ext}(V)
+
+    Each frame is one complete graph of its ``N`` nodes (:func:`~dyreg_pyg.graph.frame_edge_index`);
+    the input LayerNorm and those of :class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv` run per
+    frame graph. :class:`AuthorsDyRegGNN` runs it on its pooled nodes; it runs as well on nodes
+    from anywhere else (``study/gnn_sync_probe.py --flavor authors``).
+
+    Departs from the paper's text (space then time, K times): a LayerNorm before the graph,
+    time before space in each iteration, one internal GRU shared by the iterations (theirs)
+    and an extra external GRU.
+
+    Args:
+        nodes: ``[B, T, N, C]``.
+        input_norm: the LayerNorm over ``(N, C)`` of each frame before the graph.
+        temporal: the internal recurrent update (:class:`~dyreg_pyg.nn.TemporalUpdate`), one
+            shared by the ``iterations`` (theirs) or one per iteration.
+        spatial: the space step, as many as ``temporal``: ``AuthorsRSTGConv`` or any PyG
+            layer (``backend="pyg"``), or a layer with ``forward_dense`` (``"dense"``).
+        temporal_out: the external recurrent update after the iterations.
+        iterations: ``K``.
+        backend: ``"pyg"`` (message passing on frame graphs) or ``"dense"``.
+        self_loops: whether a node also sends to itself (theirs: yes).
+        want_attention: also return the attention of the last space step (``"pyg"`` backend,
+            layers that report it).
+
+    Returns:
+        nodes ``[B, T, N, C]`` and the last attention ``[E]`` (or ``None``).
+    """
+    if nodes.dim() != 4:
+        raise ValueError(f"nodes: expected [B, T, N, C], got shape {tuple(nodes.shape)}")
+    if len(spatial) != len(temporal) or len(spatial) not in (1, iterations):
+        raise ValueError(
+            f"spatial, temporal: expected 1 (shared) or iterations={iterations} layers each, "
+            f"got {len(spatial)} and {len(temporal)}"
+        )
+    b, t, n, c = nodes.shape
+    nodes = input_norm.forward_dense(nodes.reshape(b * t, n, c), 2)  # LN over (N, C)
+    attention = None
+    edge_index = batch = None
+    if backend == "pyg":
+        edge_index = frame_edge_index(b * t, n, self_loops, nodes.device)
+        batch = torch.arange(b * t, device=nodes.device).repeat_interleave(n)
+    for k in range(iterations):
+        idx = k if len(spatial) > 1 else 0
+        nodes = temporal[idx](nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # Eq. 9
+        layer = spatial[idx]
+        if backend == "dense":
+            nodes = layer.forward_dense(nodes, self_loops=self_loops)  # Eq. 8
+            continue
+        v = nodes.reshape(b * t * n, -1)
+        if isinstance(layer, AuthorsRSTGConv):
+            res = layer(v, edge_index, batch, b * t, return_attention_weights=want_attention)
+        elif want_attention and hasattr(layer, "lin_query"):
+            res = layer(v, edge_index, return_attention_weights=True)
+        else:
+            res = layer(v, edge_index)  # Eq. 8 (or any PyG layer)
+        if isinstance(res, tuple):
+            v, (_, attention) = res
+        else:
+            v = res
+        nodes = v.view(b * t, n, -1)
+    return temporal_out(nodes.view(b, t, n, -1)), attention  # their extra (external) GRU
+
+
 class AuthorsDyRegGNN(nn.Module):
     r"""The authors' DyReg-GNN module (their ``DynamicGraph`` + ``RSTG``), on our layers.
 
@@ -330,36 +417,14 @@ class AuthorsDyRegGNN(nn.Module):
 
     def _graph(self, nodes: Tensor, b: int, t: int, want_attention: bool
                ) -> tuple[Tensor, Tensor | None]:
-        """Their RSTG schedule on ``nodes [B*T, N, C]``; returns the nodes and the last
-        attention (pyg backend)."""
-        n, cfg = self.num_nodes, self.config
-        nodes = self.input_norm.forward_dense(nodes, 2)  # LN over (N, C) before the graph
-        attention = None
-        edge_index = batch = None
-        if cfg.backend == "pyg":
-            edge_index = frame_edge_index(b * t, n, cfg.self_loops, nodes.device)
-            batch = torch.arange(b * t, device=nodes.device).repeat_interleave(n)
-        for k in range(cfg.iterations):
-            idx = 0 if cfg.share_weights else k
-            nodes = self.temporal[idx](nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # Eq. 9
-            layer = self.spatial[idx]
-            if cfg.backend == "dense":
-                nodes = layer.forward_dense(nodes, self_loops=cfg.self_loops)  # Eq. 8
-                continue
-            v = nodes.reshape(b * t * n, -1)
-            if isinstance(layer, AuthorsRSTGConv):
-                res = layer(v, edge_index, batch, b * t, return_attention_weights=want_attention)
-            elif want_attention and hasattr(layer, "lin_query"):
-                res = layer(v, edge_index, return_attention_weights=True)
-            else:
-                res = layer(v, edge_index)  # Eq. 8 (or any PyG layer)
-            if isinstance(res, tuple):
-                v, (_, attention) = res
-            else:
-                v = res
-            nodes = v.view(b * t, n, -1)
-        nodes = self.temporal_out(nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # extra GRU
-        return nodes, attention
+        """Their RSTG schedule (:func:`authors_graph_stack`) on ``nodes [B*T, N, C]``;
+        returns the nodes and the last attention (pyg backend)."""
+        cfg = self.config
+        out, attention = authors_graph_stack(
+            nodes.reshape(b, t, self.num_nodes, -1), self.input_norm, self.temporal,
+            self.spatial, self.temporal_out, cfg.iterations, cfg.backend, cfg.self_loops,
+            want_attention)
+        return out.reshape(b * t, self.num_nodes, -1), attention
 
     def _process(self, x: Tensor, want_attention: bool
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -389,14 +454,29 @@ class AuthorsDyRegGNN(nn.Module):
                 ) -> Tensor | tuple[Tensor, dict[str, Any]]:
         """``y [B, T, C_in, H, W]``; with ``return_details`` also the fields of a
         :class:`~dyreg_pyg.DyRegDetails` (which :class:`~dyreg_pyg.DyRegGNN` returns)."""
+        nodes, flat_k, shift, details = self.remap_parts(x, return_details)
+        b, t, c, h, w = x.shape
+        y = remap_nodes(nodes, flat_k)  # Eq. 10 (+ their projection back, on the nodes)
+        if shift is not None:
+            y = y + shift.to(y.dtype).view(1, c, 1, 1)
+        y = y.view(b, t, c, h, w)
+        return (y, details) if return_details else y
+
+    def remap_parts(self, x: Tensor, return_details: bool = False
+                    ) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Any] | None]:
+        """``forward(x) = remap_nodes(nodes, kernels) + shift`` (see
+        :meth:`dyreg_pyg.DyRegGNN.remap_parts`; the details as a dict). Their projection
+        back (``project_back_i3d_linear``, a 1x1 conv after the re-mapping) is applied to the
+        nodes: ``W (sum_i K_i v_i) + b = sum_i K_i (W v_i) + b``, the same map at
+        ``N / (H W)`` of the cost; its bias is ``shift``."""
         nodes, regions, flat_k, attention = self._process(x, return_details)
         b, t, c, h, w = x.shape
-        y = remap_nodes(nodes, flat_k)  # Eq. 10
+        out_nodes, shift = nodes, None
         if self.proj_out is not None:
-            y = self.proj_out(y)  # their project_back_i3d_linear (no norm)
-        y = y.view(b, t, c, h, w)
+            out_nodes = F.linear(nodes, self.proj_out.weight.flatten(1))  # their
+            shift = self.proj_out.bias  # project_back_i3d_linear (no norm), on the nodes
         if not return_details:
-            return y
+            return out_nodes, flat_k, shift, None
         n = self.num_nodes
         graph = None
         if self.config.backend == "pyg":
@@ -407,7 +487,7 @@ class AuthorsDyRegGNN(nn.Module):
             kernels=flat_k.detach().view(b, t, n, h, w), graph=graph,
             attention=None if attention is None else attention.detach(), live_regions=regions,
         )
-        return y, details
+        return out_nodes, flat_k, shift, details
 
 
 class AuthorsWriteBack(nn.Module):
@@ -435,3 +515,10 @@ class AuthorsWriteBack(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         b, t, c, h, w = y.shape
         return x + self.norm(y.reshape(b * t, c, h, w)).view(b, t, c, h, w)
+
+    def fold(self, nodes: Tensor, kernels: Tensor, shift: Tensor | None
+             ) -> tuple[Tensor, Tensor]:
+        """The LayerNorm of ``y = remap_nodes(nodes, kernels) + shift`` folded into the nodes:
+        ``scale, shift'`` ``[G, C]`` with ``LN(y) = remap_nodes(nodes * scale, kernels) +
+        shift'`` (:class:`~dyreg_pyg.DyRegBlock` then adds it to ``x`` in one pass)."""
+        return fold_group_norm(self.norm, nodes, kernels, shift)

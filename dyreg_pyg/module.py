@@ -11,7 +11,14 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from .graph import build_graph_batch, frame_edge_index
-from .kernels import KernelPositionEmbedding, pool_nodes, regions_to_boxes, remap_nodes
+from .kernels import (
+    KernelPositionEmbedding,
+    fold_norm,
+    pool_nodes,
+    regions_to_boxes,
+    remap_nodes,
+    remap_residual,
+)
 from .nn import RSTGConv, TemporalUpdate, make_spatial_layer
 from .nn.authors import AuthorsRSTGConv
 from .nn.registry import SpatialLayerSpec
@@ -326,20 +333,33 @@ class DyRegGNN(nn.Module):
         self, x: Tensor, regions: Tensor | None = None, return_details: bool = False
     ) -> Tensor | tuple[Tensor, DyRegDetails]:
         """Apply the module; see the class docstring for shapes."""
+        nodes, kernels, shift, details = self.remap_parts(x, regions, return_details)
+        b, t, c, h, w = x.shape
+        out = remap_nodes(nodes, kernels)  # Eq. 10
+        if shift is not None:
+            out = out + shift.to(out.dtype).view(1, c, 1, 1)
+        out = out.view(b, t, c, h, w)
+        return (out, details) if return_details else out
+
+    def remap_parts(self, x: Tensor, regions: Tensor | None = None, return_details: bool = False
+                    ) -> tuple[Tensor, Tensor, Tensor | None, DyRegDetails | None]:
+        """What the output is made of: ``forward(x) = remap_nodes(nodes, kernels) + shift``
+        (Eq. 10; ``shift`` a per-channel constant or ``None``) with ``nodes [B*T, N, C]``
+        already projected back to the input's ``C`` channels and ``kernels [B*T, N, H, W]``;
+        and the :class:`DyRegDetails` when ``return_details``. :class:`DyRegBlock` adds them
+        to its residual in one pass, with its normalisation folded into the nodes."""
         if self.authors is not None:
             if regions is not None:
                 raise ValueError("regions: flavor='authors' predicts its regions (mode 'dyreg')")
             self._check_input(x)  # empty clips, dtypes (the flavour checks the map size)
-            if not return_details:
-                return self.authors(x)
-            y, parts = self.authors(x, return_details=True)
-            return y, DyRegDetails(**parts)
+            nodes, kernels, shift, parts = self.authors.remap_parts(x, return_details)
+            return nodes, kernels, shift, None if parts is None else DyRegDetails(**parts)
         nodes, regions, kernels, attention = self._process(x, regions, return_details)
         b, t, c, h, w = x.shape
         flat_k = kernels.reshape(b * t, self.num_nodes, h, w)
-        out = remap_nodes(self.proj_out(nodes), flat_k).view(b, t, c, h, w)  # Eq. 10
+        out_nodes = self.proj_out(nodes)
         if not return_details:
-            return out
+            return out_nodes, flat_k, None, None
         graph = None
         if self.config.backend == "pyg":
             graph = build_graph_batch(
@@ -354,7 +374,7 @@ class DyRegGNN(nn.Module):
             attention=None if attention is None else attention.detach(),
             live_regions=regions,
         )
-        return out, details
+        return out_nodes, flat_k, None, details
 
 
 def _reset_tree(module: nn.Module) -> None:
@@ -420,13 +440,48 @@ class DyRegBlock(nn.Module):
         self.record = False
 
     def forward(self, x: Tensor, regions: Tensor | None = None) -> Tensor:
-        """Residual DyReg update. With ``record=True`` the details land in ``self.last``."""
+        """Residual DyReg update. With ``record=True`` the details land in ``self.last``.
+
+        The normalisation's statistics are sums over the map of the re-mapped output, which
+        :func:`~dyreg_pyg.kernels.remap_moments` takes from the nodes; the normalisation and
+        ``gamma`` then fold into the nodes and a per-channel shift, and
+        :func:`~dyreg_pyg.kernels.remap_residual` writes ``x + gamma * norm(y)`` in one pass
+        (the same function, without the re-mapped map ``y``, its normalised copy or their
+        saved activations). Norm modules this does not cover (e.g. ``SyncBatchNorm``) take
+        the plain path."""
+        if not self._fusable(x):
+            if self.record:
+                y, self.last = self.gnn(x, regions, return_details=True)
+            else:
+                y = self.gnn(x, regions)
+            if self.gamma is None:
+                return self.norm(x, y)
+            b, t, c, h, w = y.shape
+            y = self.norm(y.reshape(b * t, c, h, w)).view(b, t, c, h, w)
+            return x + self.gamma.view(1, 1, c, 1, 1).to(y.dtype) * y
+        nodes, kernels, shift, details = self.gnn.remap_parts(x, regions, self.record)
         if self.record:
-            y, self.last = self.gnn(x, regions, return_details=True)
-        else:
-            y = self.gnn(x, regions)
+            self.last = details
+        b, t, c, h, w = x.shape
         if self.gamma is None:
-            return self.norm(x, y)
-        b, t, c, h, w = y.shape
-        y = self.norm(y.reshape(b * t, c, h, w)).view(b, t, c, h, w)
-        return x + self.gamma.view(1, 1, c, 1, 1).to(y.dtype) * y
+            scale, shift = self.norm.fold(nodes, kernels, shift)
+        else:
+            scale, shift = fold_norm(self.norm, nodes, kernels, shift)
+            gamma = self.gamma.to(scale.dtype)
+            scale = scale * gamma
+            shift = None if shift is None else shift * gamma
+        out = remap_residual(x.reshape(b * t, c, h, w), nodes * scale.unsqueeze(-2), kernels,
+                             shift)  # x + gamma * norm(Eq. 10)
+        return out.view(b, t, c, h, w)
+
+    def _fusable(self, x: Tensor) -> bool:
+        if x.dim() != 5:
+            return False  # the plain path raises the input errors
+        if self.gamma is None:
+            return True
+        kind = type(self.norm)
+        if kind is nn.BatchNorm2d:
+            return not (self.norm.training and x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4]
+                        <= 1)  # BatchNorm's own error for one value per channel
+        return kind is nn.Identity or (kind is nn.GroupNorm and self.norm.num_groups == 1)
+

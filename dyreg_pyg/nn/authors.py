@@ -15,7 +15,33 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, softmax
 
-__all__ = ["GraphLayerNorm", "AuthorsRSTGConv"]
+__all__ = ["GraphLayerNorm", "AuthorsRSTGConv", "edge_dot"]
+
+
+class _EdgeDot(torch.autograd.Function):
+    """``(q[dst] * k[src]).sum(-1)`` saving only ``q`` and ``k`` (not the per-edge copies)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        ctx.save_for_backward(q, k, src, dst)
+        return (q.index_select(0, dst) * k.index_select(0, src)).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, k, src, dst = ctx.saved_tensors
+        gq = gk = None
+        g = grad.unsqueeze(-1)
+        if ctx.needs_input_grad[0]:
+            gq = torch.zeros_like(q).index_add_(0, dst, g * k.index_select(0, src))
+        if ctx.needs_input_grad[1]:
+            gk = torch.zeros_like(k).index_add_(0, src, g * q.index_select(0, dst))
+        return gq, gk, None, None
+
+
+def edge_dot(q: Tensor, k: Tensor, edge_index: Tensor) -> Tensor:
+    """Per-edge dot products ``<q_i, k_j>`` ``[E]`` (``edge_index`` row 0 sender ``j``, row 1
+    receiver ``i``); autograd keeps ``q`` and ``k``, not two ``[E, C]`` gathers."""
+    return _EdgeDot.apply(q, k, edge_index[0], edge_index[1])
 
 
 class GraphLayerNorm(nn.Module):
@@ -136,6 +162,7 @@ class AuthorsRSTGConv(MessagePassing):
         self.message_norm = GraphLayerNorm(channels, eps)
         self.update_norm = GraphLayerNorm(channels, eps)
         self._alpha: Tensor | None = None
+        self._sums: tuple[Tensor, Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -167,21 +194,39 @@ class AuthorsRSTGConv(MessagePassing):
             num_graphs = int(batch.max()) + 1 if batch.numel() else 0
         # W_m (v_i + v_j) + b_m = W_m v_i + W_m v_j + b_m: computed per node, summed per edge.
         h = F.linear(x, self.lin_message.weight)
-        out = self.propagate(edge_index, h=h, q=self.lin_query(x), k=self.lin_key(x),
-                             batch=batch, num_graphs=num_graphs, size=None)
-        alpha, self._alpha = self._alpha, None
+        logits = edge_dot(self.lin_query(x), self.lin_key(x), edge_index)  # no 1/sqrt(d)
+        agg = self.propagate(edge_index, h=h, logits=logits, batch=batch, num_graphs=num_graphs,
+                             size=None)
+        alpha, (s1, s2) = self._alpha, self._sums
+        self._alpha = self._sums = None
+        # The message LayerNorm folded into the aggregate (exact): with the graph's mean mu
+        # and 1/std r, sum_j a_ij (r (m_ij - mu) w + b) = r w (sum_j a_ij m_ij - mu A_i) + A_i b,
+        # A_i = sum_j a_ij (1, or 0 for a node that receives nothing): the normalised
+        # messages are never formed (nor saved for backward).
+        count = scatter(torch.ones_like(alpha, dtype=s1.dtype), batch[edge_index[1]], 0,
+                        dim_size=num_graphs, reduce="sum").clamp_min(1) * self.in_channels
+        mean = s1 / count
+        var = (s2 / count - mean * mean).clamp_min(0)
+        rstd = torch.rsqrt(var + self.message_norm.eps)
+        a_sum = scatter(alpha, edge_index[1], 0, dim_size=x.shape[0], reduce="sum").unsqueeze(-1)
+        r = rstd.to(agg.dtype)[batch].unsqueeze(-1)
+        mu = mean.to(agg.dtype)[batch].unsqueeze(-1)
+        out = r * (agg - mu * a_sum) * self.message_norm.weight + a_sum * self.message_norm.bias
         out = F.relu(out + self.att_bias)  # aggregate + bias, ReLU
         out = self.update_norm(x + out, batch, num_graphs)  # residual update, LN over (N, C)
         if return_attention_weights:
             return out, (edge_index, alpha)
         return out
 
-    def message(self, h_i: Tensor, h_j: Tensor, q_i: Tensor, k_j: Tensor, batch_i: Tensor,
+    def message(self, h_i: Tensor, h_j: Tensor, logits: Tensor, batch_i: Tensor,
                 num_graphs: int, index: Tensor, ptr: Tensor | None, size_i: int | None
                 ) -> Tensor:
         m = F.relu(h_i + h_j + self.lin_message.bias)  # one layer on v_i + v_j
-        m = self.message_norm(m, batch_i, num_graphs)  # LN over all messages of the graph
-        alpha = softmax((q_i * k_j).sum(-1), index, ptr, size_i)  # no 1/sqrt(d)
+        # Sums for the LayerNorm over all messages of each graph (float64 across edges).
+        s1 = scatter(m.sum(-1).double(), batch_i, 0, dim_size=num_graphs, reduce="sum")
+        s2 = scatter((m * m).sum(-1).double(), batch_i, 0, dim_size=num_graphs, reduce="sum")
+        self._sums = (s1, s2)
+        alpha = softmax(logits, index, ptr, size_i)
         self._alpha = alpha
         return alpha.unsqueeze(-1) * m
 
@@ -199,6 +244,19 @@ class AuthorsRSTGConv(MessagePassing):
         h = F.linear(x, self.lin_message.weight)
         m = F.relu(h.unsqueeze(2) + h.unsqueeze(1) + self.lin_message.bias)  # [G, i, j, C]
         logits = self.lin_query(x) @ self.lin_key(x).transpose(1, 2)  # [G, i, j]
+        if self_loops:  # the message LayerNorm folded into the aggregate, as in forward
+            s1 = m.sum((1, 2, 3), dtype=torch.float64)
+            s2 = (m * m).sum((1, 2, 3), dtype=torch.float64)
+            count = n * n * c
+            mean = s1 / count
+            rstd = torch.rsqrt((s2 / count - mean * mean).clamp_min(0) + self.message_norm.eps)
+            a = torch.softmax(logits, -1)
+            agg = torch.matmul(a.unsqueeze(-2), m).squeeze(-2)  # sum_j a_ij m_ij  [G, i, C]
+            r = rstd.to(agg.dtype).view(g, 1, 1)
+            mu = mean.to(agg.dtype).view(g, 1, 1)
+            out = r * (agg - mu) * self.message_norm.weight + self.message_norm.bias
+            out = F.relu(out + self.att_bias)
+            return self.update_norm.forward_dense(x + out, 2)
         mask = None
         if not self_loops:
             mask = ~torch.eye(n, dtype=torch.bool, device=x.device)
