@@ -12,6 +12,17 @@ node's last state. Variants, side by side on the same data and steps:
 
     python study/gnn_sync_probe.py --train 20000 --val 2000 --steps 3000
 
+``--flavor authors`` swaps in the graph stack of the authors' released code
+(:func:`dyreg_pyg.authors.authors_graph_stack`, as ``DyRegConfig(flavor="authors")`` runs it):
+a LayerNorm over the frame's nodes, then K x (one internal GRU shared by the iterations, then
+their space step :class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv` with message and update
+LayerNorms and a residual), then an external GRU. Its ``no_messages`` control runs the same
+stack, same parameters, with every node as its own one-node graph: each node receives only
+its own message and the LayerNorms over the frame's nodes become per node, so no node sees
+another (not even through normalisation statistics).
+
+    python study/gnn_sync_probe.py --flavor authors --train 20000 --val 2000 --steps 3000
+
 Prints per-node accuracy, the accuracy of whole videos (every node right) and the ratio to
 the control.
 
@@ -36,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dyreg_pyg.authors import authors_graph_stack
 from dyreg_pyg.data.syncmnist import (
     SyncMNISTConfig,
     appearance_only_accuracy,
@@ -44,6 +56,7 @@ from dyreg_pyg.data.syncmnist import (
 )
 from dyreg_pyg.graph import frame_edge_index
 from dyreg_pyg.nn import TemporalUpdate, make_spatial_layer
+from dyreg_pyg.nn.authors import GraphLayerNorm
 
 log = logging.getLogger("gnn_sync_probe")
 
@@ -72,21 +85,34 @@ class GraphProbe(nn.Module):
     Args:
         channels: node width.
         iterations: K rounds of (spatial messages, temporal update), weights shared.
-        messages: whether the spatial layer runs (``False``: the control).
+        messages: whether nodes exchange messages (``False``: the control; ``paper``: no
+            spatial layer, ``authors``: the same stack on one-node graphs).
         num_classes: ``None`` for the per-node in-sync task, else the video label's classes.
+        flavor: ``"paper"`` (RSTG then GRU, K times) or ``"authors"`` (the authors' stack,
+            :func:`~dyreg_pyg.authors.authors_graph_stack`).
     """
 
     def __init__(self, channels: int = 64, iterations: int = 3, messages: bool = True,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, flavor: str = "paper") -> None:
         super().__init__()
+        if flavor not in ("paper", "authors"):
+            raise ValueError(f"flavor: expected 'paper' or 'authors', got {flavor!r}")
         inputs = 2 if num_classes is None else 2 + 10
         self.embed = nn.Sequential(nn.Linear(inputs, channels), nn.ReLU(),
                                    nn.Linear(channels, channels))
-        self.spatial = make_spatial_layer("rstg", channels) if messages else None
-        self.temporal = TemporalUpdate(channels, "gru")
+        if flavor == "paper":
+            self.spatial = make_spatial_layer("rstg", channels) if messages else None
+            self.temporal = TemporalUpdate(channels, "gru")
+        else:  # their modules, one internal GRU and one space step shared by the K iterations
+            self.input_norm = GraphLayerNorm(channels)
+            self.temporal_in = nn.ModuleList([TemporalUpdate(channels, "gru")])
+            self.spatial_in = nn.ModuleList([make_spatial_layer("rstg_authors", channels)])
+            self.temporal_out = TemporalUpdate(channels, "gru")
         self.head = nn.Linear(channels, 1 if num_classes is None else num_classes)
         self.iterations = iterations
         self.num_classes = num_classes
+        self.flavor = flavor
+        self.messages = messages
 
     def forward(self, pos: Tensor, classes: Tensor | None = None) -> Tensor:
         b, t, n, _ = pos.shape
@@ -95,16 +121,36 @@ class GraphProbe(nn.Module):
                 raise ValueError("classes: the label task needs the digit classes [B, N]")
             onehot = nn.functional.one_hot(classes, 10).to(pos.dtype)
             pos = torch.cat([pos, onehot[:, None].expand(b, t, n, 10)], -1)
-        v = self.embed(pos).reshape(b * t * n, -1)
-        edge_index = frame_edge_index(b * t, n, True, pos.device)
+        if self.flavor == "authors":
+            last = self._authors_stack(self.embed(pos))[:, -1]
+        else:
+            last = self._paper_stack(self.embed(pos))
+        if self.num_classes is None:
+            return self.head(last).squeeze(-1)
+        return self.head(last.mean(1))
+
+    def _authors_stack(self, v: Tensor) -> Tensor:
+        """``[B, T, N, C]`` through the authors' stack; without messages each node is its own
+        one-node graph (``[B*N, T, 1, C]``)."""
+        b, t, n, c = v.shape
+        if not self.messages:
+            v = v.permute(0, 2, 1, 3).reshape(b * n, t, 1, c)
+        out, _ = authors_graph_stack(v, self.input_norm, self.temporal_in, self.spatial_in,
+                                     self.temporal_out, self.iterations)
+        if not self.messages:
+            out = out.reshape(b, n, t, c).permute(0, 2, 1, 3)
+        return out
+
+    def _paper_stack(self, v: Tensor) -> Tensor:
+        """``[B, T, N, C]`` through (RSTG, GRU) x K; returns the last frame ``[B, N, C]``."""
+        b, t, n, _ = v.shape
+        v = v.reshape(b * t * n, -1)
+        edge_index = frame_edge_index(b * t, n, True, v.device)
         for _ in range(self.iterations):
             if self.spatial is not None:
                 v = self.spatial(v, edge_index)  # Eq. 8
             v = self.temporal(v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
-        last = v.view(b, t, n, -1)[:, -1]
-        if self.num_classes is None:
-            return self.head(last).squeeze(-1)
-        return self.head(last.mean(1))
+        return v.view(b, t, n, -1)[:, -1]
 
 
 def train_probe(model: GraphProbe, data: tuple[Tensor, ...], val: tuple[Tensor, ...],
@@ -166,6 +212,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=0, help="steps between validations")
     ap.add_argument("--variants", default="graph,no_messages")
+    ap.add_argument("--flavor", choices=("paper", "authors"), default="paper",
+                    help="graph stack: the paper's text (RSTG then GRU, K times) or the "
+                         "authors' released code (dyreg_pyg.authors.authors_graph_stack)")
     ap.add_argument("--out", default=None, help="also write the results here (JSON)")
     args = ap.parse_args()
     variants = args.variants.split(",")
@@ -183,10 +232,13 @@ def main() -> None:
         messages = name == "graph"
         torch.manual_seed(args.seed)
         t0 = time.time()
-        results[name] = train_probe(GraphProbe(messages=messages, num_classes=num_classes),
+        model = GraphProbe(messages=messages, num_classes=num_classes, flavor=args.flavor)
+        results[name] = train_probe(model,
                                     data, val, args.steps, args.batch_size, args.lr, args.seed,
                                     args.eval_every)
-        log.info("%s: %s (%.0f s)", name, results[name], time.time() - t0)
+        results[name]["seconds"] = round(time.time() - t0)
+        log.info("%s (%s flavour): %s (%.0f s)", name, args.flavor, results[name],
+                 time.time() - t0)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

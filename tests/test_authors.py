@@ -279,3 +279,38 @@ def test_authors_block_every_parameter_gets_a_gradient_under_autocast():
     y.float().sum().backward()
     assert [n for n, p in blk.named_parameters() if p.grad is None] == []
     assert x.grad.abs().sum() > 0
+
+
+def test_authors_graph_stack_is_their_schedule_on_node_tensors():
+    """LN(N, C), K x (shared internal GRU, then their space step), external GRU; both backends;
+    DyRegGNN(flavor="authors") runs the same function."""
+    from dyreg_pyg.authors import authors_graph_stack
+    from dyreg_pyg.nn import TemporalUpdate
+    from dyreg_pyg.nn.authors import GraphLayerNorm
+
+    torch.manual_seed(0)
+    c = 8
+    norm, gru, gru_out = GraphLayerNorm(c), TemporalUpdate(c), TemporalUpdate(c)
+    conv = make_spatial_layer("rstg_authors", c)
+    with torch.no_grad():
+        for p in [*norm.parameters(), *conv.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+    v = torch.randn(2, 3, 5, c)
+    ref = norm.forward_dense(v, 2)
+    for _ in range(2):
+        ref = _their_graph_step(conv, gru(ref).reshape(6, 5, c)).view(2, 3, 5, c)
+    ref = gru_out(ref)
+    out, att = authors_graph_stack(v, norm, [gru], [conv], gru_out, 2, want_attention=True)
+    assert torch.allclose(out, ref, atol=1e-5) and att.shape == (6 * 5 * 5,)
+    dense, _ = authors_graph_stack(v, norm, [gru], [conv], gru_out, 2, backend="dense")
+    assert torch.allclose(dense, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="spatial, temporal"):
+        authors_graph_stack(v, norm, [gru, gru], [conv], gru_out, 2)
+    with pytest.raises(ValueError, match="nodes"):
+        authors_graph_stack(v[0], norm, [gru], [conv], gru_out, 2)
+    m = DyRegGNN(c, flavor="authors", spatial_size=(6, 6), region_channels=8).authors
+    nodes = torch.randn(6, 9, c)
+    got, _ = m._graph(nodes, 2, 3, False)
+    want, _ = authors_graph_stack(nodes.view(2, 3, 9, c), m.input_norm, m.temporal, m.spatial,
+                                  m.temporal_out, 3)
+    assert torch.equal(got, want.reshape(6, 9, c))

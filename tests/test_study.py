@@ -189,6 +189,51 @@ def test_sync_probe_control_cannot_see_other_nodes_and_the_graph_can():
             model(pos)
 
 
+def test_sync_probe_authors_flavour_runs_and_its_control_has_no_messages(tmp_path):
+    probe = _load(ROOT / "study" / "gnn_sync_probe.py")
+    from dyreg_pyg.nn.authors import AuthorsRSTGConv
+
+    pos, _, classes, _ = probe.make_positions(3, seed=1)
+    torch.manual_seed(0)
+    moved = pos.clone()
+    moved[:, :, 1:] = torch.rand_like(moved[:, :, 1:])  # every node but node 0 moves elsewhere
+    sizes = {}
+    for messages in (False, True):
+        model = probe.GraphProbe(channels=16, iterations=2, messages=messages,
+                                 flavor="authors").eval()
+        assert any(isinstance(m, AuthorsRSTGConv) for m in model.modules())
+        sizes[messages] = sum(p.numel() for p in model.parameters())
+        x = pos.clone().requires_grad_(True)
+        model(x)[:, 0].sum().backward()  # node 0's logit
+        others = x.grad[:, :, 1:].abs().max()
+        assert (others == 0) == (not messages)  # the control: no path from the other nodes
+        assert x.grad[:, :, 0].abs().max() > 0
+        with torch.no_grad():
+            same = torch.allclose(model(pos)[:, 0], model(moved)[:, 0])
+        assert same == (not messages)
+        # label task: logits [B, 56], blind to the node order
+        model = probe.GraphProbe(channels=16, iterations=2, messages=messages, num_classes=56,
+                                 flavor="authors").eval()
+        perm = torch.tensor([3, 0, 4, 1, 2])
+        with torch.no_grad():
+            out = model(pos, classes)
+            assert out.shape == (3, 56)
+            assert torch.allclose(out, model(pos[:, :, perm], classes[:, perm]), atol=1e-5)
+    assert sizes[False] == sizes[True]  # the control removes the messages, not the layers
+    with pytest.raises(ValueError, match="flavor"):
+        probe.GraphProbe(flavor="theirs")
+    out = tmp_path / "probe.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "study" / "gnn_sync_probe.py"), "--flavor", "authors",
+         "--train", "16", "--val", "8", "--steps", "3", "--batch-size", "4", "--threads", "1",
+         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    saved = json.loads(out.read_text())
+    assert saved["args"]["flavor"] == "authors"
+    assert set(saved["results"]) == {"graph", "no_messages"}
+    assert "| graph |" in res.stdout and "| no_messages |" in res.stdout
+
+
 def test_pixel_sync_probe_nodes_follow_their_boxes():
     probe = _load(ROOT / "study" / "pixel_sync_probe.py")
     video, boxes, flags = probe.make_clips(2, seed=0)
