@@ -164,7 +164,7 @@ def export_program(model: nn.Module, example: Tensor, path: str | Path | None = 
 
     Args:
         model: a :class:`~dyreg_pyg.VideoModel` (put in eval mode).
-        example: a normalised clip batch ``[B, T, C, H, W]``.
+        example: a normalised clip batch ``[B, T, C, H, W]``, ``B >= 2``.
         path: also ``torch.export.save`` the program there (``.pt2``).
 
     Raises:
@@ -172,6 +172,10 @@ def export_program(model: nn.Module, example: Tensor, path: str | Path | None = 
             the operation and source line where it broke), or the logits differ by more than
             ``atol``.
     """
+    if example.dim() != 5 or example.shape[0] < 2:
+        raise ValueError(f"example: expected a clip batch [B, T, C, H, W] with B >= 2 "
+                         f"(torch.export specialises a dimension of size 1), got shape "
+                         f"{tuple(example.shape)}")
     model.eval()
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     with warnings.catch_warnings():

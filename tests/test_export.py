@@ -186,6 +186,15 @@ def test_interrupted_export_resumes_to_the_same_graphs(setup, tmp_path, monkeypa
                       progress=False)
 
 
+def test_progress_without_tqdm_is_logged(setup, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with caplog.at_level("INFO", logger="train"):
+        export_graphs(str(setup["ckpt"]), setup["data"], str(tmp_path / "out"), batch_size=8)
+    # the total is the manifest's sample count; a line every tenth of it
+    assert "export-graphs: 8/24 videos, 0 skipped" in caplog.text
+    assert "export-graphs: 24/24 videos, 0 skipped" in caplog.text
+
+
 def test_corrupt_videos_are_skipped_and_counted(setup, tmp_path):
     bad = tmp_path / "bad"
     with ShardWriter(bad, "train") as w:

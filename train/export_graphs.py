@@ -30,9 +30,12 @@ log = logging.getLogger("train")
 
 
 class _Progress:
-    """tqdm when installed, else a log line every ``every`` videos."""
+    """tqdm when installed, else a log line every ``every`` videos (default: a tenth of the
+    total, at most 500)."""
 
-    def __init__(self, total: int | None, initial: int, every: int = 500) -> None:
+    def __init__(self, total: int | None, initial: int, every: int | None = None) -> None:
+        if every is None:  # about ten lines per run when the total is known
+            every = max(1, min(500, (total or 5000) // 10))
         self.n, self.every, self.total, self.bar = initial, every, total, None
         self.t0, self.last = time.time(), initial
         try:
