@@ -226,3 +226,24 @@ def _npy(arr):
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
+
+
+def test_dense_backend_graphs_equal_the_pyg_backend():
+    """The dense backend builds no PyG graph: its nodes are recomputed with node_states."""
+    from dyreg_pyg import DyRegBlock
+    from dyreg_pyg.export import record_region_graphs
+
+    torch.manual_seed(0)
+    kw = dict(num_nodes=4, node_channels=8, spatial_size=(6, 6), gate_init=0.5)
+    pyg = DyRegBlock(16, **kw).eval()
+    dense = DyRegBlock(16, backend="dense", **kw).eval()
+    dense.load_state_dict(pyg.state_dict())
+    x = torch.randn(2, 3, 16, 6, 6)
+    labels = torch.tensor([1, 0])
+    a = record_region_graphs(pyg, pyg, x, ["a", "b"], labels)
+    b = record_region_graphs(dense, dense, x, ["a", "b"], labels)
+    assert pyg.last is None and not pyg.record  # the block is left as it was
+    for ga, gb in zip(a, b):
+        assert ga.x.shape == (3 * 4, 8) and ga.video_id == gb.video_id
+        assert torch.allclose(ga.x, gb.x, atol=1e-5)
+        assert torch.equal(ga.edge_index, gb.edge_index) and torch.equal(ga.region, gb.region)
