@@ -24,12 +24,13 @@ def _setup_logging() -> None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .dist import cleanup_distributed
+    from .dist import cleanup_distributed, peer_errors
     from .loop import fit
 
     cfg = load_config(args.config, args.set)
     try:
-        fit(cfg, resume=args.resume)
+        with peer_errors(cfg.dist_timeout):
+            fit(cfg, resume=args.resume)
     finally:
         cleanup_distributed()
     return 0

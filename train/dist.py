@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistEnv", "setup_distributed", "cleanup_distributed", "all_reduce_sum",
-           "gather_objects", "barrier"]
+           "gather_objects", "barrier", "PeerLostError", "peer_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,39 @@ def setup_distributed(device: str = "auto", timeout: float = 1800.0) -> DistEnv:
         log.info("rank %d/%d initialised (%s, %s, timeout %g s)", rank, world, backend, dev,
                  timeout)
     return DistEnv(rank, world, local, dev)
+
+
+class PeerLostError(RuntimeError):
+    """Another process of the ``torchrun`` job went away (killed, crashed, cut off or frozen)
+    while this one waited for it in a collective."""
+
+
+# Messages of the backends' errors when a peer closes its connections or does not answer.
+_PEER_SIGNS = ("connection closed by peer", "connection reset by peer", "timed out",
+               "broken pipe", "socket timeout")
+
+
+@contextlib.contextmanager
+def peer_errors(timeout: float) -> Iterator[None]:
+    """Turn the backend error of a lost peer into a :class:`PeerLostError` that says what
+    happened and what to do (``timeout``: the ``dist_timeout`` in use); without a process
+    group, a no-op."""
+    try:
+        yield
+    except Exception as exn:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise
+        text = str(exn).strip().splitlines()[-1] if str(exn).strip() else repr(exn)
+        text = text.split(" This is typically caused by")[0]  # gloo's advice, not ours
+        distributed = isinstance(exn, getattr(dist, "DistError", ())) or (
+            isinstance(exn, RuntimeError) and any(s in str(exn).lower() for s in _PEER_SIGNS))
+        if not distributed:
+            raise
+        raise PeerLostError(
+            f"rank {dist.get_rank()}/{dist.get_world_size()}: another process of the job was "
+            f"lost (killed or crashed: connection closed; frozen or cut off: no reply within "
+            f"dist_timeout={timeout:g} s): {text[:300]}. Restart every node with --resume auto "
+            "to continue from the last checkpoint") from exn
 
 
 def cleanup_distributed() -> None:

@@ -2,7 +2,7 @@
 
 The pipeline is a chain of small generator stages, run inside each DataLoader worker::
 
-    shard list -> (train) resample shards | (eval) split by node and by worker
+    shard list -> (train) resample shards | (eval, train "split") split by node and by worker
                -> tar -> samples -> (eval, few shards) keep every G-th sample
                -> (train) shuffle buffer -> decode + sample clip + augment -> batch
 
@@ -791,8 +791,9 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     * ``split="train"``: shards are resampled with replacement (each rank and worker has its
       own seeded sequence; ``train_shards="split"``: every epoch, a shard order shared by all
       ranks, split by node and by worker as for evaluation, so that each sample is read once
-      per epoch over all ranks, then resampled shards pad a rank whose share ran out before
-      its batches), samples go through a shuffle buffer, one random frame is taken in
+      per epoch over all ranks when the shards divide evenly among ranks x workers; a share
+      that runs out before the epoch's batches is padded with resampled shards, a longer one
+      is cut), samples go through a shuffle buffer, one random frame is taken in
       each of ``num_frames`` equal segments, then (if ``crop_size``) short side resize to
       ``resize_size``, TSM multi-scale crop to ``crop_size`` and a random horizontal flip
       (default on for ``"something"``, where the labels of left/right class pairs
@@ -858,7 +859,8 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
         jpeg_draft: Let libjpeg decode large JPEGs at reduced size when that still covers
             the crop (faster; the result is resized anyway).
         train_shards: Training shard order: ``"resample"`` (with replacement, endless) or
-            ``"split"`` (each sample once per epoch over all ranks; see above).
+            ``"split"`` (each sample once per epoch over all ranks: split by node and by
+            worker; see above).
         read_timeout: Seconds a remote shard (HTTP, ``pipe:``) may deliver no byte, and the
             HTTP connect time-out.
 
@@ -931,6 +933,12 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     num_batches = None
     if train and epoch_size is not None:
         num_batches = max(1, epoch_size // (batch_size * world_size))
+    if train and train_shards == "split" and len(shard_urls) % (world_size * max(1, num_workers)):
+        log.warning("train_shards=split: %d shards over %d readers (ranks x workers) give "
+                    "uneven shares: a short share is padded with resampled shards, a long one "
+                    "is cut at the epoch's end; use a multiple of %d equal shards to read each "
+                    "sample exactly once per epoch", len(shard_urls),
+                    world_size * max(1, num_workers), world_size * max(1, num_workers))
     if not train and len(shard_urls) < world_size * max(1, num_workers):
         log.info("%d shards < %d readers: splitting %s by sample (every reader reads every "
                  "shard)", len(shard_urls), world_size * max(1, num_workers), split)

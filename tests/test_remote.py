@@ -1,0 +1,213 @@
+"""Shards over HTTP (a server on 127.0.0.1 in a thread, port 0) and from ``pipe:`` commands:
+reading, a dropped connection, a stalled server or command (bounded by ``read_timeout``),
+HTTP errors; the ``train_shards="split"`` training order; and a ``python -m train fit`` run
+from HTTP shards whose server drops one of them."""
+
+import functools
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dyreg_pyg.data import make_clip_loader, write_syncmnist_shards
+from dyreg_pyg.data import remote as remote_mod
+from dyreg_pyg.data.remote import ShardStalledError, open_shard
+from train.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("http")
+    write_syncmnist_shards(d, "train", 16, seed=1, size=32, shard_size=8)  # 2 shards
+    write_syncmnist_shards(d, "val", 8, seed=2, size=32, shard_size=4)     # 2 shards
+    return d
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves the shards; ``server.faults`` maps a file name to ``"drop"`` (send half the
+    body, then close the connection), ``"drop_once"`` (the same, the first time only) or
+    ``"stall"`` (send half, then wait 30 s)."""
+
+    def log_message(self, *args):
+        pass
+
+    def copyfile(self, source, outputfile):
+        name = self.path.rpartition("/")[2]
+        self.server.requests.append(name)
+        fault = self.server.faults.get(name)
+        if fault is None:
+            return super().copyfile(source, outputfile)
+        if fault == "drop_once":
+            del self.server.faults[name]
+        data = source.read()
+        outputfile.write(data[: len(data) // 2])
+        outputfile.flush()
+        if fault == "stall":
+            self.server.stop.wait(30)
+        self.close_connection = True
+
+
+@pytest.fixture
+def server(shards):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                          functools.partial(_Handler, directory=str(shards)))
+    srv.faults, srv.requests, srv.stop = {}, [], threading.Event()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.stop.set()
+    srv.shutdown()
+    srv.server_close()
+    thread.join(10)
+
+
+def _keys(loader):
+    return [k for b in loader for k in b["key"]]
+
+
+def test_http_shards_read_like_local_ones(server, shards):
+    url = f"{server.url}/val-{{000000..000001}}.tar"
+    remote = make_clip_loader(url, "val", num_frames=4, batch_size=3)
+    local = make_clip_loader(f"{shards}/val-{{000000..000001}}.tar", "val", num_frames=4,
+                             batch_size=3)
+    assert _keys(remote) == _keys(local) and len(_keys(local)) == 8
+    assert remote.skips.count == 0
+    # the manifest came over HTTP too: classes and per-shard counts
+    assert remote.dataset.p.num_classes == local.dataset.p.num_classes
+    assert remote.dataset.p.shard_counts == {f"{server.url}/val-00000{i}.tar": 4 for i in (0, 1)}
+
+
+@pytest.mark.parametrize("fault", ["drop", "stall"])
+def test_http_cut_or_stalled_mid_shard_is_a_counted_shard_error(server, caplog, fault):
+    server.faults["val-000001.tar"] = fault
+    loader = make_clip_loader(f"{server.url}/val-{{000000..000001}}.tar", "val", num_frames=4,
+                              batch_size=2, read_timeout=1)
+    t0 = time.time()
+    with caplog.at_level("WARNING"):
+        keys = _keys(loader)
+    assert time.time() - t0 < 15  # bounded: a stall costs read_timeout, not forever
+    bad = f"{server.url}/val-000001.tar"
+    assert 4 <= len(keys) < 8  # shard 0 whole, the part of shard 1 before the cut
+    skips = loader.skips
+    assert skips.reasons == {"shard_error": 8 - len(keys)}  # the lost samples, from the manifest
+    key, reason, detail = skips.examples[0]
+    assert key == f"<shard {bad}>" and reason == "shard_error"
+    want = "connection closed after" if fault == "drop" else "no data for 1 s"
+    assert want in detail, detail
+    assert f"shard {bad}: shard error" in caplog.text and want in caplog.text
+
+
+def test_http_errors_are_shard_errors(server, monkeypatch):
+    monkeypatch.setattr(remote_mod, "_BACKOFF", 0.01)
+    closed = f"http://127.0.0.1:{_closed_port()}/train-000000.tar"
+    loader = make_clip_loader([f"{server.url}/missing-000000.tar", closed,
+                               f"{server.url}/val-000000.tar"], "val", num_frames=4,
+                              batch_size=2, read_timeout=2)
+    assert len(_keys(loader)) == 4
+    details = {k: d for k, _, d in loader.skips.examples}
+    assert "HTTP 404" in details[f"<shard {server.url}/missing-000000.tar>"]
+    assert "cannot connect" in details[f"<shard {closed}>"]
+    assert loader.skips.reasons == {"shard_error": 2}
+
+
+def _closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed once returned: nobody listens
+
+
+def test_pipe_commands_read_stall_and_fail_with_their_error(shards):
+    good = f"pipe:cat {shards}/val-000000.tar"
+    loader = make_clip_loader([good, "pipe:sleep 20", "pipe:echo 'NoSuchKey: no such key' >&2;"
+                               " exit 3"], "val", num_frames=4, batch_size=2, read_timeout=1)
+    t0 = time.time()
+    assert len(_keys(loader)) == 4
+    assert time.time() - t0 < 10  # the sleeping command was killed after read_timeout
+    details = {k: d for k, _, d in loader.skips.examples}
+    assert "gave no data for 1 s" in details["<shard pipe:sleep 20>"]
+    failed = details["<shard pipe:echo 'NoSuchKey: no such key' >&2; exit 3>"]
+    assert "exited with status 3" in failed and "NoSuchKey" in failed
+
+
+def test_open_shard_stall_is_not_a_timeout_error():
+    # the loader lets TimeoutError (a stop from outside) propagate; a stall is a data error
+    assert issubclass(ShardStalledError, OSError)
+    assert not issubclass(ShardStalledError, TimeoutError)
+    with pytest.raises(ValueError, match="read_timeout"):
+        open_shard("pipe:true", timeout=0)
+
+
+@pytest.mark.parametrize("num_shards", [4, 3])
+def test_split_training_reads_each_sample_once_per_epoch_over_ranks(tmp_path, num_shards):
+    """train_shards="split": the ranks' epochs partition the samples (workers included); with
+    uneven shares (3 shards, 2 ranks) the short rank pads its epoch with resampled shards
+    (and the long one leaves the end of its share: each rank makes epoch_size / 2 clips)."""
+    per_shard = 4
+    write_syncmnist_shards(tmp_path, "train", per_shard * num_shards, seed=3, size=16,
+                           shard_size=per_shard)
+    pattern = f"{tmp_path}/train-{{000000..{num_shards - 1:06d}}}.tar"
+    epoch = per_shard * num_shards
+    seen = []
+    for rank in range(2):
+        loader = make_clip_loader(pattern, "train", num_frames=2, batch_size=2,
+                                  num_workers=2 if num_shards == 4 else 0, epoch_size=epoch,
+                                  train_shards="split", rank=rank, world_size=2, seed=5)
+        seen.append(_keys(loader))
+    assert [len(s) for s in seen] == [epoch // 2] * 2
+    if num_shards == 4:  # even: an exact partition
+        assert not set(seen[0]) & set(seen[1]) and len(set(seen[0] + seen[1])) == epoch
+    else:  # rank 0: 6 of its 8 samples; rank 1: its 4, then 2 from resampled shards
+        assert len(set(seen[0])) == 6
+        assert len(set(seen[1][:4])) == 4 and not set(seen[1][:4]) & set(seen[0])
+
+
+def test_train_shards_and_read_timeout_are_checked(tmp_path):
+    write_syncmnist_shards(tmp_path, "train", 2, seed=3, size=16, shard_size=2)
+    with pytest.raises(ValueError, match="train_shards"):
+        make_clip_loader(tmp_path, "train", 2, 2, train_shards="once")
+    with pytest.raises(ValueError, match="read_timeout"):
+        make_clip_loader(tmp_path, "train", 2, 2, read_timeout=-1)
+
+
+@pytest.mark.slow
+def test_fit_from_http_shards_with_a_dropped_connection(server, tmp_path):
+    """python -m train fit from an HTTP server (num_classes and epoch size from its manifest);
+    the server drops the first read of one training shard: the loss is logged and counted."""
+    server.faults["train-000001.tar"] = "drop_once"
+    out = tmp_path / "run"
+    sets = [
+        f"data.train={server.url}/train-{{000000..000001}}.tar",
+        f"data.val={server.url}/val-{{000000..000001}}.tar",
+        f"out_dir={out}", "data.num_frames=4", "data.batch_size=4", "data.num_workers=0",
+        "data.train_shards=split", "epochs=1", "data.read_timeout=5",
+        "model.preset=syncmnist_r18_dyreg",
+        "model.overrides.num_frames=4", "model.overrides.input_size=32", "optim.name=adam",
+        "optim.schedule=none", "threads=1",
+    ]
+    cmd = [sys.executable, "-m", "train", "fit", "--config", "syncmnist_demo"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text[-3000:]
+    bad = f"{server.url}/train-000001.tar"
+    assert f"shard {bad}: shard error: OSError('connection closed after" in text
+    assert load_checkpoint(out / "last.pt")["state"]["step"] == 4  # 16 samples / batch 4
+    metrics = json.loads((out / "val_metrics.json").read_text())
+    assert metrics["samples"] == 8  # validation read whole over HTTP
+    lost = metrics["train_skipped"]["reasons"]["shard_error"]
+    assert 1 <= lost <= 8 and metrics["train_skipped"]["count"] == lost
+    assert {"train-000000.tar", "train-000001.tar", "val-000000.tar",
+            "train-manifest.json"} <= set(server.requests)
