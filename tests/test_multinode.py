@@ -176,6 +176,7 @@ def test_two_nodes_split_the_epoch_survive_a_killed_node_and_resume(shards, tmp_
     t0 = time.time()
     codes = _wait([procs[0]], 60)  # a hang fails the test
     elapsed = time.time() - t0
+    print(f"node 0 exited {elapsed:.1f} s after node 1 was killed")
     _wait([procs[1]], 30)
     text = _text(logs, 0)
     assert codes[0] != 0 and "training done" not in text, text[-3000:]
@@ -242,6 +243,7 @@ def test_frozen_peer_fails_the_other_after_dist_timeout(tmp_path):
     try:
         codes = _wait([procs[0]], timeout + 60)
         elapsed = time.time() - t0
+        print(f"rank 0 exited {elapsed:.1f} s after rank 1 froze (dist_timeout={timeout} s)")
     finally:
         _kill(procs[1])
         _wait([procs[1]], 30)

@@ -211,3 +211,30 @@ def test_fit_from_http_shards_with_a_dropped_connection(server, tmp_path):
     assert 1 <= lost <= 8 and metrics["train_skipped"]["count"] == lost
     assert {"train-000000.tar", "train-000001.tar", "val-000000.tar",
             "train-manifest.json"} <= set(server.requests)
+
+
+def test_slurm_script_launches_torchrun_per_node_with_resume(tmp_path):
+    """scripts/slurm/train_multinode.sbatch with stand-ins for srun and scontrol: one torchrun
+    per node, rendezvous on the first node, one process per GPU, --resume auto, shard
+    patterns passed through unexpanded."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    (bin_dir / "scontrol").write_text('#!/bin/sh\nprintf "gpu-a17\\ngpu-a18\\n"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT":
+           str(tmp_path / "args"), "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NODELIST": "gpu-a[17-18]", "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "4",
+           "SLURM_CPUS_PER_TASK": "32",
+           "TRAIN": "pipe:aws s3 cp s3://bucket/train-{000000..000007}.tar -"}
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "train_multinode.sbatch")],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    line = " ".join(args)
+    assert "torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d" in line
+    assert "--rdzv-endpoint gpu-a17:29500 --rdzv-id 4242" in line
+    assert "-m train fit --config ssv2_tsm_r50_dyreg --resume auto" in line
+    assert "data.train=pipe:aws s3 cp s3://bucket/train-{000000..000007}.tar -" in args
+    assert "data.val=data/ssv2/validation-{000000..000099}.tar" in args

@@ -85,7 +85,7 @@ def peer_errors(timeout: float) -> Iterator[None]:
         if not (dist.is_available() and dist.is_initialized()):
             raise
         text = str(exn).strip().splitlines()[-1] if str(exn).strip() else repr(exn)
-        text = text.split(" This is typically caused by")[0]  # gloo's advice, not ours
+        text = text.split(" This is typically caused by")[0].rstrip(". ")  # gloo's advice
         distributed = isinstance(exn, getattr(dist, "DistError", ())) or (
             isinstance(exn, RuntimeError) and any(s in str(exn).lower() for s in _PEER_SIGNS))
         if not distributed:
