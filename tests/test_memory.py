@@ -10,7 +10,8 @@ from dyreg_pyg.data import InMemoryClips, SkipCounter, make_clip_loader, write_s
 from train.checkpoint import load_checkpoint
 from train.config import load_config
 from train.data import load_train_in_memory
-from train.loop import _autocast, fit
+from train.loop import fit
+from train.step import autocast
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,10 +123,10 @@ def test_bf16_autocast_on_cpu_only_when_asked():
     cpu = torch.device("cpu")
     conv = torch.nn.Conv2d(1, 2, 3)
     x = torch.randn(1, 1, 5, 5)
-    with _autocast(load_config(None, ["precision=bf16"]), cpu):
+    with autocast(load_config(None, ["precision=bf16"]), cpu):
         assert conv(x).dtype == torch.bfloat16
     for precision in ("fp32", "fp16"):  # fp16 autocast is CUDA-only
-        with _autocast(load_config(None, [f"precision={precision}"]), cpu):
+        with autocast(load_config(None, [f"precision={precision}"]), cpu):
             assert conv(x).dtype == torch.float32
 
 

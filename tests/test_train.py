@@ -1,5 +1,6 @@
 """End-to-end training tests on tiny MultiSyncMNIST shards (CPU)."""
 
+import copy
 import json
 import os
 import signal
@@ -60,13 +61,13 @@ def test_fit_evaluate_and_multiclip(shards, tmp_path):
 
 
 def test_multiclip_scores_are_the_average_of_views():
-    from train.loop import _forward_views
+    from train.validate import forward_views
 
     model = torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.LazyLinear(5))
     video = torch.randn(2, 6, 3, 1, 4, 4)
     model(video[:, 0])
     manual = torch.stack([model(video[:, v]).softmax(-1) for v in range(6)], 1).mean(1)
-    assert torch.allclose(_forward_views(model, video).exp(), manual, atol=1e-6)
+    assert torch.allclose(forward_views(model, video).exp(), manual, atol=1e-6)
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(shards, tmp_path, monkeypatch):
@@ -74,10 +75,10 @@ def test_nan_loss_stops_and_keeps_checkpoint(shards, tmp_path, monkeypatch):
     fit(load_config("syncmnist_demo", _overrides(shards, out, steps=2)))
     before = (out / "last.pt").read_bytes()
     cfg = load_config("syncmnist_demo", _overrides(shards, out, steps=4))
-    import train.loop
+    import torch.nn.functional as F
 
-    real = train.loop.F.cross_entropy
-    monkeypatch.setattr(train.loop.F, "cross_entropy",
+    real = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy",
                         lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(NonFiniteLossError, match="untouched"):
         fit(cfg, resume="auto")
@@ -135,6 +136,49 @@ def test_crash_and_resume_matches_uninterrupted(shards, tmp_path):
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
     assert killed and step_at_kill < 8
+
+
+def test_checkpoint_from_before_the_split_resumes_a_schedule_exactly(shards, tmp_path,
+                                                                      monkeypatch):
+    """A cosine + warm-up run resumed mid-epoch from a checkpoint in the format written before
+    train/loop.py was split (the optimiser's groups have no ``initial_lr``; ``plateau`` is
+    best / bad_epochs / reductions) gives the uninterrupted run's lrs and weights. (The old
+    trainer itself resumed such a run with the schedule applied twice.)"""
+    import train.loop
+
+    sched = ["optim.schedule=cosine", "optim.warmup_steps=3", "log_every=1"]
+    real_save = train.loop.save_checkpoint
+
+    def save_and_keep_old_format(state, path):
+        done = real_save(state, path)
+        if Path(path).name == "last.pt" and state["state"]["step"] == 6:  # mid-epoch 1
+            old = {**state, "optimizer": copy.deepcopy(state["optimizer"])}
+            for group in old["optimizer"]["param_groups"]:
+                del group["initial_lr"]
+            real_save(old, tmp_path / "old.pt")
+        return done
+
+    monkeypatch.setattr(train.loop, "save_checkpoint", save_and_keep_old_format)
+    ref = tmp_path / "ref"
+    fit(load_config("syncmnist_demo", _overrides(shards, ref, 8) + sched))
+    monkeypatch.undo()
+    old = load_checkpoint(tmp_path / "old.pt")
+    assert set(old) == {"model", "optimizer", "plateau", "scaler", "state", "rng", "config",
+                        "num_classes"}
+    assert set(old["plateau"]) == {"best", "bad_epochs", "reductions"}
+    assert (old["state"]["step"], old["state"]["epoch"], old["state"]["epoch_step"]) == (6, 1, 2)
+    run = tmp_path / "run"
+    fit(load_config("syncmnist_demo", _overrides(shards, run, 8) + sched),
+        resume=str(tmp_path / "old.pt"))
+
+    def lrs(out):
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["train/lr"] for r in rows if "train/lr" in r]
+
+    assert lrs(run) == lrs(ref)[6:]
+    a, b = _params(ref / "last.pt"), _params(run / "last.pt")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.config import apply_overrides, config_from_dict, load_config
-from train.loop import PlateauSchedule, _make_optimizer
+from train.optim import PlateauSchedule, make_optimizer
 
 
 def test_presets_load_and_overrides_apply():
@@ -92,7 +92,7 @@ def test_lr_mult_puts_matching_parameters_in_scaled_groups():
                                          "optim.weight_decay=0.1",
                                          "optim.lr_mult.region_generator=10"])
     assert cfg.optim.lr_mult == {"region_generator": 10}
-    opt = _make_optimizer(cfg, net)
+    opt = make_optimizer(cfg, net)
     by_id = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
     assert by_id[id(net.backbone.weight)] == (0.01, 0.1)
     assert by_id[id(net.backbone.bias)] == (0.01, 0.0)
@@ -100,32 +100,32 @@ def test_lr_mult_puts_matching_parameters_in_scaled_groups():
     assert by_id[id(net.region_generator.bias)] == (pytest.approx(0.1), 0.0)
     assert len(opt.param_groups) == 4 and opt.param_groups[0]["lr"] == 0.01
     # without multipliers: the two groups of before (decay first), so old checkpoints load
-    plain = _make_optimizer(load_config("syncmnist_demo", ["optim.weight_decay=0.1"]), net)
+    plain = make_optimizer(load_config("syncmnist_demo", ["optim.weight_decay=0.1"]), net)
     assert [g["weight_decay"] for g in plain.param_groups] == [0.1, 0.0]
     with pytest.raises(ValueError, match="match no trainable parameter"):
-        _make_optimizer(load_config("syncmnist_demo", ["optim.lr_mult.regoin=10"]), net)
+        make_optimizer(load_config("syncmnist_demo", ["optim.lr_mult.regoin=10"]), net)
     with pytest.raises(ValueError, match="optim.lr_mult: positive"):
         load_config("syncmnist_demo", ["optim.lr_mult.region_generator=-1"])
 
 
-def test_unwrap_sees_through_compile_around_ddp(tmp_path):
+def test_unwrap_sees_through_compile_aroundddp_of(tmp_path):
     """fit builds torch.compile(DDP(model)): the trainer must still find the user's model
     (its DyReg blocks, whether it needs regions) and the DDP wrapper (for no_sync)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from dyreg_pyg.models import build_preset
-    from train.loop import _ddp, _dyreg_blocks, _unwrap
+    from train.model import ddp_of, dyreg_blocks, unwrap
 
     model = build_preset("syncmnist_r18_oracle")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
         ddp = DDP(model)
         wrapped = torch.compile(ddp, dynamic=False)  # compiles lazily: nothing runs here
-        assert _unwrap(wrapped) is model and _ddp(wrapped) is ddp
-        assert _unwrap(ddp) is model and _ddp(ddp) is ddp
-        assert list(_dyreg_blocks(wrapped)) == ["layer2"] and _unwrap(wrapped).needs_regions()
+        assert unwrap(wrapped) is model and ddp_of(wrapped) is ddp
+        assert unwrap(ddp) is model and ddp_of(ddp) is ddp
+        assert list(dyreg_blocks(wrapped)) == ["layer2"] and unwrap(wrapped).needs_regions()
     finally:
         dist.destroy_process_group()
     compiled = torch.compile(model)
-    assert _unwrap(compiled) is model and _ddp(compiled) is None and _ddp(model) is None
+    assert unwrap(compiled) is model and ddp_of(compiled) is None and ddp_of(model) is None

@@ -21,7 +21,7 @@ def load_official_run(checkpoint: str | Path, config: str, val: str, num_clips: 
     ``val`` with the given views, and its number of classes."""
     from dyreg_pyg.compat import load_official
 
-    from .loop import build_model
+    from .model import build_model
 
     cfg = load_config(config, overrides)
     cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = val, num_clips, num_crops

@@ -58,7 +58,7 @@ def visualize(checkpoint: str, data: str, out: str, num: int = 4, block: str | N
               export: str | None = None, gif: bool = False) -> list[Path]:
     """Write ``regions_<i>.png`` (frames + boxes, kernel heat maps), optional GIFs and JSON.
     Raises :class:`~dyreg_pyg.data.EmptyDataError` (saying why) when no sample was read."""
-    from .loop import build_model
+    from .model import build_model
 
     ck = load_checkpoint(checkpoint)
     cfg = config_from_dict(ck["config"])
