@@ -119,15 +119,28 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog,
                                      description="Train and evaluate DyReg-GNN video models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in _COMMANDS:
+        add_command(sub)
+    for sp in sub.choices.values():
+        sp.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback (default: one line)")
+    return parser
 
+
+def _add_set(p: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help_text)
+
+
+def _add_fit(sub) -> None:
     p = sub.add_parser("fit", help="train from WebDataset shards (also under torchrun)")
     p.add_argument("--config", required=True, help="YAML file or preset name in train/configs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
+    _add_set(p, "override a config key, e.g. --set optim.lr=0.01 (repeatable)")
     p.add_argument("--resume", default=None,
                    help="'auto' (continue from <out_dir>/last.pt if present) or a checkpoint")
     p.set_defaults(func=_cmd_fit)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class, confusion, region distance")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="validation/test shard pattern")
@@ -136,12 +149,14 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="metrics.json path (default: next to ckpt)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_set(p)
     p.add_argument("--official", default=None, metavar="CONFIG",
                    help="the checkpoint is the authors' (github bit-ml/DyReg-GNN .pth.tar); "
                         "CONFIG (e.g. tsm_r50_dyreg_authors) builds the model it loads into")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_visualize(sub) -> None:
     p = sub.add_parser("visualize", help="PNG/GIF of the predicted regions and kernels")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
@@ -152,6 +167,8 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     p.add_argument("--gif", action="store_true", help="also write one GIF per clip")
     p.set_defaults(func=_cmd_visualize)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the embedded default main job (no downloads)")
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--epochs", type=int, default=None,
@@ -163,6 +180,8 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_export_graphs(sub) -> None:
     p = sub.add_parser("export-graphs", help="the region graphs of every video as a PyG dataset")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="labelled shard pattern")
@@ -173,9 +192,11 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=256, help="graphs per committed chunk")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_set(p)
     p.set_defaults(func=_cmd_export_graphs)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="top-5 classes of video files (exit 2: some skipped)")
     p.add_argument("--checkpoint", required=True,
                    help="a run's .pt, or model.safetensors from export-model")
@@ -191,6 +212,8 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_predict)
 
+
+def _add_export_model(sub) -> None:
     p = sub.add_parser("export-model",
                        help="model.safetensors (+ torch.export model.pt2) for inference")
     p.add_argument("--checkpoint", required=True)
@@ -198,10 +221,10 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     p.add_argument("--weights-only", action="store_true", help="skip torch.export")
     p.set_defaults(func=_cmd_export_model)
 
-    for sp in sub.choices.values():
-        sp.add_argument("--debug", action="store_true",
-                        help="on an error, show the full traceback (default: one line)")
-    return parser
+
+_COMMANDS = (_add_fit, _add_evaluate, _add_visualize, _add_demo, _add_export_graphs,
+             _add_predict, _add_export_model)
+"""The commands in the order ``--help`` lists them; each adds its subparser to ``sub``."""
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

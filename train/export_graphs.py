@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,25 +73,11 @@ def export_graphs(checkpoint: str, data: str, out: str, block: str | None = None
     crop). Returns ``{"out", "videos", "written", "skipped", "skip_reasons", "block"}``.
     """
     model, cfg, num_classes = load_trained(checkpoint, data, 1, 1, overrides)
-    blocks = model.dyreg_blocks()
-    if not blocks:
-        raise ValueError(f"export-graphs: the model of {checkpoint} has no DyReg block")
-    name = block or next(iter(blocks))
-    if name not in blocks:
-        raise ValueError(f"--block: unknown DyReg block {name!r}; the model has {sorted(blocks)}")
-    blk = blocks[name]
+    name, blk = _pick_block(model, checkpoint, block)
     dev = pick_device(device)
     model.to(dev).eval()
-    meta = {
-        "checkpoint": str(Path(checkpoint).resolve()), "data": data, "block": name,
-        "num_frames": cfg.data.num_frames, "num_nodes": blk.gnn.num_nodes,
-        "node_channels": blk.gnn.node_channels, "num_classes": num_classes,
-        "class_names": class_names_for(cfg, num_classes), "self_loops": blk.gnn.config.self_loops,
-        "edge_types": {"spatial": 0, "temporal": 1}, "node_order": "(t, n)",
-        "region_format": "cx, cy, w, h normalised to the feature map (w, h: half-widths)",
-        "box_format": "x0, y0, x1, y1 normalised, clipped to [0, 1]",
-    }
-    writer = RegionGraphWriter(out, meta, identity=("checkpoint", "data", "block", "num_frames"))
+    writer = RegionGraphWriter(out, _meta(checkpoint, data, name, blk, cfg, num_classes),
+                               identity=("checkpoint", "data", "block", "num_frames"))
     if writer.complete:
         log.info("export-graphs: %s is complete (%d graphs, %d videos skipped); nothing to do",
                  out, writer.done, writer.progress.get("skipped", 0))
@@ -104,44 +91,11 @@ def export_graphs(checkpoint: str, data: str, out: str, block: str | None = None
         data, split="val", num_frames=cfg.data.num_frames, batch_size=batch_size,
         num_workers=num_workers, crop_size=cfg.data.crop_size, dataset=cfg.data.dataset,
         num_clips=1, num_crops=1, num_classes=num_classes, rank=0, world_size=1)
+    bar = _Progress(_split_size(data), resume_from) if progress else None
+    recorder = _Recorder(model, blk, cfg, dev,
+                         bool(getattr(model, "needs_regions", lambda: False)()))
     try:
-        total = read_split_size(data)
-    except (ValueError, OSError):
-        total = None
-    bar = _Progress(total, resume_from) if progress else None
-    seen, written, pending = 0, 0, []
-    needs_regions = bool(getattr(model, "needs_regions", lambda: False)())
-    try:
-        for batch in loader:
-            keys = list(batch["key"])
-            start = max(0, resume_from - seen)  # videos of this batch already written
-            if resume_from and seen < resume_from <= seen + len(keys):
-                if keys[resume_from - 1 - seen] != writer.last_key:
-                    raise ValueError(
-                        f"export-graphs: cannot resume {out}: video #{resume_from} of {data} is "
-                        f"{keys[resume_from - 1 - seen]!r}, the export's last is "
-                        f"{writer.last_key!r} (the shards changed?); use another --out")
-            seen += len(keys)
-            if start >= len(keys):
-                continue
-            sub = slice(start, None)
-            video = normalise(batch["video"][sub].to(dev), cfg)
-            regions = None
-            if needs_regions:
-                regions = external_regions({**batch, "video": batch["video"]})[sub].to(dev)
-            pending += record_region_graphs(model, blk, video, keys[sub], batch["label"][sub],
-                                            regions)
-            written += len(keys) - start
-            if bar is not None:
-                bar.update(len(keys) - start, loader.epoch_skips.count)
-            if len(pending) >= chunk:
-                writer.append(pending, loader.epoch_skips.as_dict())
-                pending = []
-        if seen < resume_from:
-            raise ValueError(f"export-graphs: cannot resume {out}: it holds {resume_from} graphs "
-                             f"but {data} yields only {seen} videos (the shards changed?)")
-        writer.append(pending, loader.epoch_skips.as_dict())
-        writer.write_progress(loader.epoch_skips.as_dict(), complete=True)
+        written = _write_graphs(recorder, loader, writer, resume_from, chunk, bar, out, data)
     finally:
         if bar is not None:
             bar.close()
@@ -151,6 +105,91 @@ def export_graphs(checkpoint: str, data: str, out: str, block: str | None = None
              out, written, summary["skipped"],
              f" ({summary['skip_reasons']})" if summary["skipped"] else "")
     return summary
+
+
+def _pick_block(model, checkpoint: str, block: str | None) -> tuple[str, Any]:
+    """``(name, block)``: the DyReg block ``block`` of ``model`` (default: its first)."""
+    blocks = model.dyreg_blocks()
+    if not blocks:
+        raise ValueError(f"export-graphs: the model of {checkpoint} has no DyReg block")
+    name = block or next(iter(blocks))
+    if name not in blocks:
+        raise ValueError(f"--block: unknown DyReg block {name!r}; the model has {sorted(blocks)}")
+    return name, blocks[name]
+
+
+def _meta(checkpoint: str, data: str, name: str, blk, cfg, num_classes: int) -> dict[str, Any]:
+    """What the dataset folder records about where its graphs come from and how to read them."""
+    return {
+        "checkpoint": str(Path(checkpoint).resolve()), "data": data, "block": name,
+        "num_frames": cfg.data.num_frames, "num_nodes": blk.gnn.num_nodes,
+        "node_channels": blk.gnn.node_channels, "num_classes": num_classes,
+        "class_names": class_names_for(cfg, num_classes), "self_loops": blk.gnn.config.self_loops,
+        "edge_types": {"spatial": 0, "temporal": 1}, "node_order": "(t, n)",
+        "region_format": "cx, cy, w, h normalised to the feature map (w, h: half-widths)",
+        "box_format": "x0, y0, x1, y1 normalised, clipped to [0, 1]",
+    }
+
+
+def _split_size(data: str) -> int | None:
+    """The number of videos of ``data`` from its manifest (``None``: unknown)."""
+    try:
+        return read_split_size(data)
+    except (ValueError, OSError):
+        return None
+
+
+@dataclass
+class _Recorder:
+    """The model and DyReg block whose region graphs are recorded, on ``dev``."""
+
+    model: Any
+    blk: Any
+    cfg: Any
+    dev: Any
+    needs_regions: bool = False
+
+    def graphs(self, batch: dict[str, Any], start: int) -> list:
+        """The region graphs of the videos ``start:`` of ``batch``."""
+        sub = slice(start, None)
+        video = normalise(batch["video"][sub].to(self.dev), self.cfg)
+        regions = None
+        if self.needs_regions:
+            regions = external_regions({**batch, "video": batch["video"]})[sub].to(self.dev)
+        return record_region_graphs(self.model, self.blk, video, list(batch["key"])[sub],
+                                    batch["label"][sub], regions)
+
+
+def _write_graphs(recorder: _Recorder, loader, writer: RegionGraphWriter, resume_from: int,
+                  chunk: int, bar: _Progress | None, out: str, data: str) -> int:
+    """Stream ``loader`` through ``recorder`` into ``writer`` in chunks of ``chunk`` graphs,
+    skipping the first ``resume_from`` videos (already written); returns the graphs written."""
+    seen, written, pending = 0, 0, []
+    for batch in loader:
+        keys = list(batch["key"])
+        start = max(0, resume_from - seen)  # videos of this batch already written
+        if resume_from and seen < resume_from <= seen + len(keys):
+            if keys[resume_from - 1 - seen] != writer.last_key:
+                raise ValueError(
+                    f"export-graphs: cannot resume {out}: video #{resume_from} of {data} is "
+                    f"{keys[resume_from - 1 - seen]!r}, the export's last is "
+                    f"{writer.last_key!r} (the shards changed?); use another --out")
+        seen += len(keys)
+        if start >= len(keys):
+            continue
+        pending += recorder.graphs(batch, start)
+        written += len(keys) - start
+        if bar is not None:
+            bar.update(len(keys) - start, loader.epoch_skips.count)
+        if len(pending) >= chunk:
+            writer.append(pending, loader.epoch_skips.as_dict())
+            pending = []
+    if seen < resume_from:
+        raise ValueError(f"export-graphs: cannot resume {out}: it holds {resume_from} graphs "
+                         f"but {data} yields only {seen} videos (the shards changed?)")
+    writer.append(pending, loader.epoch_skips.as_dict())
+    writer.write_progress(loader.epoch_skips.as_dict(), complete=True)
+    return written
 
 
 def _summary(writer: RegionGraphWriter, block: str, written: int) -> dict[str, Any]:

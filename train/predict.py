@@ -163,16 +163,7 @@ def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips
     pred = load_predictor(checkpoint, classes)
     dev = pick_device(device)
     model = pred.model.to(dev).eval()
-    blk = None
-    if regions:
-        blocks = model.dyreg_blocks()
-        if not blocks:
-            raise ValueError(f"--regions: the model of {checkpoint} has no DyReg block")
-        name = block or next(iter(blocks))
-        if name not in blocks:
-            raise ValueError(f"--block: unknown DyReg block {name!r}; the model has "
-                             f"{sorted(blocks)}")
-        blk = blocks[name]
+    blk = _regions_block(model, checkpoint, regions, block)
     if getattr(model, "needs_regions", lambda: False)():
         raise ValueError(f"predict: the model of {checkpoint} takes its regions from the caller "
                          "(regions='external', ground-truth boxes); it cannot run on a video file")
@@ -185,40 +176,86 @@ def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips
             batch_size=batch_size if pred.crop_size else 1,
             num_workers=0, crop_size=pred.crop_size, dataset=pred.dataset, num_clips=num_clips,
             num_crops=num_crops, num_classes=pred.num_classes, rank=0, world_size=1)
-        size = tuple(getattr(model, "input_size", ()))
         for batch in loader:
-            raw = batch["video"]  # [B, T, C, H, W] or [B, V, T, C, H, W], uint8
-            video = match_channels(raw, getattr(model, "in_chans", raw.shape[-3]))
-            if pred.crop_size is None and len(size) == 2:
-                video = match_size(video, size)  # the stored size, as the model was trained
-            x = normalize_clip(video.to(dev), pred.mean, pred.std)
-            if blk is not None:
-                blk.record = True
-            try:
-                if x.dim() == 6:
-                    b, v = x.shape[:2]
-                    probs = model(x.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1)
-                    views = v
-                else:
-                    probs, views = model(x).float().softmax(-1), 1
-                recorded = blk.last.regions.cpu() if blk is not None else None
-            finally:
-                if blk is not None:
-                    blk.record, blk.last = False, None
-            for i, key in enumerate(batch["key"]):
-                top = probs[i].topk(k)
-                entry = {"video": str(keys[key]), "key": key, "views": views,
-                         "top": [(int(c), pred.label(int(c)), float(p))
-                                 for p, c in zip(top.values.tolist(), top.indices.tolist())]}
-                if recorded is not None:
-                    frames = raw[i, 0] if raw.dim() == 6 else raw[i]
-                    reg = recorded[i * views]  # the first view of video i
-                    entry["regions_gif"] = str(_gif(regions, len(keys), key, frames, reg))
-                results.append(entry)
-        got = {r["key"] for r in results}
-        reasons = {k_: (r, d) for k_, r, d in loader.epoch_skips.examples}
-        skipped = [{"video": str(keys[k_]), "reason": reasons.get(k_, ("unknown", ""))[0],
-                    "detail": reasons.get(k_, ("", ""))[1]} for k_ in keys if k_ not in got]
+            probs, views, recorded = _batch_probs(model, pred, batch, dev, blk)
+            results += _batch_entries(batch, probs, views, recorded, pred, keys, k, regions)
+        skipped = _skipped(loader, keys, results)
+    return _report(results, skipped, keys, pred)
+
+
+def _regions_block(model: torch.nn.Module, checkpoint: str | Path, regions: str | None,
+                   block: str | None) -> torch.nn.Module | None:
+    """The DyReg block whose regions ``--regions`` draws (``None`` without ``--regions``)."""
+    if not regions:
+        return None
+    blocks = model.dyreg_blocks()
+    if not blocks:
+        raise ValueError(f"--regions: the model of {checkpoint} has no DyReg block")
+    name = block or next(iter(blocks))
+    if name not in blocks:
+        raise ValueError(f"--block: unknown DyReg block {name!r}; the model has "
+                         f"{sorted(blocks)}")
+    return blocks[name]
+
+
+def _batch_probs(model: torch.nn.Module, pred: Predictor, batch: dict[str, Any],
+                 dev: torch.device, blk: torch.nn.Module | None
+                 ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """``(probabilities [B, classes] averaged over the views, views per video, the regions
+    recorded by ``blk`` or None)`` of one batch of the loader."""
+    raw = batch["video"]  # [B, T, C, H, W] or [B, V, T, C, H, W], uint8
+    video = match_channels(raw, getattr(model, "in_chans", raw.shape[-3]))
+    size = tuple(getattr(model, "input_size", ()))
+    if pred.crop_size is None and len(size) == 2:
+        video = match_size(video, size)  # the stored size, as the model was trained
+    x = normalize_clip(video.to(dev), pred.mean, pred.std)
+    if blk is not None:
+        blk.record = True
+    try:
+        if x.dim() == 6:
+            b, v = x.shape[:2]
+            probs = model(x.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1)
+            views = v
+        else:
+            probs, views = model(x).float().softmax(-1), 1
+        recorded = blk.last.regions.cpu() if blk is not None else None
+    finally:
+        if blk is not None:
+            blk.record, blk.last = False, None
+    return probs, views, recorded
+
+
+def _batch_entries(batch: dict[str, Any], probs: torch.Tensor, views: int,
+                   recorded: torch.Tensor | None, pred: Predictor, keys: dict[str, Any], k: int,
+                   regions: str | None) -> list[dict[str, Any]]:
+    """One prediction per video of the batch (top ``k``), with its regions GIF if recorded."""
+    raw = batch["video"]
+    entries = []
+    for i, key in enumerate(batch["key"]):
+        top = probs[i].topk(k)
+        entry = {"video": str(keys[key]), "key": key, "views": views,
+                 "top": [(int(c), pred.label(int(c)), float(p))
+                         for p, c in zip(top.values.tolist(), top.indices.tolist())]}
+        if recorded is not None:
+            frames = raw[i, 0] if raw.dim() == 6 else raw[i]
+            reg = recorded[i * views]  # the first view of video i
+            entry["regions_gif"] = str(_gif(regions, len(keys), key, frames, reg))
+        entries.append(entry)
+    return entries
+
+
+def _skipped(loader, keys: dict[str, Any], results: list[dict[str, Any]]
+             ) -> list[dict[str, str]]:
+    """The videos the loader skipped, with the reason it counted (``unknown`` if none)."""
+    got = {r["key"] for r in results}
+    reasons = {k_: (r, d) for k_, r, d in loader.epoch_skips.examples}
+    return [{"video": str(keys[k_]), "reason": reasons.get(k_, ("unknown", ""))[0],
+             "detail": reasons.get(k_, ("", ""))[1]} for k_ in keys if k_ not in got]
+
+
+def _report(results: list[dict[str, Any]], skipped: list[dict[str, str]], keys: dict[str, Any],
+            pred: Predictor) -> dict[str, Any]:
+    """Log the skipped videos, fail if none was used, and return predictions in input order."""
     for s in skipped:
         log.warning("skipped %s: %s %s", s["video"], s["reason"], s["detail"][:200])
     if not results:
