@@ -1,7 +1,9 @@
 """predict on video files (webm, mp4, frame folders; corrupt files; no manifest), --regions
 GIF, and the inference export (torch.export + safetensors, loadable without train/)."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ from dyreg_pyg.data import eval_indices, normalize_clip, write_syncmnist_shards
 from dyreg_pyg.inference import load_program, load_weights, pack_videos
 from train.checkpoint import save_checkpoint
 from train.config import config_to_dict, load_config
-from train.loop import build_model
+from train.loop import build_model, fit
 from train.predict import export_model, load_predictor, predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +167,28 @@ def test_checkpoint_without_manifest_shows_indices_and_warns(files, caplog, tmp_
     names.write_text("a\nb\n")
     with pytest.raises(ValueError, match="lists 2 class names, the model has 56"):
         predict(files["bare"], [str(files["webm"])], classes=str(names))
+
+
+def test_fit_saves_the_class_names_so_predict_names_classes_without_the_shards(files,
+                                                                               tmp_path):
+    """A checkpoint carries the training manifest's ``class_names`` (a list of str, loadable
+    with ``weights_only=True``): predict names the classes after the shards are gone."""
+    shards = tmp_path / "shards"
+    shutil.copytree(files["root"] / "shards", shards)
+    manifest = json.loads((shards / "train-manifest.json").read_text())
+    cfg = load_config("syncmnist_demo", [
+        f"data.train={shards}/train-000000.tar", "data.val=", f"out_dir={tmp_path / 'run'}",
+        f"data.num_frames={T}", "data.batch_size=2", "data.num_workers=0", "data.epoch_size=4",
+        "epochs=1", "max_steps=1", f"model.overrides.num_frames={T}",
+        "model.overrides.input_size=32", "threads=1"])
+    fit(cfg)
+    ck = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert len(manifest["class_names"]) == 56
+    assert ck["class_names"] == manifest["class_names"]
+    shards.rename(tmp_path / "moved")  # no manifest next to the run's shards any more
+    r = predict(tmp_path / "run" / "last.pt", [str(files["webm"])])
+    assert r["class_names"]
+    assert all(name == manifest["class_names"][c] for c, name, _ in r["predictions"][0]["top"])
 
 
 @pytest.mark.slow  # a subprocess

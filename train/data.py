@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ from .config import TrainConfig
 
 __all__ = ["make_loader", "load_train_in_memory", "normalise", "read_num_classes",
            "read_split_size", "batch_object_centres", "batch_object_boxes", "external_regions",
-           "split_pattern"]
+           "split_pattern", "read_class_names"]
+
+log = logging.getLogger("train")
 
 
 def _seed(cfg: TrainConfig, epoch: int) -> int:
@@ -119,6 +122,27 @@ def read_num_classes(pattern: str) -> int:
             f"data.num_classes: not set and no manifest with 'num_classes' next to {pattern!r}"
         )
     return int(m["num_classes"])
+
+
+def read_class_names(pattern: str, num_classes: int) -> list[str] | None:
+    """The ``class_names`` of the shards' manifest, if it lists ``num_classes`` of them;
+    ``None`` otherwise (no manifest, none listed, another count, or the manifest unreadable:
+    names are a convenience, never a reason to fail)."""
+    if not pattern:
+        return None
+    try:
+        m = _manifest(pattern)
+    except (OSError, ValueError) as exn:
+        log.warning("no class names: the manifest next to %r is unreadable: %s", pattern, exn)
+        return None
+    names = (m or {}).get("class_names")
+    if not isinstance(names, list) or not names:
+        return None
+    if len(names) != num_classes:
+        log.warning("no class names: the manifest next to %r lists %d, the model has %d "
+                    "classes", pattern, len(names), num_classes)
+        return None
+    return [str(n) for n in names]
 
 
 def read_split_size(pattern: str) -> int:

@@ -27,7 +27,13 @@ from dyreg_pyg.data import EmptyDataError, InMemoryClips
 
 from .checkpoint import capture_rng, load_checkpoint, load_model_state, restore_rng, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .data import load_train_in_memory, make_loader, read_num_classes, read_split_size
+from .data import (
+    load_train_in_memory,
+    make_loader,
+    read_class_names,
+    read_num_classes,
+    read_split_size,
+)
 from .dist import DistEnv, all_reduce_sum, barrier, gather_objects, setup_distributed
 from .logs import ScalarLog
 from .model import build_model, freeze_partial_bn, load_teachers, load_trained
@@ -90,6 +96,7 @@ class _Run:
     metrics: dict[str, Any] = field(default_factory=dict)  # the last validation's
     start_time: float = 0.0
     stop: bool = False
+    class_names: list[str] | None = None  # the training manifest's, saved with the weights
 
     def save(self, name: str) -> None:
         """``<out_dir>/<name>``: everything a resumed run needs (written atomically)."""
@@ -102,6 +109,8 @@ class _Run:
             "rng": capture_rng(),
             "config": config_to_dict(self.cfg),
             "num_classes": self.num_classes,
+            # a list of str: loadable with weights_only=True; predict names classes with it
+            **({"class_names": self.class_names} if self.class_names else {}),
         }, self.out / name)
 
 
@@ -158,7 +167,9 @@ def _build(cfg: TrainConfig, env: DistEnv, train_clips: InMemoryClips | None) ->
                 total_steps=total_steps,
                 schedules=Schedules(cfg, optimizer, total_steps, steps_per_epoch),
                 # clips held in memory: the samples skipped while decoding them
-                train_skips=Counter(memory.skips.reasons if memory is not None else {}))
+                train_skips=Counter(memory.skips.reasons if memory is not None else {}),
+                class_names=read_class_names(cfg.data.train, num_classes) if env.is_main
+                else None)
 
 
 def _model_on_device(cfg: TrainConfig, env: DistEnv, num_classes: int) -> nn.Module:
@@ -195,6 +206,8 @@ def _resume(run: _Run, resume: str | None) -> None:
     if run.scaler is not None and ck.get("scaler"):
         run.scaler.load_state_dict(ck["scaler"])
     run.rng_state = ck["rng"]
+    if run.class_names is None and ck.get("class_names") and run.env.is_main:
+        run.class_names = [str(n) for n in ck["class_names"]]  # the manifest has gone since
     if run.env.is_main:
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, run.state.step,
                  run.state.epoch, run.state.epoch_step)
