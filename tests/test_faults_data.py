@@ -243,6 +243,9 @@ def test_evaluate_on_no_usable_sample_fails_and_says_why(tmp_path, checkpoint, f
     with bounded(), pytest.raises(EmptyDataError) as err:
         evaluate(checkpoint, url, out=str(out))
     assert "no labelled sample was read" in str(err.value) and why in str(err.value)
+    # no labels at all: the message says what to run instead; any other cause: it does not
+    hint = "the split has no labels: use `python -m train predict`"
+    assert (hint in str(err.value)) == (fault == "unlabelled")
     assert not out.exists()
 
 
@@ -275,6 +278,7 @@ def test_cli_evaluate_on_unlabelled_shards_exits_nonzero_with_one_line(tmp_path,
     err = capsys.readouterr().err.strip()
     assert rc != 0 and "\n" not in err and "Traceback" not in err
     assert "no labelled sample was read" in err and "no .cls label" in err
+    assert "use `python -m train predict`" in err
 
 
 # ------------------------------------------------------------------ item 3: training

@@ -150,6 +150,14 @@ def _add_region_distances(tally: _Tally, batch: dict, blocks: dict[str, nn.Modul
         tally.grid.update(grid, centres.flatten(0, 1), mask.flatten(0, 1))
 
 
+def _predict_hint(reasons: dict[str, int]) -> str:
+    """What to run instead when a split yielded no labelled sample because its samples have no
+    label (e.g. the Something-Something test split): ``""`` for any other cause."""
+    if not reasons.get("missing_cls"):
+        return ""
+    return "; the split has no labels: use `python -m train predict` to classify its videos"
+
+
 def _summarise(tally: _Tally, loader, cfg: TrainConfig, env: DistEnv,
                num_classes: int) -> dict[str, Any]:
     """The metrics over every rank (collectives: every rank calls this)."""
@@ -170,7 +178,8 @@ def _summarise(tally: _Tally, loader, cfg: TrainConfig, env: DistEnv,
     if n == 0:
         raise EmptyDataError(
             f"validation: no labelled sample was read from {cfg.data.val!r}: "
-            f"{explain_skips(skipped['reasons'], skipped['shards'])}")
+            f"{explain_skips(skipped['reasons'], skipped['shards'])}"
+            f"{_predict_hint(skipped['reasons'])}")
     conf = confusion_matrix(all_preds, all_labels, num_classes)
     support = conf.sum(1)
     per_class = [float(conf[c, c] / support[c]) if support[c] else None
