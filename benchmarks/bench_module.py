@@ -1,6 +1,7 @@
 """DyReg module speed and memory: both flavours of ours, side by side (and against the authors').
 
     python benchmarks/bench_module.py [--vs-official DIR] [--repeats 7] [--shapes all]
+        [--threads 2] [--clock wall|thread]
     python benchmarks/bench_module.py --pyg-vs-dense [--repeats 10]
 
 Default table: ``DyRegBlock`` in the paper flavour and in the authors' flavour (each with the
@@ -81,7 +82,8 @@ def _time(fn, repeats: int, warmup: int = 2) -> float:
     return 1000 * times[len(times) // 2]  # median, ms
 
 
-def time_interleaved(fns: dict[str, object], repeats: int, warmup: int = 2) -> dict[str, float]:
+def time_interleaved(fns: dict[str, object], repeats: int, warmup: int = 2,
+                     clock=time.perf_counter) -> dict[str, float]:
     """Median ms of each function, one call of each per round (same load for all)."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -89,9 +91,9 @@ def time_interleaved(fns: dict[str, object], repeats: int, warmup: int = 2) -> d
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
     return {k: 1000 * sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
@@ -156,8 +158,8 @@ def flavour_table(args: argparse.Namespace) -> dict:
     variants = ["paper-pyg", "paper-dense", "authors-pyg", "authors-dense"]
     if official:
         variants.append("theirs")
-    print(f"# B T C HxW node: forward+backward ms (median of {args.repeats}, interleaved) and "
-          f"saved activations MiB; ratios against {ref}")
+    print(f"# B T C HxW node: forward+backward ms ({args.clock} clock, median of "
+          f"{args.repeats}, interleaved) and saved activations MiB; ratios against {ref}")
     head = f"{'shape':<13} {'B':>2} {'T':>3} {'C':>5} {'HxW':>6} {'node':>5}"
     for v in variants:
         head += f" {v + ' ms':>17}"
@@ -201,7 +203,9 @@ def flavour_table(args: argparse.Namespace) -> dict:
         for k, d in diffs.items():
             if not d < 1e-3:
                 raise SystemExit(f"{name}: {k} differ by {float(d):.3e}")
-        ms = time_interleaved({k: _fwd_bwd(m, x) for k, m in mods.items()}, args.repeats)
+        clock = time.thread_time if args.clock == "thread" else time.perf_counter
+        ms = time_interleaved({k: _fwd_bwd(m, x) for k, m in mods.items()}, args.repeats,
+                              clock=clock)
         mem = {k: saved_activation_bytes(m, x) / 2**20 for k, m in mods.items()}
         row = {"shape": name, "B": b, "T": t, "C": c, "HW": s, "node": node, "ms": ms,
                "saved_mib": mem, "time_ratio": {k: ms[k] / ms[ref] for k in ms if k != ref},
@@ -263,6 +267,9 @@ def main() -> None:
     ap.add_argument("--shapes", default="all", help=f"comma list of {list(SHAPES)} or 'all'")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="wall: elapsed time; thread: CPU time of this thread (with --threads 1 "
+                         "all the work runs on it: robust to other jobs on the cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None,
                     help="JSON output (default benchmarks/results/bench_module[_official].json)")
@@ -275,6 +282,8 @@ def main() -> None:
     ap.add_argument("--pyg-shapes", default="256x14,256x28,1024x14,1024x28",
                     help="--pyg-vs-dense: comma list of CxS (channels x square map size)")
     args = ap.parse_args()
+    if args.clock == "thread" and args.threads != 1:
+        ap.error("--clock thread measures one thread: use it with --threads 1")
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, "

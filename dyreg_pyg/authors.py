@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .graph import build_graph_batch, frame_edge_index
 from .kernels import (
     KernelPositionEmbedding,
+    conv1x1,
     fold_group_norm,
     pool_nodes,
     regions_to_boxes,
@@ -33,7 +34,7 @@ from .kernels import (
 )
 from .nn.authors import AuthorsRSTGConv, GraphLayerNorm
 from .nn.registry import make_spatial_layer
-from .nn.temporal import TemporalUpdate
+from .nn.temporal import TemporalUpdate, gru_over_time
 
 if TYPE_CHECKING:
     from .module import DyRegConfig
@@ -147,7 +148,7 @@ class AuthorsRegionEncoder(nn.Module):
         self.head_norm = nn.GroupNorm(1, 16)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.reduce_norm(F.relu(self.reduce(x)))  # ReLU before each LayerNorm, as theirs
+        x = self.reduce_norm(F.relu(conv1x1(x, self.reduce)))  # ReLU before each LayerNorm
         skip = x = self.down_norm[0](F.relu(self.down[0](x)))
         x = self.down_norm[1](F.relu(self.down[1](x)))
         x = self.up_norm(F.relu(self.up(x))) + skip
@@ -192,9 +193,7 @@ class AuthorsRegions(nn.Module):
         n, c = self.num_nodes, self.channels
         z = self.node_fc(self.encoder(x)).flatten(2).mean(-1)  # Eq. 1-2 (1 x 1 at its size)
         z = self.feature_norm.forward_dense(z.view(b * t, n, c), 2)
-        seq = z.view(b, t, n, c).permute(0, 2, 1, 3).reshape(b * n, t, c)
-        z, _ = self.gru(seq)  # Eq. 3
-        z = z.reshape(b, n, t, c).permute(0, 2, 1, 3)
+        z = gru_over_time(self.gru, z.view(b, t, n, c))  # Eq. 3
         z = self.gru_norm.forward_dense(z, 2)
         return self.out(z) * self.gain  # Eq. 4, gain alpha
 
@@ -433,7 +432,7 @@ class AuthorsDyRegGNN(nn.Module):
         b, t, c, h, w = x.shape
         xf = x.reshape(b * t, c, h, w)
         if self.proj_in is not None:
-            xf = self.proj_in_norm(self.proj_in(xf))  # their project_i3d (+ LayerNorm2D)
+            xf = self.proj_in_norm(conv1x1(xf, self.proj_in))  # their project_i3d (+ LN2D)
         rdtype = torch.float64 if xf.dtype == torch.float64 else torch.float32
         with torch.autocast(x.device.type, enabled=False):
             raw = self.regions(xf.to(rdtype), b, t)  # Eq. 1-4

@@ -21,6 +21,7 @@ __all__ = [
     "remap_residual",
     "fold_norm",
     "fold_group_norm",
+    "conv1x1",
     "regions_to_boxes",
     "KernelPositionEmbedding",
 ]
@@ -252,6 +253,26 @@ def fold_norm(norm: nn.Module, nodes: Tensor, kernels: Tensor, shift: Tensor | N
     if norm.bias is not None:
         out_shift = out_shift + norm.bias.double()
     return a.to(dt), out_shift.to(dt)
+
+
+def conv1x1(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(x)`` for a 1x1 convolution (stride 1, no padding, one group), as one batched
+    matmul over the frames when ``x`` is a contiguous ``[G, C, H, W]`` map: the same
+    function, cheaper than the convolution kernel on CPU (``benchmarks/bench_module.py``);
+    other layouts (channels-last) and other convolutions go to ``conv`` itself."""
+    if (conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0)
+            or conv.dilation != (1, 1) or conv.groups != 1 or not x.is_contiguous()
+            or x.dim() != 4 or torch.is_autocast_enabled(x.device.type)):
+        return conv(x)
+    g, c, h, w = x.shape
+    weight = conv.weight.view(1, conv.out_channels, c).expand(g, -1, -1)
+    xf = x.view(g, c, h * w)
+    if conv.bias is None:
+        out = torch.bmm(weight, xf)
+    else:
+        bias = conv.bias.view(1, -1, 1).expand(g, -1, h * w)
+        out = torch.baddbmm(bias, weight, xf)
+    return out.view(g, conv.out_channels, h, w)
 
 
 def regions_to_boxes(regions: Tensor) -> Tensor:

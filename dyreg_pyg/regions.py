@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import region_kernels
+from .kernels import conv1x1, region_kernels
+from .nn.temporal import gru_over_time
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,9 @@ class _RegionFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [G, C, H, W]`` -> per-node latents ``[G, N, C']``."""
-        m = self.f(x)  # Eq. 1
+        m = conv1x1(x, self.f[0])  # Eq. 1: the 1x1 convolution as a batched matmul, then
+        for layer in self.f[1:]:  # BatchNorm, ReLU, the 3x3 convolution, ...
+            m = layer(m)
         if self.g_kind == "fc":
             flat = m.flatten(1)
             return F.relu(torch.einsum("gd,ndc->gnc", flat, self.g_weight) + self.g_bias)  # Eq. 2
@@ -294,9 +297,7 @@ class DynamicRegions(RegionGenerator):
         b, t, c, h, w = x.shape
         m = self.features(x.reshape(b * t, c, h, w))  # [BT, N, C']
         n, cc = m.shape[1:]
-        seq = m.reshape(b, t, n, cc).permute(0, 2, 1, 3).reshape(b * n, t, cc)
-        z, _ = self.gru(seq)  # Eq. 3
-        return z.reshape(b, n, t, cc).permute(0, 2, 1, 3)
+        return gru_over_time(self.gru, m.reshape(b, t, n, cc))  # Eq. 3
 
     def predict(self, x: Tensor, regions: Tensor | None) -> Tensor:
         return self.alpha(self.out(self.latents(x)), x.shape[-2], x.shape[-1])  # Eq. 4
