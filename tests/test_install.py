@@ -12,7 +12,6 @@ site-packages comes first on ``sys.path`` anyway. The test asserts where the mod
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -77,13 +76,30 @@ def test_a_train_command_keeps_its_one_line_errors_under_the_console_name(capsys
 # ----------------------------------------------------------------------------- the wheel
 
 
+_FIND_ORIGINS = (
+    "import importlib.util, json, sys\n"
+    "specs = [importlib.util.find_spec(n) for n in sys.argv[1:]]\n"
+    "print(json.dumps([s.origin if s is not None else None for s in specs]))\n"
+)
+
+
+def _origins(names: tuple[str, ...]) -> list[str | None]:
+    """Where each module would be imported from, asked of a child interpreter."""
+    out = subprocess.run([sys.executable, "-c", _FIND_ORIGINS, *names],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out)
+
+
 def _dependency_dirs() -> list[str]:
-    """The site-packages folders of the running interpreter that hold the dependencies."""
+    """The site-packages folders of the running interpreter that hold the dependencies.
+
+    The modules are looked up in a child interpreter: asking this process's import system for
+    ``pip`` makes setuptools' distutils shim stand down for the rest of the session (its
+    ``spec_for_pip``), which later breaks ``torch.compile`` in other tests."""
     dirs = [p for p in site.getsitepackages() if os.path.isdir(p)]
-    for name in DEPENDENCIES:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.origin:
-            folder = str(Path(spec.origin).resolve().parents[1])
+    for origin in _origins(DEPENDENCIES):
+        if origin:
+            folder = str(Path(origin).resolve().parents[1])
             if folder not in dirs:
                 dirs.append(folder)
     return dirs
@@ -108,7 +124,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None,
 
 @pytest.mark.slow
 def test_the_wheel_installs_the_command_and_runs_outside_the_checkout(tmp_path):
-    if importlib.util.find_spec("setuptools") is None:  # the backend, used without isolation
+    if _origins(("setuptools",)) == [None]:  # the build backend, used without isolation
         pytest.skip("setuptools is not installed")
     # 1. the wheel, built from a copy of the source
     src = tmp_path / "src"
