@@ -249,6 +249,19 @@ def test_exported_weights_load_without_the_training_code(files, tmp_path):
     assert r.stdout.split() == ["(2,", "56)", "syncmnist_r18_dyreg", "56"]
 
 
+def test_garbage_or_truncated_weights_are_a_clear_error(files, tmp_path):
+    from dyreg_pyg.inference import load_weights
+
+    export_model(files["ckpt"], tmp_path / "exp", program=False)
+    good = (tmp_path / "exp" / "model.safetensors").read_bytes()
+    for name, data in [("empty", b""), ("garbage", b"not a safetensors file" * 8),
+                       ("truncated", good[: len(good) // 2])]:
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(data)
+        with pytest.raises(ValueError, match="not a readable safetensors file"):
+            load_weights(bad)
+
+
 def test_missing_safetensors_is_a_clear_error(files, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
