@@ -257,12 +257,16 @@ def fold_norm(norm: nn.Module, nodes: Tensor, kernels: Tensor, shift: Tensor | N
 
 def conv1x1(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """``conv(x)`` for a 1x1 convolution (stride 1, no padding, one group), as one batched
-    matmul over the frames when ``x`` is a contiguous ``[G, C, H, W]`` map: the same
-    function, cheaper than the convolution kernel on CPU (``benchmarks/bench_module.py``);
-    other layouts (channels-last) and other convolutions go to ``conv`` itself."""
+    matmul over the frames when ``x`` is a contiguous ``[G, C, H, W]`` CPU map with more
+    cells than channels (``H * W > C``): the same function. There the batched matmul is up to
+    10 % cheaper than the convolution kernel on CPU; with fewer cells than channels (deep
+    layers: 2048 channels at 7 x 7) its weight gradient, one product per frame and then a sum,
+    costs up to 2x the convolution's (``benchmarks/bench_module.py``). Other layouts
+    (channels-last), devices and convolutions go to ``conv`` itself."""
     if (conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0)
             or conv.dilation != (1, 1) or conv.groups != 1 or not x.is_contiguous()
-            or x.dim() != 4 or torch.is_autocast_enabled(x.device.type)):
+            or x.dim() != 4 or x.device.type != "cpu" or x.shape[2] * x.shape[3] <= x.shape[1]
+            or torch.is_autocast_enabled(x.device.type)):
         return conv(x)
     g, c, h, w = x.shape
     weight = conv.weight.view(1, conv.out_channels, c).expand(g, -1, -1)

@@ -273,11 +273,18 @@ def test_gru_over_time_lstm_and_autocast_take_nn_rnn():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv1x1_equals_the_convolution(bias):
+@pytest.mark.parametrize("channels,matmul", [(12, True), (42, False), (64, False)])
+def test_conv1x1_equals_the_convolution(bias, channels, matmul):
+    # 6 x 7 = 42 cells: more cells than channels takes the batched matmul, otherwise the
+    # convolution kernel runs (its weight gradient is cheaper there)
     torch.manual_seed(0)
-    conv = nn.Conv2d(12, 5, 1, bias=bias).double()
-    x = torch.randn(3, 12, 6, 7, dtype=torch.float64, requires_grad=True)
+    conv = nn.Conv2d(channels, 5, 1, bias=bias).double()
+    x = torch.randn(3, channels, 6, 7, dtype=torch.float64, requires_grad=True)
+    calls = []
+    handle = conv.register_forward_hook(lambda *a: calls.append(1))
     out = conv1x1(x, conv)
+    handle.remove()
+    assert len(calls) == (0 if matmul else 1)
     ref = conv(x)
     assert torch.allclose(out, ref, atol=1e-12)
     g1 = torch.autograd.grad(out.sum(), [x, *conv.parameters()])
