@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -95,28 +94,13 @@ def normalise(video: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return normalize_clip(video, cfg.data.mean, cfg.data.std)
 
 
-def _manifest(pattern: str) -> dict[str, Any] | None:
-    """The ``<split>-manifest.json`` written next to the shards (a folder or an HTTP(S)
-    server), if any."""
-    from dyreg_pyg.data.remote import fetch_manifest, is_http
-    from dyreg_pyg.data.shards import expand_shard_urls
-
-    if pattern.startswith("pipe:"):
-        return None
-    if is_http(pattern):
-        return fetch_manifest(expand_shard_urls(pattern)[0])
-    first = pattern.split("{")[0]
-    folder = Path(first).parent
-    prefix = Path(first).name.split("-")[0]
-    for cand in (folder / f"{prefix}-manifest.json", folder / "manifest.json"):
-        if cand.exists():
-            return json.loads(cand.read_text())
-    return None
-
-
 def read_num_classes(pattern: str) -> int:
-    """Number of classes from the shards' manifest; set ``data.num_classes`` if there is none."""
-    m = _manifest(pattern)
+    """Number of classes from the shards' manifest (:func:`~dyreg_pyg.data.load_manifest`:
+    a local folder or an HTTP(S) server; a corrupt one raises ``ValueError``); set
+    ``data.num_classes`` if there is none."""
+    from dyreg_pyg.data import load_manifest
+
+    m = load_manifest(pattern)
     if not m or "num_classes" not in m:
         raise ValueError(
             f"data.num_classes: not set and no manifest with 'num_classes' next to {pattern!r}"
@@ -126,15 +110,12 @@ def read_num_classes(pattern: str) -> int:
 
 def read_class_names(pattern: str, num_classes: int) -> list[str] | None:
     """The ``class_names`` of the shards' manifest, if it lists ``num_classes`` of them;
-    ``None`` otherwise (no manifest, none listed, another count, or the manifest unreadable:
-    names are a convenience, never a reason to fail)."""
-    if not pattern:
-        return None
-    try:
-        m = _manifest(pattern)
-    except (OSError, ValueError) as exn:
-        log.warning("no class names: the manifest next to %r is unreadable: %s", pattern, exn)
-        return None
+    ``None`` otherwise (no manifest, none listed, another count: names are a convenience).
+    A corrupt manifest (not a JSON object) raises ``ValueError`` naming it, as it does for
+    the loader (:func:`~dyreg_pyg.data.load_manifest`)."""
+    from dyreg_pyg.data import load_manifest
+
+    m = load_manifest(pattern)
     names = (m or {}).get("class_names")
     if not isinstance(names, list) or not names:
         return None
@@ -147,7 +128,9 @@ def read_class_names(pattern: str, num_classes: int) -> list[str] | None:
 
 def read_split_size(pattern: str) -> int:
     """Number of samples of a split from its manifest; set ``data.epoch_size`` otherwise."""
-    m = _manifest(pattern)
+    from dyreg_pyg.data import load_manifest
+
+    m = load_manifest(pattern)
     if not m:
         raise ValueError(f"data.epoch_size: not set and no manifest next to {pattern!r}")
     for key in ("num_samples", "count", "total"):

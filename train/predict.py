@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from dyreg_pyg.data import make_clip_loader, normalize_clip
+from dyreg_pyg.data import load_manifest, make_clip_loader, normalize_clip
 from dyreg_pyg.inference import (
     ExportError,
     export_program,
@@ -24,7 +24,7 @@ from dyreg_pyg.inference import (
 )
 
 __all__ = ["predict", "export_model", "load_predictor", "Predictor", "class_names_for",
-           "find_manifest", "pick_device"]
+           "pick_device"]
 
 log = logging.getLogger("train")
 
@@ -36,31 +36,24 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def find_manifest(pattern: str) -> dict[str, Any] | None:
-    """The ``<split>-manifest.json`` (or ``manifest.json``) next to local shards ``pattern``."""
-    if not pattern or pattern.startswith("pipe:") or "://" in pattern:
-        return None
-    first = Path(pattern.split("::")[0].split("{")[0])
-    for cand in (first.parent / f"{first.name.split('-')[0]}-manifest.json",
-                 first.parent / "manifest.json"):
-        if cand.is_file():
-            try:
-                return json.loads(cand.read_text())
-            except (OSError, ValueError):
-                return None
-    return None
-
-
 def class_names_for(cfg, num_classes: int, checkpoint: dict[str, Any] | None = None
                     ) -> list[str] | None:
     """Class names of a trained run: the checkpoint's own ``class_names`` if it has them, else
     those of the data manifest next to its validation or training shards (``cfg.data.val``,
-    ``cfg.data.train``); ``None`` when there is none (or it lists another number of classes)."""
+    ``cfg.data.train``, local or HTTP(S): :func:`~dyreg_pyg.data.load_manifest`); ``None``
+    when there is none (or it lists another number of classes). A corrupt manifest raises
+    ``ValueError`` naming it; one that cannot be read (no permission, a server that cannot be
+    reached: ``OSError``) is logged and skipped (names are a convenience: predictions then
+    show class indices)."""
     names = (checkpoint or {}).get("class_names")
     if names and len(names) == num_classes:
         return [str(n) for n in names]
     for pattern in (cfg.data.val, cfg.data.train):
-        m = find_manifest(pattern)
+        try:
+            m = load_manifest(pattern)
+        except OSError as exn:
+            log.warning("no class names from the manifest next to %r: %s", pattern, exn)
+            continue
         names = (m or {}).get("class_names")
         if names and len(names) == num_classes:
             return [str(n) for n in names]

@@ -12,7 +12,7 @@ from .loader import (
     make_clip_loader,
 )
 from .memory import InMemoryClips, InMemoryLoader
-from .shards import ShardWriter, brace_pattern, expand_shard_urls
+from .shards import ShardWriter, brace_pattern, expand_shard_urls, load_manifest
 from .something import (
     convert_something,
     flip_pairs_from_names,
@@ -50,7 +50,7 @@ __all__ = [
     "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "syncmnist_label",
     "syncmnist_class_names", "syncmnist_num_classes",
     "normalize_clip", "train_indices", "eval_indices", "View", "TSM_SCALES",
-    "ShardWriter", "brace_pattern", "expand_shard_urls",
+    "ShardWriter", "brace_pattern", "expand_shard_urls", "load_manifest",
     "convert_something", "flip_pairs_from_names", "read_something_else_boxes",
     "read_ssv1_labels", "read_ssv1_split", "read_ssv2_labels", "read_ssv2_split",
     "template_to_class_name",

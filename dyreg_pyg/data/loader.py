@@ -48,8 +48,8 @@ from .decode import (
     decode_video,
     frame_members,
 )
-from .remote import DEFAULT_READ_TIMEOUT, fetch_manifest, is_http, open_shard
-from .shards import expand_shard_urls
+from .remote import DEFAULT_READ_TIMEOUT, is_http, open_shard
+from .shards import expand_shard_urls, load_manifest
 from .transforms import (
     TSM_SCALES,
     View,
@@ -747,24 +747,6 @@ def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def _manifest_for(urls: list[str], timeout: float = DEFAULT_READ_TIMEOUT
-                  ) -> dict[str, Any] | None:
-    first = urls[0]
-    if is_http(first):
-        return fetch_manifest(first, timeout)
-    if first.startswith("pipe:") or "://" in first:
-        return None
-    path = Path(first)
-    for cand in (path.parent / f"{path.name.split('-')[0]}-manifest.json",
-                 path.parent / "manifest.json"):
-        if cand.exists():
-            try:
-                return json.loads(cand.read_text())
-            except (OSError, ValueError):
-                return None
-    return None
-
-
 def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], split: str,
                      num_frames: int, batch_size: int, num_workers: int = 0,
                      crop_size: int | None = None, *, dataset: str = "syncmnist",
@@ -785,8 +767,10 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     object stores (``pipe:aws s3 cp s3://bucket/train-{000000..000099}.tar -``); see
     :mod:`dyreg_pyg.data.remote`. A remote shard that delivers no byte for ``read_timeout``
     seconds, or whose connection drops, is a ``shard_error`` (its remaining samples are lost,
-    the stream goes on). An HTTP folder's manifest is fetched like a local one. An empty list,
-    a pattern that matches nothing or a missing local shard raises ``ValueError``.
+    the stream goes on). The manifest next to the shards (:func:`~dyreg_pyg.data.load_manifest`;
+    an HTTP folder's is fetched like a local one) gives defaults and per-shard counts; a
+    corrupt one (not a JSON object) raises ``ValueError`` naming it. An empty list, a pattern
+    that matches nothing or a missing local shard raises ``ValueError``.
 
     * ``split="train"``: shards are resampled with replacement (each rank and worker has its
       own seeded sequence; ``train_shards="split"``: every epoch, a shard order shared by all
@@ -899,7 +883,7 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     shard_urls = expand_shard_urls(urls)
     rank, world_size = _dist_info(rank, world_size)
     defaults = DATASETS[dataset]
-    manifest = _manifest_for(shard_urls, read_timeout)
+    manifest = load_manifest(shard_urls, read_timeout)
     if num_classes is None and manifest and "num_classes" in manifest:
         num_classes = int(manifest["num_classes"])
     if flip_pairs is None:

@@ -16,6 +16,9 @@
   message holds the tail of its standard error.
 * local paths and ``file://``: plain files; anything else goes to ``webdataset.gopen``.
 
+:func:`fetch_url` reads a whole small HTTP(S) file (the shards' manifest, see
+:func:`dyreg_pyg.data.shards.load_manifest`) the same way.
+
 Every failure is an :class:`OSError` (a stall: :class:`ShardStalledError`), which the loader
 records as a ``shard_error`` under the shard's URL. Nothing is decoded here: the stream is
 bytes for :mod:`tarfile`.
@@ -24,7 +27,6 @@ bytes for :mod:`tarfile`.
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import os
 import select
@@ -34,11 +36,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["open_shard", "fetch_manifest", "ShardStalledError", "DEFAULT_READ_TIMEOUT",
+__all__ = ["open_shard", "fetch_url", "ShardStalledError", "DEFAULT_READ_TIMEOUT",
            "OPEN_RETRIES", "is_http"]
 
 #: Seconds a remote shard may go without delivering a byte (and the HTTP connect time-out).
@@ -53,6 +56,14 @@ class ShardStalledError(OSError):
     """A remote shard delivered no byte for the read time-out. An ``OSError`` but not a
     ``TimeoutError``: the loader counts it as a shard error (it lets ``TimeoutError``, which
     stops a reader from outside, propagate)."""
+
+
+class _HTTPStatusError(OSError):
+    """An HTTP error status that is not retried, or still there after the retries."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"HTTP {code} {reason}")
+        self.code = code
 
 
 def is_http(url: str) -> bool:
@@ -98,7 +109,7 @@ def _urlopen(url: str, timeout: float, retries: int = OPEN_RETRIES) -> Any:
         except urllib.error.HTTPError as exn:
             exn.close()
             if exn.code not in _RETRY_STATUS or attempt == retries:
-                raise OSError(f"HTTP {exn.code} {exn.reason}") from None
+                raise _HTTPStatusError(exn.code, exn.reason) from None
             why = f"HTTP {exn.code}"
         except urllib.error.URLError as exn:
             if attempt == retries:
@@ -229,24 +240,33 @@ class _PipeStream:
         self.err.close()
 
 
-# ---------------------------------------------------------------------------------- manifest
-def fetch_manifest(first_url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> dict | None:
-    """The shards' manifest next to the HTTP(S) shard ``first_url``: ``<prefix>-manifest.json``
-    (``prefix`` the shard name before its first ``-``), else ``manifest.json``, from the same
-    folder. ``None`` when neither exists or it cannot be read (logged)."""
-    base, _, name = first_url.partition("?")[0].rpartition("/")
-    for cand in (f"{base}/{name.split('-')[0]}-manifest.json", f"{base}/manifest.json"):
-        try:
-            with urllib.request.urlopen(cand, timeout=_check_timeout(timeout)) as resp:
-                value = json.loads(resp.read())
-            return value if isinstance(value, dict) else None
-        except urllib.error.HTTPError as exn:
-            exn.close()
-            if exn.code == 404:
-                continue
-            log.warning("manifest %s: HTTP %d %s", cand, exn.code, exn.reason)
+# ---------------------------------------------------------------------------------- small files
+def fetch_url(url: str, timeout: float = DEFAULT_READ_TIMEOUT,
+              missing: Collection[int] = (404, 410)) -> bytes | None:
+    """The whole body of the HTTP(S) file ``url`` (a small one: a manifest), read like a
+    shard: the connection and every read bounded by ``timeout`` seconds, :data:`OPEN_RETRIES`
+    retries on a connection failure or a 408/429/5xx status, a body cut short is an error.
+
+    Returns:
+        The body; ``None`` when the server answers a status in ``missing`` (the file is not
+        there).
+
+    Raises:
+        OSError: (message starting with ``url``) the server cannot be reached, answers another
+            error status, delivers no byte for ``timeout`` seconds or cuts the body.
+        ValueError: ``timeout`` is not a positive number.
+    """
+    try:
+        stream = _HTTPStream(url, _check_timeout(timeout))
+    except _HTTPStatusError as exn:
+        if exn.code in missing:
             return None
-        except (OSError, ValueError, http.client.HTTPException) as exn:
-            log.warning("manifest %s: %r", cand, exn)
-            return None
-    return None
+        raise OSError(f"{url}: {exn}") from None
+    except OSError as exn:
+        raise OSError(f"{url}: {exn}") from exn
+    try:
+        return stream.read()
+    except OSError as exn:
+        raise OSError(f"{url}: {exn}") from exn
+    finally:
+        stream.close()

@@ -1,4 +1,5 @@
-"""Writing WebDataset shards: deterministic tar files, size limits, manifests, URL expansion."""
+"""Writing WebDataset shards: deterministic tar files, size limits, manifests (written and
+found again), URL expansion."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .remote import DEFAULT_READ_TIMEOUT, fetch_url, is_http
+
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ShardWriter", "KEY_RE", "check_key", "brace_pattern", "write_manifest", "expand_shard_urls",
+    "ShardWriter", "KEY_RE", "check_key", "brace_pattern", "write_manifest", "load_manifest",
+    "expand_shard_urls",
 ]
 
 #: Sample keys are names, never paths: letters, digits, ``_`` and ``-`` only (no dot - the
@@ -143,6 +147,104 @@ def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False))
     os.replace(tmp, path)
+
+
+#: HTTP statuses that mean "no manifest there": 404 and 410, and 403, which S3-style object
+#: stores answer for a missing key when listing the bucket is not allowed.
+_MANIFEST_MISSING = (403, 404, 410)
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def load_manifest(urls: str | os.PathLike | Iterable[str | os.PathLike] | None,
+                  timeout: float = DEFAULT_READ_TIMEOUT) -> dict[str, Any] | None:
+    """The manifest written next to the shards ``urls`` (see :func:`write_manifest`), or
+    ``None`` when there is none: the callers decide what a missing manifest means.
+
+    ``urls`` has the shapes :func:`expand_shard_urls` takes (a brace pattern, several joined
+    by ``::``, a list, a local folder, a shard's path or URL); the shards need not exist (a
+    moved run's data simply has no manifest). The first shard is the first brace expansion
+    of the first pattern (of a local folder: its first ``*.tar``, sorted). Next to it,
+    ``<prefix>-manifest.json`` (``prefix``: the shard's name up to its first ``-``, e.g.
+    ``train`` for ``train-000000.tar``), else ``manifest.json``, is read:
+
+    * local paths and ``file://``: from the shard's folder (a folder without ``.tar``
+      shards: its ``manifest.json``);
+    * ``http(s)://``: from the same folder on the server, with
+      :func:`~dyreg_pyg.data.remote.fetch_url` (connection and reads bounded by ``timeout``
+      seconds, retries on 408/429/5xx); HTTP 404, 410 and 403 (what S3-style stores answer
+      for a missing key) mean "not there";
+    * ``pipe:`` commands and other URL schemes: ``None`` (a command has no folder next to
+      it); nothing given (``None``, ``""``, an empty list): ``None``.
+
+    A manifest that exists but is corrupt is an error, never ignored.
+
+    Raises:
+        ValueError: the manifest is not valid JSON (garbage, truncated, empty, not UTF-8) or
+            is JSON but not an object; the message names the file or URL and says that a
+            JSON object was expected. Also a malformed brace pattern or a ``timeout`` that
+            is not a positive number (HTTP).
+        OSError: the manifest exists but cannot be read (permissions, I/O error), or the
+            HTTP server cannot be reached, answers another error status, stalls for
+            ``timeout`` seconds or cuts the body.
+    """
+    first = _first_shard(urls)
+    if first is None:
+        return None
+    if is_http(first):
+        folder, _, shard = first.partition("?")[0].partition("#")[0].rpartition("/")
+        for name in _manifest_names(shard):
+            url = f"{folder}/{name}"
+            data = fetch_url(url, timeout, missing=_MANIFEST_MISSING)
+            if data is not None:
+                return _parse_manifest(data, url)
+        return None
+    if _is_remote(first):
+        return None
+    path = Path(first[len("file://"):] if first.startswith("file://") else first)
+    if path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        folder, shard = path, shards[0].name if shards else ""
+    else:
+        folder, shard = path.parent, path.name
+    for name in _manifest_names(shard):
+        cand = folder / name
+        if cand.is_file():
+            return _parse_manifest(cand.read_bytes(), str(cand))
+    return None
+
+
+def _first_shard(urls: str | os.PathLike | Iterable[str | os.PathLike] | None) -> str | None:
+    """The first shard of ``urls`` (unchecked), ``None`` when nothing is given."""
+    import braceexpand
+
+    if urls is None:
+        return None
+    items = str(urls).split("::") if isinstance(urls, str | os.PathLike) else \
+        [str(u) for u in urls]
+    for item in items:
+        if item.strip():
+            return next(iter(braceexpand.braceexpand(item.strip())))
+    return None
+
+
+def _manifest_names(shard: str) -> list[str]:
+    """Manifest file names to try next to the shard named ``shard``, in order."""
+    prefix = shard.split("-")[0]
+    return [f"{prefix}-manifest.json", "manifest.json"] if prefix else ["manifest.json"]
+
+
+def _parse_manifest(data: bytes, where: str) -> dict[str, Any]:
+    """The JSON object in ``data`` (read from ``where``); ``ValueError`` naming ``where``."""
+    try:
+        value = json.loads(data)
+    except ValueError as exn:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"manifest {where}: expected a JSON object, got invalid JSON "
+                         f"({exn})") from None
+    if not isinstance(value, dict):
+        kind = _JSON_TYPES.get(type(value), type(value).__name__)
+        raise ValueError(f"manifest {where}: expected a JSON object, got a JSON {kind}")
+    return value
 
 
 def _is_remote(url: str) -> bool:
