@@ -4,12 +4,16 @@
 # The MultiSyncMNIST models are small: one training process leaves most of a GPU idle, so on
 # one GPU the runs of a study go faster side by side than one after another. Every run gets
 # the same arguments (budget, data, optimiser, schedule); only --variants/--seeds differ.
+# --geometry (authors | demo) and --protocol (onecycle | paper) pass through like any other
+# argument: the shards are generated once in that geometry, and a --protocol paper study
+# may share OUT (and its data) with a onecycle one, its runs in <variant>-paper/.
 #
 #   bash study/parallel_study.sh OUT VARIANTS SEEDS [reproduce_syncmnist.py args...]
 #   bash study/parallel_study.sh /data/study nograph,fixed,dyreg 0,1 \
 #       --budget 400000 --train-videos 100000 --eval-every 1 --workers 2 --resume
 #
-# Logs go to OUT/logs/<variant>-seed<k>.log; the exit status is non-zero if any run failed.
+# Logs go to OUT/logs/<run>-seed<k>.log (<run> as the run folder: <variant>[-paper][-<tag>]);
+# the exit status is non-zero if any run failed.
 # THREADS (default 2) sets the CPU threads of each process, PYTHON the interpreter.
 set -uo pipefail
 if [ $# -lt 3 ]; then
@@ -25,6 +29,23 @@ for a in "$@"; do
             exit 2 ;;
     esac
 done
+# the run folders' names (reproduce_syncmnist.py run_name): <variant>[-paper][-<tag>]
+protocol=onecycle tag=
+prev=
+for a in "$@"; do
+    case $prev in
+        --protocol) protocol=$a ;;
+        --tag) tag=$a ;;
+    esac
+    case $a in
+        --protocol=*) protocol=${a#--protocol=} ;;
+        --tag=*) tag=${a#--tag=} ;;
+    esac
+    prev=$a
+done
+suffix=
+[ "$protocol" != onecycle ] && suffix="-$protocol"
+[ -n "$tag" ] && suffix="$suffix-$tag"
 # each (variant, seed) once: two processes must never train the same run folder
 variants=$(tr ',' '\n' <<< "$variants" | awk 'NF && !seen[$0]++' | paste -sd, -)
 seeds=$(tr ',' '\n' <<< "$seeds" | awk 'NF && !seen[$0]++' | paste -sd, -)
@@ -44,7 +65,7 @@ for s in ${seeds//,/ }; do
     for v in ${variants//,/ }; do
         OMP_NUM_THREADS=$threads PYTHONUNBUFFERED=1 "$py" "$script" --out "$out" \
             --variants "$v" --seeds "$s" --threads "$threads" "$@" \
-            > "$out/logs/$v-seed$s.log" 2>&1 &
+            > "$out/logs/$v$suffix-seed$s.log" 2>&1 &
         pids+=($!)
         names+=("$v seed $s")
     done

@@ -1,14 +1,26 @@
 """MultiSyncMNIST ablations of the paper (Tables 5 and 6) at a chosen CPU/GPU budget.
 
 Every variant trains with the same data, budget (training videos seen), optimiser, schedule,
-precision and seeds; only the model preset (``syncmnist_r18_<variant>``) changes. Each
-(variant, seed) run lives in ``<out>/<variant>/seed<k>`` and checkpoints every
+precision and seeds; only the model preset changes: ``syncmnist_r18_128_<variant>`` on the
+authors' geometry (``--geometry authors``, the default: 28-pixel MNIST digits on a 256-pixel
+canvas halved to 128 x 128, the graph on layer2's 16 x 16 map) or ``syncmnist_r18_<variant>``
+on the demo's 64-pixel frames (``--geometry demo``, the study's data before issue 15). A study
+folder holds one geometry's data (``<out>/data``; its manifests record it) and refuses the
+other. ``--protocol`` picks the optimisation: ``onecycle`` (the default: Adam, one-cycle, peak
+lr 2e-3, batch 32) or ``paper`` (the paper's SGD lr 1e-3 momentum 0.9, with the batch size,
+weight decay, schedule and clipping of the authors' code, see :data:`PROTOCOLS`); explicit
+``--optim``/``--lr``/``--schedule``/``--batch-size``/``--weight-decay``/``--momentum``/
+``--clip-grad`` override the protocol's values. Each (variant, seed) run lives in
+``<out>/<variant>/seed<k>`` (``<out>/<variant>-paper/seed<k>`` under ``--protocol paper``, so the
+two protocols never resume from each other's checkpoints) and checkpoints every
 ``--ckpt-every`` steps (atomically, with RNG state), so an interrupted study continues exactly
 with ``--resume``. A finished run writes ``result.json``; the tables ``<out>/table.md`` and
 ``<out>/table.json`` are rewritten after every finished run, so partial results are never lost.
 
     python study/reproduce_syncmnist.py --out /data/study --budget 24000 \\
         --variants nograph,fixed,dyreg --seeds 0,1 --resume
+    python study/reproduce_syncmnist.py --out /data/study --budget 24000 \\
+        --variants nograph,fixed,dyreg --seeds 0,1 --protocol paper --resume
 
 Defaults are the fastest faithful CPU settings measured by ``benchmarks/bench_train_speed.py``
 (bf16 autocast + channels-last; the regions stay float32) and a one-cycle schedule that every
@@ -17,7 +29,7 @@ variant shares. ``--table-only`` rebuilds the tables from the finished runs. To 
 with ``--data-only`` and start one process per run: ``study/parallel_study.sh`` does both.
 
 Investigations change the DyReg module of the chosen variants and tag the runs, which then
-live in ``<out>/<variant>-<tag>/seed<k>`` and get their own table rows:
+live in ``<out>/<variant>[-paper]-<tag>/seed<k>`` and get their own table rows:
 
     python study/reproduce_syncmnist.py --out /data/study --variants dyreg \
         --dyreg init_size=0.42 --tag size42 --resume
@@ -42,6 +54,7 @@ import yaml
 
 from dyreg_pyg.data import write_syncmnist_shards
 from dyreg_pyg.models import build_preset
+from dyreg_pyg.models.presets import PRESETS
 from train.config import load_config
 from train.data import load_train_in_memory, split_pattern
 from train.loop import fit
@@ -57,19 +70,71 @@ EXTRA = {"oracle": "the ground-truth digit boxes as the 5 regions (a diagnostic,
 
 VAL_SEED = 7919
 
+GEOMETRIES = {"authors": "syncmnist_r18_128_", "demo": "syncmnist_r18_"}
+"""``--geometry`` -> the prefix of the model presets (``<prefix><variant>``)."""
 
-def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2) -> None:
-    """Generate the study's shards once; refuse a folder holding a different amount."""
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # our choice (issue 13): the fastest schedule that separates the variants at a CPU budget
+    "onecycle": dict(optim="adam", lr=2e-3, schedule="onecycle", batch_size=32,
+                     weight_decay=0.0, momentum=0.9, clip_grad=5.0),
+    # the paper's MultiSyncMNIST setting (section 4.2, "Implementation details": SGD, lr 0.001,
+    # momentum 0.9, one GPU) with what the paper leaves out from the authors' code
+    # (bit-ml/DyReg-GNN; also lr opts.py:50, momentum opts.py:56, SGD main_standard.py:159):
+    # batch 10 (opts.py:48, ``-b`` default; no syncMNIST script is released), weight decay
+    # 5e-4 (opts.py:58, on every parameter for syncMNIST: ops/models.py:390-394), no gradient
+    # clipping (opts.py:60 ``--clip-gradient`` default None, and main_standard.py never reads
+    # it), their step schedule (opts.py:52-55: lr / 10 at epochs 50 and 100 of 600k videos;
+    # main_standard.py:357 + 665-669), which no budget of this study reaches: a constant lr
+    "paper": dict(optim="sgd", lr=1e-3, schedule="none", batch_size=10,
+                  weight_decay=5e-4, momentum=0.9, clip_grad=None),
+}
+"""``--protocol`` -> its optimiser settings; an explicit flag of the same name wins."""
+
+
+def resolve_protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """The protocol's values, each replaced by its flag where that was given (not None);
+    also sets them on ``args``."""
+    values = {k: (v if getattr(args, k) is None else getattr(args, k))
+              for k, v in PROTOCOLS[args.protocol].items()}
+    for k, v in values.items():
+        setattr(args, k, v)
+    return values
+
+
+def preset_name(variant: str, geometry: str) -> str:
+    """The model preset of ``variant`` on ``geometry``."""
+    name = GEOMETRIES[geometry] + variant
+    if name not in PRESETS:
+        raise SystemExit(f"--variants: {variant!r} has no preset {name!r} for --geometry "
+                         f"{geometry}")
+    return name
+
+
+def run_name(variant: str, protocol: str, tag: str = "") -> str:
+    """The run folder of ``variant``: ``-paper`` marks the paper protocol, then the tag."""
+    return "-".join([variant, *([protocol] if protocol != "onecycle" else []),
+                     *([tag] if tag else [])])
+
+
+def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2,
+              geometry: str = "authors") -> None:
+    """Generate the study's shards once; refuse a folder holding a different amount or
+    another geometry (manifests written before geometries existed hold the demo's)."""
     for split, n, seed in (("train", train_videos, 0), ("val", val_videos, VAL_SEED)):
         manifest = folder / f"{split}-manifest.json"
         if manifest.exists():
-            have = json.loads(manifest.read_text())["num_samples"]
+            saved = json.loads(manifest.read_text())
+            have = saved.get("geometry", "demo")
+            if have != geometry:
+                raise SystemExit(f"{folder} holds {split} videos of the {have} geometry, not "
+                                 f"{geometry}: use another --out or --geometry {have}")
+            have = saved["num_samples"]
             if have != n:
                 raise SystemExit(f"{folder} holds {have} {split} videos, not {n}: use another "
                                  f"--out or --{split}-videos {have}")
             continue
         t0 = time.time()
-        write_syncmnist_shards(folder, split, n, seed=seed, workers=workers)
+        write_syncmnist_shards(folder, split, n, seed=seed, workers=workers, geometry=geometry)
         log.info("generated %d %s videos in %.0f s", n, split, time.time() - t0)
 
 
@@ -139,6 +204,8 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
                 r["train_top1"] for r in res if r["train_top1"] is not None)
             if any(r["train_top1"] is not None for r in res) else None,
             "params_m": res[0]["params_m"], "paper_acc": PAPER.get(v.split("-")[0]),
+            "protocol": res[0].get("protocol", "onecycle"),
+            "geometry": res[0].get("geometry", "demo"),
             "dyreg_overrides": res[0].get("dyreg_overrides") or {},
             "train_overrides": res[0].get("train_overrides") or {},
             "distance": statistics.mean(dists) if dists else None,
@@ -148,24 +215,26 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
             "val_curve": curve,
         })
     _write(out / "table.json", json.dumps(rows, indent=1))
-    lines = ["| variant | seeds | val top-1 % | +- std | val top-5 % | train top-1 % (last "
-             "epoch) | paper top-1 % | params M | region-object dist | videos/s | "
-             "val top-1 % along the run (k videos: %) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | protocol | geometry | seeds | val top-1 % | +- std | val top-5 % | "
+             "train top-1 % (last epoch) | paper top-1 % | params M | region-object dist | "
+             "videos/s | val top-1 % along the run (k videos: %) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = "-" if r["distance"] is None else f"{r['distance']:.3f}"
         std = "-" if r["acc_std"] is None else f"{r['acc_std']:.2f}"
         vps = "-" if r["videos_per_s"] is None else f"{r['videos_per_s']:.1f}"
         tr = "-" if r["train_top1_mean"] is None else f"{r['train_top1_mean']:.2f}"
         cur = ", ".join(f"{k / 1000:g}: {a:.1f}" for k, a in r["val_curve"].items()) or "-"
-        lines.append(f"| {r['variant']} | {len(r['seeds'])} | {r['acc_mean']:.2f} | {std} | "
+        lines.append(f"| {r['variant']} | {r['protocol']} | {r['geometry']} | "
+                     f"{len(r['seeds'])} | {r['acc_mean']:.2f} | {std} | "
                      f"{r['top5_mean']:.2f} | {tr} | {r['paper_acc'] or '-'} | "
                      f"{r['params_m']:.2f} | {d} | {vps} | {cur} |")
     head = "no finished run yet"
     if rows:
         s = rows[0]["settings"]
         grid = next((r["grid_distance"] for r in rows if r["grid_distance"] is not None), None)
-        head = (f"Budget: {rows[0]['budget']} training videos per run; {s}. Chance: "
+        head = (f"Budget: {rows[0]['budget']} training videos per run; settings of the first "
+                f"row (see table.json for each row's): {s}. Chance: "
                 f"{100 / 56:.1f} %. Region-object distance of a fixed 3x3 grid on the same "
                 f"clips: {'-' if grid is None else f'{grid:.3f}'}.")
     _write(out / "table.md", head + "\n\n" + "\n".join(lines) + "\n")
@@ -186,17 +255,33 @@ def _parse_items(items: list[str]) -> dict[str, Any]:
 def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
             memory: dict[str, Any]) -> dict[str, Any]:
     """Train and validate one (variant, seed); writes and returns ``result.json``."""
-    name = f"{variant}-{args.tag}" if args.tag else variant
+    name = run_name(variant, args.protocol, args.tag)
     run = out / name / f"seed{seed}"
     data = out / "data"
     steps = args.budget // args.batch_size
-    settings = {"optim": args.optim, "lr": args.lr, "schedule": args.schedule,
+    preset = preset_name(variant, args.geometry)
+    clip = "null" if args.clip_grad is None else args.clip_grad
+    settings = {"protocol": args.protocol, "geometry": args.geometry, "preset": preset,
+                "optim": args.optim, "lr": args.lr, "momentum": args.momentum,
+                "schedule": args.schedule,
                 "warmup_steps": args.warmup, "batch_size": args.batch_size,
                 "precision": args.precision, "channels_last": args.channels_last,
                 "clip_grad": args.clip_grad, "weight_decay": args.weight_decay,
                 "eval_every": args.eval_every, "train_videos": args.train_videos,
                 "val_videos": args.val_videos,
                 "in_memory": args.in_memory}
+    # a run folder resumes only under the optimisation and data it was started with
+    pinned = {k: settings[k] for k in (*PROTOCOLS["paper"], "protocol", "geometry", "preset")}
+    marker = run / "study-settings.json"
+    if marker.exists():
+        before = json.loads(marker.read_text())
+        diff = {k: (before.get(k), v) for k, v in pinned.items() if before.get(k) != v}
+        if diff:
+            raise SystemExit(f"{run} was started with other settings (then, now): {diff}; "
+                             f"use another --tag or --out")
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        _write(marker, json.dumps(pinned, indent=1))
     overrides = [
         f"data.train={split_pattern(data, 'train')}", f"data.val={split_pattern(data, 'val')}",
         f"out_dir={run}", f"seed={seed}", f"max_steps={steps}", "max_minutes=null",
@@ -204,10 +289,11 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
         f"data.batch_size={args.batch_size}",
         f"data.eval_batch_size={2 * args.batch_size}", f"data.num_workers={args.workers}",
         f"optim.name={args.optim}", f"optim.lr={args.lr}", f"optim.schedule={args.schedule}",
-        f"optim.warmup_steps={args.warmup}", f"optim.clip_grad={args.clip_grad}",
+        f"optim.warmup_steps={args.warmup}", f"optim.clip_grad={clip}",
+        f"optim.momentum={args.momentum}",
         f"optim.weight_decay={args.weight_decay}", f"ckpt_every={args.ckpt_every}",
         f"precision={args.precision}", f"channels_last={str(args.channels_last).lower()}",
-        f"threads={args.threads}", "log_every=20", f"model.preset=syncmnist_r18_{variant}",
+        f"threads={args.threads}", "log_every=20", f"model.preset={preset}",
     ] + [f"model.overrides.dyreg.{item}" for item in args.dyreg] + args.set
     if args.in_memory:
         overrides.append("data.in_memory=true")
@@ -218,9 +304,10 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     metrics = fit(cfg, resume="auto", train_clips=memory.get("train"))
     dists = metrics["region_object_distance"]
     dyreg = _parse_items(args.dyreg)
-    model = build_preset(f"syncmnist_r18_{variant}", **({"dyreg": dyreg} if dyreg else {}))
+    model = build_preset(preset, **({"dyreg": dyreg} if dyreg else {}))
     params = sum(p.numel() for p in model.parameters())
-    result = {"variant": name, "seed": seed, "dyreg_overrides": dyreg,
+    result = {"variant": name, "seed": seed, "protocol": args.protocol,
+              "geometry": args.geometry, "preset": preset, "dyreg_overrides": dyreg,
               "train_overrides": _parse_items(args.set),
               "budget": steps * args.batch_size,
               "top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"],
@@ -233,7 +320,7 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="study folder (keep it outside the repo)")
     ap.add_argument("--budget", type=int, default=24_000, help="training videos per run")
@@ -243,16 +330,29 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--train-videos", type=int, default=20_000)
     ap.add_argument("--val-videos", type=int, default=2_000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--optim", default="adam", choices=["adam", "adamw", "sgd"])
-    ap.add_argument("--lr", type=float, default=2e-3, help="peak lr of the schedule")
-    ap.add_argument("--schedule", default="onecycle")
+    ap.add_argument("--geometry", default="authors", choices=sorted(GEOMETRIES),
+                    help="the data and presets: authors (128 x 128 frames, presets "
+                         "syncmnist_r18_128_*) or demo (64 x 64, syncmnist_r18_*)")
+    ap.add_argument("--protocol", default="onecycle", choices=sorted(PROTOCOLS),
+                    help="onecycle: Adam one-cycle, peak lr 2e-3, batch 32, clip 5; paper: SGD "
+                         "lr 1e-3 momentum 0.9, constant lr, batch 10, weight decay 5e-4, no "
+                         "clipping (the authors' code); the flags below override it")
+    ap.add_argument("--batch-size", type=int, default=None, help="(default: the protocol's)")
+    ap.add_argument("--optim", default=None, choices=["adam", "adamw", "sgd"],
+                    help="(default: the protocol's)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak lr of the schedule (default: the protocol's)")
+    ap.add_argument("--momentum", type=float, default=None,
+                    help="SGD momentum (default: the protocol's)")
+    ap.add_argument("--schedule", default=None, help="(default: the protocol's)")
     ap.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     ap.add_argument("--eval-every", type=int, default=100_000,
                     help="validate every N epochs (default: only at the end of the budget; "
                          "--schedule plateau needs 1)")
-    ap.add_argument("--clip-grad", type=float, default=5.0)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--clip-grad", type=float, default=None,
+                    help="gradient-norm clipping, 0 = off (default: the protocol's)")
+    ap.add_argument("--weight-decay", type=float, default=None,
+                    help="(default: the protocol's)")
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=2)
@@ -273,7 +373,8 @@ def main() -> None:
                     help="investigation: a training-config field (as train --set) for every "
                          "run (repeatable; needs --tag)")
     ap.add_argument("--tag", default="", help="name suffix of investigation runs")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    resolve_protocol(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
     variants = args.variants.split(",")
@@ -286,17 +387,22 @@ def main() -> None:
                          f"{args.budget}")
     if bool(args.dyreg or args.set) != bool(args.tag) or "-" in args.tag:
         raise SystemExit("--dyreg/--set and --tag go together; the tag may not contain '-'")
+    if args.tag in PROTOCOLS:
+        raise SystemExit(f"--tag: {args.tag!r} names a protocol; choose another tag")
+    for v in variants:
+        preset_name(v, args.geometry)
     _parse_items(args.dyreg + args.set)  # fail early on a malformed item
     if args.table_only:
         write_tables(out)
         return
-    make_data(out / "data", args.train_videos, args.val_videos, args.data_workers)
+    make_data(out / "data", args.train_videos, args.val_videos, args.data_workers,
+              args.geometry)
     if args.data_only:
         return
     memory: dict[str, Any] = {}  # the decoded training split, shared by the runs
     for seed in [int(s) for s in args.seeds.split(",")]:
         for v in variants:
-            run = out / (f"{v}-{args.tag}" if args.tag else v) / f"seed{seed}"
+            run = out / run_name(v, args.protocol, args.tag) / f"seed{seed}"
             if (run / "result.json").exists():
                 log.info("%s seed %d: finished earlier, skipped", v, seed)
                 continue

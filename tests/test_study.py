@@ -19,7 +19,7 @@ SCRIPT = ROOT / "study" / "reproduce_syncmnist.py"
 def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--train-videos", "24",
            "--val-videos", "8", "--budget", "16", "--batch-size", "8", "--threads", "1",
-           "--workers", "0", *args]
+           "--workers", "0", "--geometry", "demo", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -118,7 +118,7 @@ def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path
     """study/parallel_study.sh: shards first (--data-only), then one process per run;
     each run equals the same run trained by the sequential script (same data and seeds)."""
     small = ["--train-videos", "24", "--val-videos", "8", "--budget", "16", "--batch-size", "8",
-             "--workers", "0"]
+             "--workers", "0", "--geometry", "demo"]
     only = tmp_path / "only"
     data = subprocess.run([sys.executable, str(SCRIPT), "--out", str(only), "--data-only",
                            *small], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -152,6 +152,101 @@ def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path
                           "fixed", "0", *small, "--dyreg", "no_such_field=1", "--tag", "bad"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert bad.returncode != 0 and "failed: fixed seed 0" in bad.stderr
+
+
+def _ns(**given):
+    import argparse
+
+    study = _load(SCRIPT)
+    keys = ("optim", "lr", "schedule", "batch_size", "weight_decay", "momentum", "clip_grad")
+    return study, argparse.Namespace(**{**{k: None for k in keys}, **given})
+
+
+def test_study_protocols_resolve_and_explicit_flags_win():
+    study, args = _ns(protocol="paper")
+    assert study.resolve_protocol(args) == dict(
+        optim="sgd", lr=1e-3, schedule="none", batch_size=10, weight_decay=5e-4,
+        momentum=0.9, clip_grad=None)
+    assert args.optim == "sgd" and args.batch_size == 10 and args.clip_grad is None
+    study, args = _ns(protocol="onecycle")
+    assert study.resolve_protocol(args) == dict(
+        optim="adam", lr=2e-3, schedule="onecycle", batch_size=32, weight_decay=0.0,
+        momentum=0.9, clip_grad=5.0)
+    study, args = _ns(protocol="paper", lr=0.01, batch_size=32, schedule="plateau",
+                      weight_decay=0.0, clip_grad=20.0)
+    got = study.resolve_protocol(args)
+    assert (got["lr"], got["batch_size"], got["schedule"], got["weight_decay"],
+            got["clip_grad"]) == (0.01, 32, "plateau", 0.0, 20.0)
+    assert (got["optim"], got["momentum"]) == ("sgd", 0.9)  # the rest stays the protocol's
+    study, args = _ns(protocol="onecycle", optim="sgd", weight_decay=0.0)
+    assert study.resolve_protocol(args)["optim"] == "sgd"  # 0.0 is a value, not "unset"
+
+
+def test_study_geometry_presets_run_names_and_data_refusal(tmp_path):
+    study = _load(SCRIPT)
+    assert study.preset_name("dyreg", "authors") == "syncmnist_r18_128_dyreg"
+    assert study.preset_name("dyreg", "demo") == "syncmnist_r18_dyreg"
+    for v in [*study.PAPER, *study.EXTRA]:  # every variant has both presets
+        assert study.preset_name(v, "authors") == f"syncmnist_r18_128_{v}"
+    with pytest.raises(SystemExit, match="no preset"):
+        study.preset_name("nonesuch", "authors")
+    assert study.run_name("dyreg", "onecycle") == "dyreg"  # the earlier studies' folders
+    assert study.run_name("dyreg", "paper") == "dyreg-paper"
+    assert study.run_name("dyreg", "paper", "size42") == "dyreg-paper-size42"
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train-manifest.json").write_text(json.dumps({"num_samples": 8}))  # before geometries
+    with pytest.raises(SystemExit, match="demo geometry, not authors.*--geometry demo"):
+        study.make_data(data, 8, 8, geometry="authors")
+    (data / "train-manifest.json").write_text(
+        json.dumps({"num_samples": 8, "geometry": "authors"}))
+    with pytest.raises(SystemExit, match="authors geometry, not demo"):
+        study.make_data(data, 8, 8, geometry="demo")
+    with pytest.raises(SystemExit, match="holds 8 train videos, not 16"):
+        study.make_data(data, 16, 8, geometry="authors")
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--data-only",
+                              "--train-videos", "8", "--geometry", "demo"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "authors geometry, not demo" in refused.stderr
+
+
+def test_study_paper_protocol_on_the_authors_geometry_tiny_run(tmp_path):
+    out = tmp_path / "study"
+    tiny = [sys.executable, str(SCRIPT), "--out", str(out), "--train-videos", "8",
+            "--val-videos", "8", "--budget", "8", "--threads", "1", "--workers", "0",
+            "--variants", "nograph", "--seeds", "0"]
+    done = subprocess.run([*tiny, "--protocol", "paper", "--batch-size", "8"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / "data" / "train-manifest.json").read_text())
+    assert manifest["geometry"] == "authors" and manifest["config"]["size"] == 128
+    run = out / "nograph-paper" / "seed0"
+    result = json.loads((run / "result.json").read_text())
+    assert (result["protocol"], result["geometry"]) == ("paper", "authors")
+    assert result["preset"] == "syncmnist_r18_128_nograph" and result["budget"] == 8
+    s = result["settings"]
+    assert (s["optim"], s["lr"], s["momentum"], s["schedule"], s["weight_decay"],
+            s["clip_grad"], s["batch_size"]) == ("sgd", 1e-3, 0.9, "none", 5e-4, None, 8)
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["optim"]["name"] == "sgd" and cfg["optim"]["clip_grad"] is None
+    assert cfg["model"]["preset"] == "syncmnist_r18_128_nograph"
+    rows = json.loads((out / "table.json").read_text())
+    assert [(r["variant"], r["protocol"], r["geometry"]) for r in rows] == [
+        ("nograph-paper", "paper", "authors")]
+    assert "| nograph-paper | paper | authors |" in (out / "table.md").read_text()
+
+    # a run folder resumes only under the settings it was started with
+    other = out / "fixed-paper" / "seed0"
+    other.mkdir(parents=True)
+    (other / "study-settings.json").write_text(json.dumps(
+        {**json.loads((run / "study-settings.json").read_text()), "lr": 0.5}))
+    refused = subprocess.run([*tiny, "--variants", "fixed", "--protocol", "paper",
+                              "--batch-size", "8", "--resume"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode != 0 and "started with other settings" in refused.stderr
 
 
 def test_sync_probe_control_cannot_see_other_nodes_and_the_graph_can():
