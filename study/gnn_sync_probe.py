@@ -33,6 +33,18 @@ ceiling (31.98 %, ``study/appearance_ceiling.py``); this measures how many video
 graph with perfect node inputs needs to go beyond it.
 
     python study/gnn_sync_probe.py --task label --train 50000 --steps 6000
+
+``--variant``, ``--digits``, ``--frames``, ``--p-no-sync`` and ``--geometry`` change the
+videos (:class:`~dyreg_pyg.data.SyncMNISTConfig`): the candidates for a reduced task on which
+motion is learnt within CPU budgets (issue 15 item 5), e.g. two digits, in sync half of the
+time (the label: their class pair, or "no sync"; appearance-only ceiling ~50 %):
+
+    python study/gnn_sync_probe.py --task label --variant single --digits 2 --p-no-sync 0.5
+
+``--layer`` swaps the paper stack's spatial layer for a PyG layer, as ``DyRegConfig.gnn`` does
+(the table a user trying other GNN layers wants, on this diagnostic task):
+
+    python study/gnn_sync_probe.py --layer GATv2Conv --variants graph
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -61,15 +74,17 @@ from dyreg_pyg.nn.authors import GraphLayerNorm
 log = logging.getLogger("gnn_sync_probe")
 
 
-def make_positions(num: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Positions ``[num, T, 5, 2]`` in ``[0, 1]``, in-sync flags ``[num, 5]``, digit classes
-    ``[num, 5]`` and video labels ``[num]``."""
-    cfg = SyncMNISTConfig()
+def make_positions(num: int, seed: int, cfg: SyncMNISTConfig | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Positions ``[num, T, N, 2]`` in ``[0, 1]``, in-sync flags ``[num, N]``, digit classes
+    ``[num, N]`` and video labels ``[num]`` of ``cfg``'s videos (default: MultiSyncMNIST of
+    the demo geometry; ``N = cfg.digits``)."""
+    cfg = SyncMNISTConfig() if cfg is None else cfg
     pool = load_digit_pool("train")
     pos, flags, classes, labels = [], [], [], []
     for i in range(num):
         _, label, meta = generate_video(cfg, pool, np.random.default_rng([seed, i]))
-        pos.append(np.asarray(meta["positions"], np.float32) / (cfg.canvas - 28))
+        pos.append(np.asarray(meta["positions"], np.float32) / (cfg.canvas - cfg.digit_size))
         flags.append(np.asarray(meta["in_sync"], np.float32))
         classes.append(meta["digit_classes"])
         labels.append(label)
@@ -88,12 +103,16 @@ class GraphProbe(nn.Module):
         messages: whether nodes exchange messages (``False``: the control; ``paper``: no
             spatial layer, ``authors``: the same stack on one-node graphs).
         num_classes: ``None`` for the per-node in-sync task, else the video label's classes.
+        flavor: ``"paper"`` (the paper's stack) or ``"authors"`` (their released code's).
+        layer: the spatial layer of the paper's stack, as ``DyRegConfig.gnn`` names it
+            (:func:`~dyreg_pyg.nn.make_spatial_layer`: ``"rstg"``, ``"GATv2Conv"``, ...).
         flavor: ``"paper"`` (RSTG then GRU, K times) or ``"authors"`` (the authors' stack,
             :func:`~dyreg_pyg.authors.authors_graph_stack`).
     """
 
     def __init__(self, channels: int = 64, iterations: int = 3, messages: bool = True,
-                 num_classes: int | None = None, flavor: str = "paper") -> None:
+                 num_classes: int | None = None, flavor: str = "paper",
+                 layer: str = "rstg") -> None:
         super().__init__()
         if flavor not in ("paper", "authors"):
             raise ValueError(f"flavor: expected 'paper' or 'authors', got {flavor!r}")
@@ -101,7 +120,7 @@ class GraphProbe(nn.Module):
         self.embed = nn.Sequential(nn.Linear(inputs, channels), nn.ReLU(),
                                    nn.Linear(channels, channels))
         if flavor == "paper":
-            self.spatial = make_spatial_layer("rstg", channels) if messages else None
+            self.spatial = make_spatial_layer(layer, channels) if messages else None
             self.temporal = TemporalUpdate(channels, "gru")
         else:  # their modules, one internal GRU and one space step shared by the K iterations
             self.input_norm = GraphLayerNorm(channels)
@@ -215,24 +234,40 @@ def main() -> None:
     ap.add_argument("--flavor", choices=("paper", "authors"), default="paper",
                     help="graph stack: the paper's text (RSTG then GRU, K times) or the "
                          "authors' released code (dyreg_pyg.authors.authors_graph_stack)")
+    ap.add_argument("--layer", default="rstg",
+                    help="spatial layer of the paper flavour's stack (DyRegConfig.gnn: rstg or a "
+                         "torch_geometric.nn conv name, e.g. GATv2Conv, TransformerConv, GINConv)")
+    ap.add_argument("--geometry", default="demo", help="SyncMNISTConfig geometry of the videos")
+    ap.add_argument("--variant", default=None, choices=("multi", "single"),
+                    help="MultiSyncMNIST (56 classes) or SyncMNIST (exactly 2 in sync, distinct "
+                         "classes, 46); default: the geometry's")
+    ap.add_argument("--digits", type=int, default=None, help="digits per video (default 5)")
+    ap.add_argument("--frames", type=int, default=None, help="frames per video (default 10)")
+    ap.add_argument("--p-no-sync", type=float, default=None,
+                    help="probability that nothing is in sync (default: 1 / classes)")
     ap.add_argument("--out", default=None, help="also write the results here (JSON)")
     args = ap.parse_args()
+    cfg = SyncMNISTConfig.from_geometry(args.geometry, variant=args.variant, digits=args.digits,
+                                        frames=args.frames, p_no_sync=args.p_no_sync)
     variants = args.variants.split(",")
     if not variants or set(variants) - {"graph", "no_messages"}:
         raise SystemExit(f"--variants: expected some of graph,no_messages, got {args.variants}")
+    if args.flavor == "authors" and args.layer != "rstg":
+        raise SystemExit("--layer: only the paper flavour's stack takes another spatial layer")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    data, val = make_positions(args.train, args.seed), make_positions(args.val, 7919)
+    data, val = make_positions(args.train, args.seed, cfg), make_positions(args.val, 7919, cfg)
     log.info("positions of %d + %d videos in %.0f s; in-sync share %.3f", args.train, args.val,
              time.time() - t0, float(val[1].mean()))
-    num_classes = SyncMNISTConfig().num_classes if args.task == "label" else None
+    num_classes = cfg.num_classes if args.task == "label" else None
     results = {}
     for name in variants:
         messages = name == "graph"
         torch.manual_seed(args.seed)
         t0 = time.time()
-        model = GraphProbe(messages=messages, num_classes=num_classes, flavor=args.flavor)
+        model = GraphProbe(messages=messages, num_classes=num_classes, flavor=args.flavor,
+                           layer=args.layer)
         results[name] = train_probe(model,
                                     data, val, args.steps, args.batch_size, args.lr, args.seed,
                                     args.eval_every)
@@ -241,9 +276,12 @@ def main() -> None:
                  time.time() - t0)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+        ceiling = appearance_only_accuracy(cfg) if args.task == "label" else None
+        Path(args.out).write_text(json.dumps({"args": vars(args), "config": asdict(cfg),
+                                              "appearance_only_ceiling": ceiling,
+                                              "results": results}, indent=1))
     if args.task == "label":
-        ceiling = appearance_only_accuracy(SyncMNISTConfig())
+        ceiling = appearance_only_accuracy(cfg)
         print(f"| variant | top-1 % |\n|---|---|\n| appearance-only ceiling | "
               f"{100 * ceiling:.2f} |")
         for name, r in results.items():

@@ -329,6 +329,40 @@ def test_sync_probe_authors_flavour_runs_and_its_control_has_no_messages(tmp_pat
     assert "| graph |" in res.stdout and "| no_messages |" in res.stdout
 
 
+def test_sync_probe_reduced_tasks_and_layer_swap(tmp_path):
+    probe = _load(ROOT / "study" / "gnn_sync_probe.py")
+    from torch_geometric.nn import GATv2Conv
+
+    from dyreg_pyg.data.syncmnist import SyncMNISTConfig
+
+    cfg = SyncMNISTConfig.from_geometry("demo", variant="single", digits=2, p_no_sync=0.5,
+                                        frames=6)
+    pos, flags, classes, labels = probe.make_positions(40, seed=0, cfg=cfg)
+    assert pos.shape == (40, 6, 2, 2) and flags.shape == (40, 2)
+    assert 0 <= float(pos.min()) and float(pos.max()) <= 1
+    assert (classes[:, 0] != classes[:, 1]).all()  # SyncMNIST: distinct classes
+    no_sync = cfg.num_classes - 1
+    assert ((labels == no_sync) == (flags.sum(1) == 0)).all()  # both in sync, or neither
+    assert 8 <= int((labels == no_sync).sum()) <= 32  # p_no_sync 0.5 of 40
+    model = probe.GraphProbe(channels=16, iterations=2, layer="GATv2Conv", num_classes=46)
+    assert isinstance(model.spatial, GATv2Conv)
+    assert model(pos, classes).shape == (40, 46)
+    out = tmp_path / "probe.json"
+    cmd = [sys.executable, str(ROOT / "study" / "gnn_sync_probe.py"), "--task", "label",
+           "--variant", "single", "--digits", "2", "--p-no-sync", "0.5", "--layer", "GINConv",
+           "--variants", "graph", "--train", "16", "--val", "8", "--steps", "2",
+           "--batch-size", "4", "--threads", "1", "--out", str(out)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    saved = json.loads(out.read_text())
+    assert saved["config"]["digits"] == 2 and saved["config"]["variant"] == "single"
+    assert saved["appearance_only_ceiling"] == pytest.approx(0.5)
+    assert "| appearance-only ceiling | 50.00 |" in res.stdout
+    res = subprocess.run([*cmd[:2], "--flavor", "authors", "--layer", "GINConv"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "--layer" in res.stderr
+
+
 def test_pixel_sync_probe_nodes_follow_their_boxes():
     probe = _load(ROOT / "study" / "pixel_sync_probe.py")
     video, boxes, flags = probe.make_clips(2, seed=0)
