@@ -358,6 +358,12 @@ def test_sync_probe_reduced_tasks_and_layer_swap(tmp_path):
     assert saved["config"]["digits"] == 2 and saved["config"]["variant"] == "single"
     assert saved["appearance_only_ceiling"] == pytest.approx(0.5)
     assert "| appearance-only ceiling | 50.00 |" in res.stdout
+    any_cmd = [c if c != "label" else "anysync" for c in cmd]
+    res = subprocess.run(any_cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    saved = json.loads(out.read_text())
+    assert saved["args"]["task"] == "anysync" and saved["appearance_only_ceiling"] == 0.5
+    assert 0 <= saved["results"]["graph"]["top1"] <= 1
     res = subprocess.run([*cmd[:2], "--flavor", "authors", "--layer", "GINConv"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode != 0 and "--layer" in res.stderr
