@@ -42,8 +42,12 @@ time (the label: their class pair, or "no sync"; appearance-only ceiling ~50 %):
     python study/gnn_sync_probe.py --task label --variant single --digits 2 --p-no-sync 0.5
 
 ``--task anysync`` asks one bit per video - does anything move in sync - through the same
-video head (classes as inputs, two outputs); the digit classes say nothing about it, so its
-motion-blind ceiling is the share of the likelier answer (use ``--p-no-sync 0.5``).
+video head (two outputs) from the positions alone (the classes are not inputs: under
+SyncMNIST's rule they say nothing about it); its motion-blind ceiling is the share of the
+likelier answer (use ``--p-no-sync 0.5``).
+
+``--classes-at head`` gives the label task's digit classes to the video head only (counted,
+beside the mean node state) instead of to every node: the graph then sees positions alone.
 
 ``--layer`` swaps the paper stack's spatial layer for a PyG layer, as ``DyRegConfig.gnn`` does
 (the table a user trying other GNN layers wants, on this diagnostic task):
@@ -110,17 +114,26 @@ class GraphProbe(nn.Module):
         flavor: ``"paper"`` (the paper's stack) or ``"authors"`` (their released code's).
         layer: the spatial layer of the paper's stack, as ``DyRegConfig.gnn`` names it
             (:func:`~dyreg_pyg.nn.make_spatial_layer`: ``"rstg"``, ``"GATv2Conv"``, ...).
+        classes_at: where the digit classes enter: ``"nodes"`` (each node's input also holds
+            its digit's class, one-hot: the label task's default), ``"head"`` (the video head
+            reads the classes present, counted, beside the mean node state; the graph sees
+            positions only) or ``None`` (not at all: the in-sync tasks' default).
         flavor: ``"paper"`` (RSTG then GRU, K times) or ``"authors"`` (the authors' stack,
             :func:`~dyreg_pyg.authors.authors_graph_stack`).
     """
 
     def __init__(self, channels: int = 64, iterations: int = 3, messages: bool = True,
                  num_classes: int | None = None, flavor: str = "paper",
-                 layer: str = "rstg") -> None:
+                 layer: str = "rstg", classes_at: str | None = "default") -> None:
         super().__init__()
         if flavor not in ("paper", "authors"):
             raise ValueError(f"flavor: expected 'paper' or 'authors', got {flavor!r}")
-        inputs = 2 if num_classes is None else 2 + 10
+        if classes_at == "default":
+            classes_at = None if num_classes is None else "nodes"
+        if classes_at not in (None, "nodes", "head"):
+            raise ValueError(f"classes_at: expected None, 'nodes' or 'head', got {classes_at!r}")
+        self.classes_at = classes_at
+        inputs = 2 + 10 * (classes_at == "nodes")
         self.embed = nn.Sequential(nn.Linear(inputs, channels), nn.ReLU(),
                                    nn.Linear(channels, channels))
         if flavor == "paper":
@@ -131,7 +144,8 @@ class GraphProbe(nn.Module):
             self.temporal_in = nn.ModuleList([TemporalUpdate(channels, "gru")])
             self.spatial_in = nn.ModuleList([make_spatial_layer("rstg_authors", channels)])
             self.temporal_out = TemporalUpdate(channels, "gru")
-        self.head = nn.Linear(channels, 1 if num_classes is None else num_classes)
+        self.head = nn.Linear(channels + 10 * (classes_at == "head"),
+                              1 if num_classes is None else num_classes)
         self.iterations = iterations
         self.num_classes = num_classes
         self.flavor = flavor
@@ -139,18 +153,22 @@ class GraphProbe(nn.Module):
 
     def forward(self, pos: Tensor, classes: Tensor | None = None) -> Tensor:
         b, t, n, _ = pos.shape
-        if self.num_classes is not None:
+        if self.classes_at is not None:
             if classes is None:
                 raise ValueError("classes: the label task needs the digit classes [B, N]")
             onehot = nn.functional.one_hot(classes, 10).to(pos.dtype)
-            pos = torch.cat([pos, onehot[:, None].expand(b, t, n, 10)], -1)
+            if self.classes_at == "nodes":
+                pos = torch.cat([pos, onehot[:, None].expand(b, t, n, 10)], -1)
         if self.flavor == "authors":
             last = self._authors_stack(self.embed(pos))[:, -1]
         else:
             last = self._paper_stack(self.embed(pos))
         if self.num_classes is None:
             return self.head(last).squeeze(-1)
-        return self.head(last.mean(1))
+        video = last.mean(1)
+        if self.classes_at == "head":  # the classes present, counted, beside the graph's state
+            video = torch.cat([video, onehot.sum(1)], -1)
+        return self.head(video)
 
     def _authors_stack(self, v: Tensor) -> Tensor:
         """``[B, T, N, C]`` through the authors' stack; without messages each node is its own
@@ -242,6 +260,9 @@ def main() -> None:
     ap.add_argument("--layer", default="rstg",
                     help="spatial layer of the paper flavour's stack (DyRegConfig.gnn: rstg or a "
                          "torch_geometric.nn conv name, e.g. GATv2Conv, TransformerConv, GINConv)")
+    ap.add_argument("--classes-at", choices=("nodes", "head"), default="nodes",
+                    help="--task label: the digit classes enter each node's input, or only the "
+                         "video head (beside the mean node state)")
     ap.add_argument("--geometry", default="demo", help="SyncMNISTConfig geometry of the videos")
     ap.add_argument("--variant", default=None, choices=("multi", "single"),
                     help="MultiSyncMNIST (56 classes) or SyncMNIST (exactly 2 in sync, distinct "
@@ -275,7 +296,8 @@ def main() -> None:
         torch.manual_seed(args.seed)
         t0 = time.time()
         model = GraphProbe(messages=messages, num_classes=num_classes, flavor=args.flavor,
-                           layer=args.layer)
+                           layer=args.layer,
+                           classes_at=args.classes_at if args.task == "label" else None)
         results[name] = train_probe(model,
                                     data, val, args.steps, args.batch_size, args.lr, args.seed,
                                     args.eval_every)

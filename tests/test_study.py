@@ -347,6 +347,14 @@ def test_sync_probe_reduced_tasks_and_layer_swap(tmp_path):
     model = probe.GraphProbe(channels=16, iterations=2, layer="GATv2Conv", num_classes=46)
     assert isinstance(model.spatial, GATv2Conv)
     assert model(pos, classes).shape == (40, 46)
+    # classes at the head only: the graph's input is the positions alone
+    torch.manual_seed(0)
+    late = probe.GraphProbe(channels=16, iterations=2, num_classes=46, classes_at="head").eval()
+    assert late.embed[0].in_features == 2 and late.head.in_features == 16 + 10
+    with torch.no_grad():
+        assert not torch.allclose(late(pos, classes), late(pos, (classes + 1) % 10))
+    with pytest.raises(ValueError, match="classes_at"):
+        probe.GraphProbe(num_classes=46, classes_at="frames")
     out = tmp_path / "probe.json"
     cmd = [sys.executable, str(ROOT / "study" / "gnn_sync_probe.py"), "--task", "label",
            "--variant", "single", "--digits", "2", "--p-no-sync", "0.5", "--layer", "GINConv",
