@@ -47,7 +47,9 @@ SyncMNIST's rule they say nothing about it); its motion-blind ceiling is the sha
 likelier answer (use ``--p-no-sync 0.5``).
 
 ``--classes-at head`` gives the label task's digit classes to the video head only (counted,
-beside the mean node state) instead of to every node: the graph then sees positions alone.
+beside the mean node state) instead of to every node: the graph then sees positions alone;
+``--classes-at nodes`` gives them to the nodes in ``anysync`` too. ``--pos-scale`` multiplies
+the positions (the inputs' scale against the one-hot classes).
 
 ``--layer`` swaps the paper stack's spatial layer for a PyG layer, as ``DyRegConfig.gnn`` does
 (the table a user trying other GNN layers wants, on this diagnostic task):
@@ -260,9 +262,12 @@ def main() -> None:
     ap.add_argument("--layer", default="rstg",
                     help="spatial layer of the paper flavour's stack (DyRegConfig.gnn: rstg or a "
                          "torch_geometric.nn conv name, e.g. GATv2Conv, TransformerConv, GINConv)")
-    ap.add_argument("--classes-at", choices=("nodes", "head"), default="nodes",
-                    help="--task label: the digit classes enter each node's input, or only the "
-                         "video head (beside the mean node state)")
+    ap.add_argument("--classes-at", choices=("none", "nodes", "head"), default=None,
+                    help="where the digit classes enter: each node's input (default of --task "
+                         "label), only the video head (beside the mean node state), or nowhere "
+                         "(default of the in-sync tasks)")
+    ap.add_argument("--pos-scale", type=float, default=1.0,
+                    help="multiply the positions (in [0, 1] of the canvas) by this")
     ap.add_argument("--geometry", default="demo", help="SyncMNISTConfig geometry of the videos")
     ap.add_argument("--variant", default=None, choices=("multi", "single"),
                     help="MultiSyncMNIST (56 classes) or SyncMNIST (exactly 2 in sync, distinct "
@@ -287,6 +292,11 @@ def main() -> None:
     log.info("positions of %d + %d videos in %.0f s; in-sync share %.3f", args.train, args.val,
              time.time() - t0, float(val[1].mean()))
     num_classes = {"label": cfg.num_classes, "anysync": 2}.get(args.task)
+    classes_at = args.classes_at or ("nodes" if args.task == "label" else "none")
+    classes_at = None if classes_at == "none" else classes_at
+    if classes_at is not None and args.task == "sync":
+        raise SystemExit("--classes-at: the per-node task reads positions only")
+    data, val = ((d[0] * args.pos_scale, *d[1:]) for d in (data, val))
     if args.task == "anysync":  # the video's label becomes "something moves in sync"
         data = (*data[:3], data[1].amax(1).long())
         val = (*val[:3], val[1].amax(1).long())
@@ -297,7 +307,7 @@ def main() -> None:
         t0 = time.time()
         model = GraphProbe(messages=messages, num_classes=num_classes, flavor=args.flavor,
                            layer=args.layer,
-                           classes_at=args.classes_at if args.task == "label" else None)
+                           classes_at=classes_at)
         results[name] = train_probe(model,
                                     data, val, args.steps, args.batch_size, args.lr, args.seed,
                                     args.eval_every)

@@ -372,6 +372,9 @@ def test_sync_probe_reduced_tasks_and_layer_swap(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["args"]["task"] == "anysync" and saved["appearance_only_ceiling"] == 0.5
     assert 0 <= saved["results"]["graph"]["top1"] <= 1
+    res = subprocess.run([*cmd[:2], "--task", "sync", "--classes-at", "nodes"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "--classes-at" in res.stderr
     res = subprocess.run([*cmd[:2], "--flavor", "authors", "--layer", "GINConv"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode != 0 and "--layer" in res.stderr
