@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -396,3 +397,19 @@ def test_pixel_sync_probe_nodes_follow_their_boxes():
         # node k is digit k: re-ordering the boxes re-orders the answers, nothing else
         assert torch.allclose(model(x, boxes[:, :, perm]), out[:, perm], atol=1e-5)
         assert not torch.allclose(model(x, boxes.flip(1)), out, atol=1e-5)
+
+
+def test_node_scale_measures_both_parts_of_the_nodes():
+    tool = _load(ROOT / "study" / "node_scale.py")
+    from dyreg_pyg.models import build_preset
+
+    torch.manual_seed(0)
+    clips = tool.syncmnist_clips(2)
+    assert clips.shape == (2, 10, 1, 64, 64)
+    scales = tool.node_scales(build_preset("syncmnist_r18_dyreg", num_frames=10), clips, 10)
+    (row,) = scales.values()
+    assert set(row) == {"appearance", "appearance_change", "position", "position_change"}
+    assert row["appearance"] > 0 and row["position"] > 0 and row["appearance_change"] > 0
+    assert all(math.isfinite(v) and v >= 0 for v in row.values())
+    with pytest.raises(ValueError, match="DyRegGNN"):
+        tool.node_scales(build_preset("syncmnist_r18_nograph", num_frames=10), clips, 10)
