@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from dyreg_pyg.data import write_syncmnist_shards
+from dyreg_pyg.data import load_manifest, write_syncmnist_shards
 from dyreg_pyg.models import build_preset
 from dyreg_pyg.models.presets import PRESETS
 from train.config import load_config
@@ -122,8 +122,8 @@ def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2
     another geometry (manifests written before geometries existed hold the demo's)."""
     for split, n, seed in (("train", train_videos, 0), ("val", val_videos, VAL_SEED)):
         manifest = folder / f"{split}-manifest.json"
-        if manifest.exists():
-            saved = json.loads(manifest.read_text())
+        if manifest.exists():  # read as the loaders read it: a corrupt one is a named error
+            saved = load_manifest(folder / f"{split}-000000.tar")
             have = saved.get("geometry", "demo")
             if have != geometry:
                 raise SystemExit(f"{folder} holds {split} videos of the {have} geometry, not "

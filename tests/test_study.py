@@ -206,6 +206,12 @@ def test_study_geometry_presets_run_names_and_data_refusal(tmp_path):
         study.make_data(data, 8, 8, geometry="demo")
     with pytest.raises(SystemExit, match="holds 8 train videos, not 16"):
         study.make_data(data, 16, 8, geometry="authors")
+    for bad in ("", '{"num_samples": 8', "[8]"):  # empty, truncated, not an object
+        (data / "train-manifest.json").write_text(bad)
+        with pytest.raises(ValueError, match="train-manifest.json"):
+            study.make_data(data, 8, 8, geometry="authors")
+    (data / "train-manifest.json").write_text(
+        json.dumps({"num_samples": 8, "geometry": "authors"}))
     refused = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--data-only",
                               "--train-videos", "8", "--geometry", "demo"], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
