@@ -422,3 +422,46 @@ def test_presets_at_128_pixels_match_table6_and_run_on_a_16x16_map():
     from train.config import load_config
 
     assert load_config("syncmnist_r18_128_dyreg").model.preset == "syncmnist_r18_128_dyreg"
+
+
+def test_sync_label_is_one_bit_on_the_same_videos(pool, tmp_path):
+    # label="sync": the videos of label="pair" (same draws), the label "sync" (0) exactly
+    # when some digits share every jump, "no sync" (1) otherwise; balanced by default.
+    kw = dict(variant="single", digits=2)
+    pair, bit = SyncMNISTConfig(**kw, p_no_sync=0.5), SyncMNISTConfig(**kw, label="sync")
+    assert bit.num_classes == 2 and bit.class_names == ["sync", "no sync"]
+    assert bit.no_sync_probability == 0.5 and bit.num_pair_classes == 46
+    labels = []
+    for i in range(60):
+        fa, la, ma = generate_video(pair, pool, np.random.default_rng([3, i]))
+        fb, lb, mb = generate_video(bit, pool, np.random.default_rng([3, i]))
+        assert np.array_equal(fa, fb) and ma["in_sync"] == mb["in_sync"]
+        assert mb["pair_label"] == la and lb == (0 if any(mb["in_sync"]) else 1)
+        assert mb["label_name"] == ("sync" if lb == 0 else "no sync")
+        labels.append(lb)
+    assert 15 < sum(labels) < 45  # both labels drawn, about half each
+    m = write_syncmnist_shards(tmp_path, "val", 20, seed=0, label="sync", **kw)
+    assert m["num_classes"] == 2 and m["class_names"] == ["sync", "no sync"]
+    assert sum(m["class_counts"]) == 20 and m["config"]["label"] == "sync"
+    with pytest.raises(ValueError, match="label"):
+        SyncMNISTConfig(label="bit").validate()
+
+
+@pytest.mark.parametrize("variant,digits,p_no_sync,ceiling", [
+    ("single", 2, None, 0.5),     # classes say nothing of the bit: max(p, 1 - p)
+    ("single", 5, 0.3, 0.7),
+    ("multi", 2, None, 0.5409),   # a repeated class hints at "sync" (1/11 + 0.45)
+])
+def test_sync_label_appearance_ceiling(variant, digits, p_no_sync, ceiling):
+    cfg = SyncMNISTConfig(variant=variant, digits=digits, p_no_sync=p_no_sync,
+                          sync_sizes=(2,), label="sync")
+    table = appearance_only_table(cfg)
+    assert all(v.shape == (2,) for v in table.values())
+    assert sum(table.values()).sum() == pytest.approx(1.0, abs=1e-12)
+    assert appearance_only_accuracy(cfg) == pytest.approx(ceiling, abs=5e-4)
+    rng = np.random.default_rng(1)
+    hits = []
+    for _ in range(5_000):
+        pair_label, classes, _ = _choose_classes(cfg, rng)
+        hits.append(table[tuple(sorted(classes))].argmax() == cfg.final_label(pair_label))
+    assert np.mean(hits) == pytest.approx(ceiling, abs=0.025)

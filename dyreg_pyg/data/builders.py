@@ -88,6 +88,9 @@ def syncmnist_parser(prog: str | None = None) -> argparse.ArgumentParser:
                     "(geometry: none / 160)")
     ap.add_argument("--class-rule", choices=("label_first", "iid"), default=None,
                     help="how digit classes are drawn (default label_first)")
+    ap.add_argument("--label", choices=("pair", "sync"), default=None,
+                    help="pair: the in-sync pair's classes or 'no sync' (paper, default); "
+                    "sync: one bit, 'sync' / 'no sync' (a reduced task)")
     ap.add_argument("--shard-size", type=int, default=1000, help="videos per shard")
     ap.add_argument("--workers", type=int, default=1, help="parallel processes")
     ap.add_argument("--mnist-dir", default=None, help="folder with MNIST IDX files")
@@ -113,7 +116,7 @@ def syncmnist_main(argv: Sequence[str] | None = None, prog: str | None = None) -
         sync_sizes=tuple(args.sync_sizes) if args.sync_sizes else None,
         p_no_sync=args.p_no_sync, geometry=args.geometry, digit_source=args.digit_source,
         canvas=args.canvas, digit_size=args.digit_size, max_jump=args.max_jump,
-        max_sync_dist=args.max_sync_dist, class_rule=args.class_rule)
+        max_sync_dist=args.max_sync_dist, class_rule=args.class_rule, label=args.label)
     _print_summary(manifest, ("dataset", "split", "num_samples", "num_classes", "pattern",
                               "digit_source", "geometry"))
     return 0

