@@ -78,6 +78,9 @@ def check_authors_config(cfg: DyRegConfig) -> None:
         )
     if cfg.init_jitter:
         raise ValueError(f"init_jitter: not part of flavor='authors', got {cfg.init_jitter}")
+    if cfg.position_scale != 1.0:
+        raise ValueError(
+            f"position_scale: not part of flavor='authors', got {cfg.position_scale}")
     if cfg.temporal not in ("gru", "lstm"):
         raise ValueError(
             f"temporal: flavor='authors' runs a recurrent network ('gru' or 'lstm'), got "

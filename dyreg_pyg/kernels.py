@@ -290,7 +290,7 @@ class KernelPositionEmbedding(nn.Module):
     r"""Position embedding of a node: a linear projection of its kernel map (Section 3.2).
 
     .. math::
-        \mathbf{e}_i = \mathbf{W}_e \operatorname{vec}(\mathcal{K}_i) + \mathbf{b}_e
+        \mathbf{e}_i = s \, (\mathbf{W}_e \operatorname{vec}(\mathcal{K}_i) + \mathbf{b}_e)
 
     The projection reads the kernel on a fixed ``grid`` (the feature-map size the module was
     built for). A kernel of another size is area-resampled to that grid first, so the module
@@ -299,14 +299,21 @@ class KernelPositionEmbedding(nn.Module):
     Args:
         grid: ``(H, W)`` the projection reads.
         out_channels: embedding size ``C``.
+        scale: the constant ``s`` (1: the paper). Not in the paper: a study knob for the
+            embedding's loudness against the node's appearance part (at ``s = 1``, in the
+            trained CPU demo model, about 1/9 of its norm and 1/70 of its change from frame to
+            frame: ``study/node_scale.py``).
 
     Shapes:
         - **input:** kernels ``[G, N, H', W']``
         - **output:** ``[G, N, C]``
     """
 
-    def __init__(self, grid: tuple[int, int], out_channels: int) -> None:
+    def __init__(self, grid: tuple[int, int], out_channels: int, scale: float = 1.0) -> None:
         super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale: expected a positive number, got {scale}")
+        self.scale = float(scale)
         self.grid = (int(grid[0]), int(grid[1]))
         self.lin = nn.Linear(self.grid[0] * self.grid[1], out_channels)
         self.reset_parameters()
@@ -320,7 +327,9 @@ class KernelPositionEmbedding(nn.Module):
             kernels = F.adaptive_avg_pool2d(kernels, self.grid) * (h * w) / (
                 self.grid[0] * self.grid[1]
             )
-        return self.lin(kernels.reshape(g, n, -1).to(self.lin.weight.dtype))
+        out = self.lin(kernels.reshape(g, n, -1).to(self.lin.weight.dtype))
+        return out if self.scale == 1.0 else out * self.scale
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(grid={self.grid}, out={self.lin.out_features})"
+        extra = "" if self.scale == 1.0 else f", scale={self.scale:g}"
+        return f"{self.__class__.__name__}(grid={self.grid}, out={self.lin.out_features}{extra})"

@@ -59,6 +59,9 @@ class DyRegConfig:
             ``None``: the flavour's (paper ``False``, authors ``True``).
         self_loops: frame graphs include ``i -> i`` edges.
         position_embedding: add ``Linear(K_i)`` to the nodes (Section 3.2).
+        position_scale: constant multiplier of that embedding (1: the paper). Ours, for the
+            study of issue 15: at 1 a trained node's motion reaches the graph at about 1/200
+            of the node (:class:`~dyreg_pyg.kernels.KernelPositionEmbedding`).
         spatial_size: ``(H, W)`` the position embedding reads; ``None``: 14 x 14 unless the
             caller knows the feature-map size (the model factory infers it).
         backend: ``"pyg"`` (message passing on a PyG ``Batch``) or ``"dense"`` (batched
@@ -87,6 +90,7 @@ class DyRegConfig:
     share_weights: bool | None = None
     self_loops: bool = True
     position_embedding: bool = True
+    position_scale: float = 1.0
     spatial_size: tuple[int, int] | None = None
     backend: str = "pyg"
     norm: str | None = None
@@ -105,6 +109,9 @@ class DyRegConfig:
             self.share_weights = authors
         if self.norm is None:
             self.norm = "layer" if authors else "batch"
+        if not self.position_scale > 0:
+            raise ValueError(f"position_scale: expected a positive number, got "
+                             f"{self.position_scale}")
         if authors:
             from .authors import check_authors_config
 
@@ -236,7 +243,8 @@ class DyRegGNN(nn.Module):
         self.proj_in = nn.Linear(in_channels, ch) if ch != in_channels else nn.Identity()
         self.proj_out = nn.Linear(ch, in_channels) if ch != in_channels else nn.Identity()
         grid = cfg.spatial_size or (14, 14)
-        self.pos_embed = KernelPositionEmbedding(grid, ch) if cfg.position_embedding else None
+        self.pos_embed = (KernelPositionEmbedding(grid, ch, cfg.position_scale)
+                          if cfg.position_embedding else None)
         n_layers = 1 if cfg.share_weights else cfg.iterations
         self.spatial = nn.ModuleList(make_spatial_layer(cfg.gnn, ch) for _ in range(n_layers))
         self.temporal = nn.ModuleList(TemporalUpdate(ch, cfg.temporal) for _ in range(n_layers))

@@ -99,3 +99,14 @@ def test_position_embedding_resamples_other_sizes():
     k8 = region_kernels(regions, 8, 8)
     out = emb(k8)
     assert out.shape == (1, 1, 3) and torch.isfinite(out).all()
+
+
+def test_position_embedding_scale_multiplies_the_embedding_only():
+    torch.manual_seed(0)
+    plain, loud = KernelPositionEmbedding((4, 4), 3), KernelPositionEmbedding((4, 4), 3, 10.0)
+    loud.load_state_dict(plain.state_dict())  # the scale is a constant, not a weight
+    k = region_kernels(torch.tensor([[[0.3, 0.6, 0.2, 0.2]]]), 4, 4)
+    assert torch.allclose(loud(k), 10 * plain(k))
+    assert "scale=10" in repr(loud) and "scale" not in repr(plain)
+    with pytest.raises(ValueError, match="scale"):
+        KernelPositionEmbedding((4, 4), 3, 0.0)

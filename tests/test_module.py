@@ -219,3 +219,21 @@ def test_node_states_are_the_graph_nodes_and_carry_gradients(backend):
     with torch.no_grad():
         first = m.node_states(x.detach(), regions)[:, 0]
         assert torch.allclose(first, m.node_states(x2, regions)[:, 0], atol=1e-6)
+
+
+def test_position_scale_changes_only_the_position_part_of_the_nodes():
+    # nodes = pooled appearance + s * embedding: the difference of two scales is (s - 1) e
+    torch.manual_seed(0)
+    plain = DyRegGNN(C, 8)
+    loud = DyRegGNN(C, 8, position_scale=10.0)
+    loud.load_state_dict(plain.state_dict())
+    seen = {}
+    for name, m in (("plain", plain), ("loud", loud)):
+        m.pos_embed.register_forward_hook(lambda mod, i, o, name=name: seen.__setitem__(name, o))
+        m(_x())
+    assert torch.allclose(seen["loud"], 10 * seen["plain"])
+    assert not torch.allclose(loud(_x()), plain(_x()))
+    with pytest.raises(ValueError, match="position_scale"):
+        DyRegConfig(position_scale=0.0)
+    with pytest.raises(ValueError, match="position_scale"):
+        DyRegConfig(flavor="authors", position_scale=10.0)
