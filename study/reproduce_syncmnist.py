@@ -36,6 +36,16 @@ live in ``<out>/<variant>[-paper]-<tag>/seed<k>`` and get their own table rows:
 
 ``--set`` changes a training-config field the same way, e.g. a 10x learning rate for the
 region branch: ``--set optim.lr_mult.region_generator=10 --tag regionlr10``.
+
+``--task`` picks the data's label (:data:`TASKS`): ``multisync`` (the default, the paper's
+5-digit MultiSyncMNIST with its 56-way label) or ``sync2``, a reduced task for CPU budgets (issue
+15): two digits, in sync half the time, and a one-bit label "sync" / "no sync" that their
+appearance says nothing of (appearance-only ceiling 50 %). A study folder holds one task's data;
+the tables give the task's chance level and appearance-only ceiling, and paper numbers only for
+``multisync``.
+
+    python study/reproduce_syncmnist.py --out /data/sync2 --task sync2 --geometry demo \
+        --budget 96000 --variants nograph,fixed,dyreg --seeds 0,1 --resume
 """
 
 from __future__ import annotations
@@ -52,11 +62,12 @@ from typing import Any
 
 import yaml
 
-from dyreg_pyg.data import load_manifest, write_syncmnist_shards
+from dyreg_pyg.data import SyncMNISTConfig, load_manifest, write_syncmnist_shards
+from dyreg_pyg.data.syncmnist import appearance_only_accuracy
 from dyreg_pyg.models import build_preset
 from dyreg_pyg.models.presets import PRESETS
 from train.config import load_config
-from train.data import load_train_in_memory, split_pattern
+from train.data import load_train_in_memory, read_num_classes, split_pattern
 from train.loop import fit
 
 log = logging.getLogger("reproduce")
@@ -90,6 +101,22 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 }
 """``--protocol`` -> its optimiser settings; an explicit flag of the same name wins."""
 
+TASKS: dict[str, dict[str, Any]] = {
+    # the paper's MultiSyncMNIST (section 4.2): 5 digits, the in-sync pair's classes, 56 classes
+    "multisync": dict(variant="multi", digits=5, label="pair"),
+    # reduced (ours, issue 15 item 5): 2 digits in sync half the time, the label one bit
+    "sync2": dict(variant="single", digits=2, label="sync"),
+}
+"""``--task`` -> the :class:`~dyreg_pyg.data.SyncMNISTConfig` fields of its data."""
+
+
+def task_of(manifest: dict[str, Any]) -> str | None:
+    """The task whose fields a data manifest's ``config`` holds (manifests written before
+    tasks existed hold ``multisync``'s); ``None`` for data of no named task."""
+    conf = {"variant": "multi", "digits": 5, "label": "pair", **manifest.get("config", {})}
+    return next((name for name, want in TASKS.items()
+                 if all(conf.get(k) == v for k, v in want.items())), None)
+
 
 def resolve_protocol(args: argparse.Namespace) -> dict[str, Any]:
     """The protocol's values, each replaced by its flag where that was given (not None);
@@ -117,9 +144,9 @@ def run_name(variant: str, protocol: str, tag: str = "") -> str:
 
 
 def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2,
-              geometry: str = "authors") -> None:
-    """Generate the study's shards once; refuse a folder holding a different amount or
-    another geometry (manifests written before geometries existed hold the demo's)."""
+              geometry: str = "authors", task: str = "multisync") -> None:
+    """Generate the study's shards once; refuse a folder holding a different amount, another
+    geometry (manifests written before geometries existed hold the demo's) or another task."""
     for split, n, seed in (("train", train_videos, 0), ("val", val_videos, VAL_SEED)):
         manifest = folder / f"{split}-manifest.json"
         if manifest.exists():  # read as the loaders read it: a corrupt one is a named error
@@ -128,13 +155,18 @@ def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2
             if have != geometry:
                 raise SystemExit(f"{folder} holds {split} videos of the {have} geometry, not "
                                  f"{geometry}: use another --out or --geometry {have}")
+            have = task_of(saved)
+            if have != task:
+                raise SystemExit(f"{folder} holds {split} videos of task {have}, not {task}: "
+                                 f"use another --out" + (f" or --task {have}" if have else ""))
             have = saved["num_samples"]
             if have != n:
                 raise SystemExit(f"{folder} holds {have} {split} videos, not {n}: use another "
                                  f"--out or --{split}-videos {have}")
             continue
         t0 = time.time()
-        write_syncmnist_shards(folder, split, n, seed=seed, workers=workers, geometry=geometry)
+        write_syncmnist_shards(folder, split, n, seed=seed, workers=workers, geometry=geometry,
+                               **TASKS[task])
         log.info("generated %d %s videos in %.0f s", n, split, time.time() - t0)
 
 
@@ -182,8 +214,22 @@ def _run_names(out: Path) -> list[str]:
     return [v for v in PAPER if v in found] + sorted(found - set(PAPER))
 
 
+def data_levels(data: Path) -> tuple[str, float, float]:
+    """The task, chance top-1 (%) and appearance-only ceiling (%) of a study's training data
+    (the MultiSyncMNIST default where there is no manifest yet)."""
+    path = data / "train-manifest.json"
+    manifest = load_manifest(data / "train-000000.tar") if path.exists() else {}
+    conf = dict(manifest.get("config", {}))
+    if "sync_sizes" in conf:
+        conf["sync_sizes"] = tuple(conf["sync_sizes"])
+    cfg = SyncMNISTConfig(**conf)
+    return (task_of(manifest) or "other", 100 / cfg.num_classes,
+            100 * appearance_only_accuracy(cfg))
+
+
 def write_tables(out: Path) -> list[dict[str, Any]]:
     """Aggregate ``<out>/<name>/seed*/result.json`` into ``table.json`` and ``table.md``."""
+    task, chance, ceiling = data_levels(out / "data")
     rows = []
     for v in _run_names(out):
         paths = sorted((out / v).glob("seed*/result.json"))
@@ -203,7 +249,8 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
             "train_top1_mean": 100 * statistics.mean(
                 r["train_top1"] for r in res if r["train_top1"] is not None)
             if any(r["train_top1"] is not None for r in res) else None,
-            "params_m": res[0]["params_m"], "paper_acc": PAPER.get(v.split("-")[0]),
+            "params_m": res[0]["params_m"], "task": task,
+            "paper_acc": PAPER.get(v.split("-")[0]) if task == "multisync" else None,
             "protocol": res[0].get("protocol", "onecycle"),
             "geometry": res[0].get("geometry", "demo"),
             "dyreg_overrides": res[0].get("dyreg_overrides") or {},
@@ -233,10 +280,11 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
     if rows:
         s = rows[0]["settings"]
         grid = next((r["grid_distance"] for r in rows if r["grid_distance"] is not None), None)
-        head = (f"Budget: {rows[0]['budget']} training videos per run; settings of the first "
-                f"row (see table.json for each row's): {s}. Chance: "
-                f"{100 / 56:.1f} %. Region-object distance of a fixed 3x3 grid on the same "
-                f"clips: {'-' if grid is None else f'{grid:.3f}'}.")
+        head = (f"Task: {task}. Budget: {rows[0]['budget']} training videos per run; settings "
+                f"of the first row (see table.json for each row's): {s}. Chance: "
+                f"{chance:.1f} %; appearance-only ceiling: {ceiling:.2f} %. Region-object "
+                f"distance of a fixed 3x3 grid on the same clips: "
+                f"{'-' if grid is None else f'{grid:.3f}'}.")
     _write(out / "table.md", head + "\n\n" + "\n".join(lines) + "\n")
     return rows
 
@@ -261,7 +309,8 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     steps = args.budget // args.batch_size
     preset = preset_name(variant, args.geometry)
     clip = "null" if args.clip_grad is None else args.clip_grad
-    settings = {"protocol": args.protocol, "geometry": args.geometry, "preset": preset,
+    settings = {"protocol": args.protocol, "geometry": args.geometry, "task": args.task,
+                "preset": preset,
                 "optim": args.optim, "lr": args.lr, "momentum": args.momentum,
                 "schedule": args.schedule,
                 "warmup_steps": args.warmup, "batch_size": args.batch_size,
@@ -272,6 +321,8 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
                 "in_memory": args.in_memory}
     # a run folder resumes only under the optimisation and data it was started with
     pinned = {k: settings[k] for k in (*PROTOCOLS["paper"], "protocol", "geometry", "preset")}
+    if args.task != "multisync":  # run folders of earlier studies pin no task
+        pinned["task"] = args.task
     marker = run / "study-settings.json"
     if marker.exists():
         before = json.loads(marker.read_text())
@@ -304,10 +355,12 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     metrics = fit(cfg, resume="auto", train_clips=memory.get("train"))
     dists = metrics["region_object_distance"]
     dyreg = _parse_items(args.dyreg)
-    model = build_preset(preset, **({"dyreg": dyreg} if dyreg else {}))
+    model = build_preset(preset, num_classes=read_num_classes(cfg.data.train),
+                         **({"dyreg": dyreg} if dyreg else {}))
     params = sum(p.numel() for p in model.parameters())
     result = {"variant": name, "seed": seed, "protocol": args.protocol,
-              "geometry": args.geometry, "preset": preset, "dyreg_overrides": dyreg,
+              "geometry": args.geometry, "task": args.task, "preset": preset,
+              "dyreg_overrides": dyreg,
               "train_overrides": _parse_items(args.set),
               "budget": steps * args.batch_size,
               "top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"],
@@ -333,6 +386,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--geometry", default="authors", choices=sorted(GEOMETRIES),
                     help="the data and presets: authors (128 x 128 frames, presets "
                          "syncmnist_r18_128_*) or demo (64 x 64, syncmnist_r18_*)")
+    ap.add_argument("--task", default="multisync", choices=sorted(TASKS),
+                    help="multisync: the paper's 56-way MultiSyncMNIST; sync2: 2 digits, the "
+                         "label one bit 'sync' / 'no sync' (a reduced task, appearance-only "
+                         "ceiling 50 %%)")
     ap.add_argument("--protocol", default="onecycle", choices=sorted(PROTOCOLS),
                     help="onecycle: Adam one-cycle, peak lr 2e-3, batch 32, clip 5; paper: SGD "
                          "lr 1e-3 momentum 0.9, constant lr, batch 10, weight decay 5e-4, no "
@@ -396,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
         write_tables(out)
         return
     make_data(out / "data", args.train_videos, args.val_videos, args.data_workers,
-              args.geometry)
+              args.geometry, args.task)
     if args.data_only:
         return
     memory: dict[str, Any] = {}  # the decoded training split, shared by the runs

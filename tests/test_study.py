@@ -419,3 +419,28 @@ def test_node_scale_measures_both_parts_of_the_nodes():
     assert all(math.isfinite(v) and v >= 0 for v in row.values())
     with pytest.raises(ValueError, match="DyRegGNN"):
         tool.node_scales(build_preset("syncmnist_r18_nograph", num_frames=10), clips, 10)
+
+
+def test_study_reduced_task_sync2_data_tables_and_refusals(tmp_path):
+    study = _load(SCRIPT)
+    assert study.task_of({}) == "multisync"  # manifests written before tasks existed
+    assert study.task_of({"config": {"variant": "single", "digits": 2, "label": "sync"}}) \
+        == "sync2"
+    assert study.task_of({"config": {"variant": "single", "digits": 3}}) is None
+    out = tmp_path / "study"
+    done = _run(out, "--task", "sync2", "--variants", "nograph", "--seeds", "0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / "data" / "train-manifest.json").read_text())
+    assert manifest["num_classes"] == 2 and manifest["class_names"] == ["sync", "no sync"]
+    assert (manifest["config"]["digits"], manifest["config"]["label"]) == (2, "sync")
+    result = json.loads((out / "nograph" / "seed0" / "result.json").read_text())
+    assert result["task"] == "sync2" and result["settings"]["task"] == "sync2"
+    rows = json.loads((out / "table.json").read_text())
+    assert rows[0]["task"] == "sync2" and rows[0]["paper_acc"] is None  # no paper number
+    head = (out / "table.md").read_text().splitlines()[0]
+    assert head.startswith("Task: sync2.")
+    assert "Chance: 50.0 %; appearance-only ceiling: 50.00 %" in head
+    assert study.data_levels(tmp_path / "none")[1:] == pytest.approx((100 / 56, 31.98), abs=5e-3)
+    # a folder holds one task's data
+    with pytest.raises(SystemExit, match="task sync2, not multisync.*--task sync2"):
+        study.make_data(out / "data", 24, 8, geometry="demo", task="multisync")
