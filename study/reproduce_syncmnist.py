@@ -191,14 +191,16 @@ def _train_log(run: Path) -> dict[str, float | None]:
             "train_loss": last.get("train/loss"), "train_top1": last.get("train/top1")}
 
 
-def _val_curve(run: Path, batch_size: int) -> dict[int, float]:
-    """Validation top-1 (%) by training videos seen, from the run's metrics.jsonl."""
+def _val_curve(run: Path, batch_size: int, key: str = "val/top1", scale: float = 100.0
+               ) -> dict[int, float]:
+    """A validation metric (``key``, times ``scale``: top-1 in %) by training videos seen,
+    from the run's metrics.jsonl; validations without it (or with ``None``) are left out."""
     curve = {}
     path = run / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
         rec = json.loads(line)
-        if "val/top1" in rec:
-            curve[rec["step"] * batch_size] = 100 * rec["val/top1"]
+        if rec.get(key) is not None:
+            curve[rec["step"] * batch_size] = scale * rec[key]
     return curve
 
 
@@ -238,6 +240,9 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
             continue
         curve = _mean_curve([_val_curve(p.parent, r["settings"]["batch_size"])
                              for p, r in zip(paths, res)])
+        dist_curve = _mean_curve([_val_curve(p.parent, r["settings"]["batch_size"],
+                                             "val/dist/layer2", 1.0)
+                                  for p, r in zip(paths, res)])
         accs = [100 * r["top1"] for r in res]
         dists = [r["distance"] for r in res if r["distance"] is not None]
         vps = [r["videos_per_s"] for r in res if r.get("videos_per_s")]
@@ -259,23 +264,25 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
             "grid_distance": res[0].get("grid_distance"),
             "videos_per_s": statistics.mean(vps) if vps else None,
             "budget": res[0]["budget"], "settings": res[0]["settings"],
-            "val_curve": curve,
+            "val_curve": curve, "distance_curve": dist_curve,
         })
     _write(out / "table.json", json.dumps(rows, indent=1))
     lines = ["| variant | protocol | geometry | seeds | val top-1 % | +- std | val top-5 % | "
              "train top-1 % (last epoch) | paper top-1 % | params M | region-object dist | "
-             "videos/s | val top-1 % along the run (k videos: %) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "videos/s | val top-1 % along the run (k videos: %) | region-object dist along "
+             "the run (k videos: dist) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = "-" if r["distance"] is None else f"{r['distance']:.3f}"
         std = "-" if r["acc_std"] is None else f"{r['acc_std']:.2f}"
         vps = "-" if r["videos_per_s"] is None else f"{r['videos_per_s']:.1f}"
         tr = "-" if r["train_top1_mean"] is None else f"{r['train_top1_mean']:.2f}"
         cur = ", ".join(f"{k / 1000:g}: {a:.1f}" for k, a in r["val_curve"].items()) or "-"
+        dcur = ", ".join(f"{k / 1000:g}: {a:.3f}" for k, a in r["distance_curve"].items()) or "-"
         lines.append(f"| {r['variant']} | {r['protocol']} | {r['geometry']} | "
                      f"{len(r['seeds'])} | {r['acc_mean']:.2f} | {std} | "
                      f"{r['top5_mean']:.2f} | {tr} | {r['paper_acc'] or '-'} | "
-                     f"{r['params_m']:.2f} | {d} | {vps} | {cur} |")
+                     f"{r['params_m']:.2f} | {d} | {vps} | {cur} | {dcur} |")
     head = "no finished run yet"
     if rows:
         s = rows[0]["settings"]

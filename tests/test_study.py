@@ -38,6 +38,9 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
     assert "Budget: 16 training videos per run" in (out / "table.md").read_text()
     # the validation curve: the one validation, after 2 steps of 8 videos, for both seeds
     assert rows["fixed"]["val_curve"] == {"16": rows["fixed"]["acc_mean"]}
+    # the region-object distance along the run: only for a model with regions
+    assert rows["fixed"]["distance_curve"] == {"16": pytest.approx(rows["fixed"]["distance"])}
+    assert rows["nograph"]["distance_curve"] == {}
 
     # finished runs are not trained again
     before = (out / "fixed" / "seed0" / "result.json").read_text()
