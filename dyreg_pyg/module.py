@@ -109,9 +109,17 @@ class DyRegConfig:
             self.share_weights = authors
         if self.norm is None:
             self.norm = "layer" if authors else "batch"
+        try:
+            self.position_scale = float(self.position_scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"position_scale: expected a positive number, got "
+                             f"{self.position_scale!r}") from None
         if not self.position_scale > 0:
             raise ValueError(f"position_scale: expected a positive number, got "
                              f"{self.position_scale}")
+        if self.position_scale != 1.0 and not self.position_embedding:
+            raise ValueError(f"position_scale={self.position_scale} scales the position "
+                             f"embedding, but position_embedding is False")
         if authors:
             from .authors import check_authors_config
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from dyreg_pyg.data import load_manifest
 from dyreg_pyg.data.syncmnist import (
     SyncMNISTConfig,
     appearance_only_accuracy,
@@ -52,6 +53,11 @@ def compare_with_guess(checkpoint: Path, data: str) -> dict[str, Any]:
     """Run ``checkpoint`` on the shards ``data`` and compare it with the appearance-only guess."""
     model, cfg, _ = load_trained(checkpoint, data)
     model.eval()
+    # the generator's own config (label kind, p_no_sync, sync sizes) from the shards' manifest;
+    # shards written before manifests recorded it: the defaults of each video's variant
+    manifest = load_manifest(data)  # a corrupt one is a ValueError naming it
+    recorded = SyncMNISTConfig.from_manifest(manifest) \
+        if manifest and "config" in manifest else None
     tables: dict[str, dict[tuple[int, ...], Any]] = {}
     rows = []  # (model right, guess right, model == guess, model NLL, posterior NLL)
     with torch.no_grad():
@@ -62,7 +68,7 @@ def compare_with_guess(checkpoint: Path, data: str) -> dict[str, Any]:
             for lp, y, meta in zip(logp, batch["label"].tolist(), batch["meta"]):
                 variant = meta.get("variant", "multi")
                 if variant not in tables:
-                    tables[variant] = appearance_only_table(SyncMNISTConfig(
+                    tables[variant] = appearance_only_table(recorded or SyncMNISTConfig(
                         variant=variant, digits=len(meta["digit_classes"])))
                 joint = tables[variant][tuple(sorted(meta["digit_classes"]))]
                 p, g = int(lp.argmax()), int(joint.argmax())
@@ -103,6 +109,11 @@ def main() -> None:
             data = split_pattern(study / "data", "val")
         except ValueError as e:
             raise SystemExit(f"--study: {e}") from None
+        manifest = load_manifest(data)
+        if manifest and "config" in manifest:  # the study's own data (task, p_no_sync, ...)
+            own = results["ceiling"]["study"] = appearance_only_accuracy(
+                SyncMNISTConfig.from_manifest(manifest))
+            print(f"appearance-only ceiling of the study's data: {100 * own:.2f} %")
         print("| run | top-1 % | guess top-1 % | agreement % | top-1 where the guess is right "
               "/ wrong % | loss / guess loss |\n|---|---|---|---|---|---|")
         for v in args.variants.split(","):

@@ -157,8 +157,9 @@ def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2
                                  f"{geometry}: use another --out or --geometry {have}")
             have = task_of(saved)
             if have != task:
-                raise SystemExit(f"{folder} holds {split} videos of task {have}, not {task}: "
-                                 f"use another --out" + (f" or --task {have}" if have else ""))
+                what = f"task {have}" if have else "no named task"
+                raise SystemExit(f"{folder} holds {split} videos of {what}, not {task}: use "
+                                 f"another --out" + (f" or --task {have}" if have else ""))
             have = saved["num_samples"]
             if have != n:
                 raise SystemExit(f"{folder} holds {have} {split} videos, not {n}: use another "
@@ -216,22 +217,30 @@ def _run_names(out: Path) -> list[str]:
     return [v for v in PAPER if v in found] + sorted(found - set(PAPER))
 
 
-def data_levels(data: Path) -> tuple[str, float, float]:
-    """The task, chance top-1 (%) and appearance-only ceiling (%) of a study's training data
-    (the MultiSyncMNIST default where there is no manifest yet)."""
-    path = data / "train-manifest.json"
-    manifest = load_manifest(data / "train-000000.tar") if path.exists() else {}
-    conf = dict(manifest.get("config", {}))
-    if "sync_sizes" in conf:
-        conf["sync_sizes"] = tuple(conf["sync_sizes"])
-    cfg = SyncMNISTConfig(**conf)
-    return (task_of(manifest) or "other", 100 / cfg.num_classes,
-            100 * appearance_only_accuracy(cfg))
+def task_config(task: str, geometry: str) -> SyncMNISTConfig:
+    """The generator config of the study data of ``task`` on ``geometry`` (as
+    :func:`make_data` writes it)."""
+    return SyncMNISTConfig.from_geometry(geometry, **TASKS[task])
+
+
+def levels(task: str, geometry: str) -> tuple[float, float]:
+    """Chance top-1 (%) and appearance-only ceiling (%) of ``task`` on ``geometry``."""
+    cfg = task_config(task, geometry)
+    return 100 / cfg.num_classes, 100 * appearance_only_accuracy(cfg)
+
+
+def check_task(task: str, geometry: str) -> None:
+    """Refuse a reduced task on a geometry that gives its label away without motion: a cap
+    on the in-sync digits' distance (the authors' 160 pixels) makes a far-apart pair "no
+    sync" from one frame."""
+    if task != "multisync" and task_config(task, geometry).max_sync_dist is not None:
+        raise SystemExit(f"--task {task}: the {geometry} geometry caps the distance of in-sync "
+                         f"digits, so one frame's digit distance alone tells 'no sync' in many "
+                         f"videos (its 50 % ceiling would not hold); use --geometry demo")
 
 
 def write_tables(out: Path) -> list[dict[str, Any]]:
     """Aggregate ``<out>/<name>/seed*/result.json`` into ``table.json`` and ``table.md``."""
-    task, chance, ceiling = data_levels(out / "data")
     rows = []
     for v in _run_names(out):
         paths = sorted((out / v).glob("seed*/result.json"))
@@ -244,6 +253,7 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
                                              "val/dist/layer2", 1.0)
                                   for p, r in zip(paths, res)])
         accs = [100 * r["top1"] for r in res]
+        task = res[0].get("task", "multisync")  # results written before tasks existed
         dists = [r["distance"] for r in res if r["distance"] is not None]
         vps = [r["videos_per_s"] for r in res if r.get("videos_per_s")]
         rows.append({
@@ -286,6 +296,8 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
     head = "no finished run yet"
     if rows:
         s = rows[0]["settings"]
+        task = rows[0]["task"]
+        chance, ceiling = levels(task, rows[0]["geometry"])
         grid = next((r["grid_distance"] for r in rows if r["grid_distance"] is not None), None)
         head = (f"Task: {task}. Budget: {rows[0]['budget']} training videos per run; settings "
                 f"of the first row (see table.json for each row's): {s}. Chance: "
@@ -334,6 +346,8 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     if marker.exists():
         before = json.loads(marker.read_text())
         diff = {k: (before.get(k), v) for k, v in pinned.items() if before.get(k) != v}
+        if before.get("task", "multisync") != args.task:
+            diff["task"] = (before.get("task", "multisync"), args.task)
         if diff:
             raise SystemExit(f"{run} was started with other settings (then, now): {diff}; "
                              f"use another --tag or --out")
@@ -456,6 +470,12 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         preset_name(v, args.geometry)
     _parse_items(args.dyreg + args.set)  # fail early on a malformed item
+    check_task(args.task, args.geometry)
+    digits = TASKS[args.task]["digits"]
+    if "oracle" in variants and digits != 5 and \
+            _parse_items(args.dyreg).get("num_nodes") != digits:
+        raise SystemExit(f"--variants oracle: its regions are the digits' boxes, {digits} under "
+                         f"--task {args.task}: add --dyreg num_nodes={digits} (and a --tag)")
     if args.table_only:
         write_tables(out)
         return

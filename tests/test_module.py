@@ -233,7 +233,11 @@ def test_position_scale_changes_only_the_position_part_of_the_nodes():
         m(_x())
     assert torch.allclose(seen["loud"], 10 * seen["plain"])
     assert not torch.allclose(loud(_x()), plain(_x()))
-    with pytest.raises(ValueError, match="position_scale"):
-        DyRegConfig(position_scale=0.0)
+    assert DyRegConfig(position_scale="1e1").position_scale == 10.0  # YAML reads 1e1 as text
+    for bad in (0.0, -1.0, "ten", None):
+        with pytest.raises(ValueError, match="position_scale"):
+            DyRegConfig(position_scale=bad)
+    with pytest.raises(ValueError, match="position_embedding is False"):
+        DyRegConfig(position_scale=10.0, position_embedding=False)
     with pytest.raises(ValueError, match="position_scale"):
         DyRegConfig(flavor="authors", position_scale=10.0)

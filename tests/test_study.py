@@ -443,7 +443,33 @@ def test_study_reduced_task_sync2_data_tables_and_refusals(tmp_path):
     head = (out / "table.md").read_text().splitlines()[0]
     assert head.startswith("Task: sync2.")
     assert "Chance: 50.0 %; appearance-only ceiling: 50.00 %" in head
-    assert study.data_levels(tmp_path / "none")[1:] == pytest.approx((100 / 56, 31.98), abs=5e-3)
+    assert study.levels("multisync", "demo") == pytest.approx((100 / 56, 31.98), abs=5e-3)
+    # the appearance-only guess of the study's own data: one bit, classes say nothing
+    ceiling = _load(ROOT / "study" / "appearance_ceiling.py")
+    val = (out / "data" / "val-manifest.json")
+    r = ceiling.compare_with_guess(out / "nograph" / "seed0" / "last.pt",
+                                   json.loads(val.read_text())["pattern"])
+    assert r["samples"] == 8 and 0 <= r["guess_top1"] <= 1
+    assert r["guess_loss"] == pytest.approx(math.log(2), abs=1e-9)  # P(sync | classes) = 1/2
     # a folder holds one task's data
     with pytest.raises(SystemExit, match="task sync2, not multisync.*--task sync2"):
         study.make_data(out / "data", 24, 8, geometry="demo", task="multisync")
+    # the tables read the task from the results, so they survive the data's removal
+    import shutil
+
+    shutil.rmtree(out / "data")
+    assert study.write_tables(out)[0]["task"] == "sync2"
+    assert (out / "table.md").read_text().startswith("Task: sync2.")
+    # a run folder of one task does not resume under another, whichever is the default
+    marker = out / "nograph" / "seed0" / "study-settings.json"
+    assert json.loads(marker.read_text())["task"] == "sync2"
+    (out / "nograph" / "seed0" / "result.json").unlink()
+    refused = _run(out, "--variants", "nograph", "--seeds", "0", "--resume")
+    assert refused.returncode != 0 and "'task': ('sync2', 'multisync')" in refused.stderr
+    # refused before any data: the authors' distance cap gives the bit away; the oracle's
+    # regions must be the 2 digits
+    for extra, match in ((["--geometry", "authors"], "caps the distance"),
+                         (["--variants", "oracle"], "num_nodes=2")):
+        bad = _run(tmp_path / "other", "--task", "sync2", *extra)
+        assert bad.returncode != 0 and match in bad.stderr, bad.stderr[-500:]
+    assert not (tmp_path / "other").exists()

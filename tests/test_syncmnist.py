@@ -465,3 +465,16 @@ def test_sync_label_appearance_ceiling(variant, digits, p_no_sync, ceiling):
         pair_label, classes, _ = _choose_classes(cfg, rng)
         hits.append(table[tuple(sorted(classes))].argmax() == cfg.final_label(pair_label))
     assert np.mean(hits) == pytest.approx(ceiling, abs=0.025)
+
+
+def test_config_from_manifest_reads_what_the_shards_were_written_with(tmp_path):
+    m = write_syncmnist_shards(tmp_path, "val", 3, seed=0, variant="single", digits=2,
+                               label="sync", p_no_sync=0.25)
+    cfg = SyncMNISTConfig.from_manifest(m)
+    assert (cfg.variant, cfg.digits, cfg.label, cfg.p_no_sync) == ("single", 2, "sync", 0.25)
+    assert cfg.sync_sizes == (2, 3) and cfg.num_classes == 2
+    old = {"config": {k: v for k, v in m["config"].items() if k not in ("label", "class_rule")}}
+    assert SyncMNISTConfig.from_manifest(old).label == "pair"  # a manifest before the field
+    for bad in ({}, {"config": None}, None):
+        with pytest.raises(ValueError, match="'config'"):
+            SyncMNISTConfig.from_manifest(bad)

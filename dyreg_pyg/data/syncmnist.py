@@ -62,6 +62,7 @@ import multiprocessing as mp
 import os
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,9 @@ class SyncMNISTConfig:
             not uniform: "0-9" is far likelier than "4-4").
         label: ``"pair"`` (the paper's and RSTG's label: the classes of the in-sync pair, or
             "no sync") or ``"sync"`` (one bit: "sync" / "no sync"; our reduced task for CPU
-            budgets, issue 15; the videos are drawn exactly as under ``"pair"``).
+            budgets, issue 15). The same generator: with equal ``p_no_sync`` the videos are
+            the very videos of ``"pair"`` (``p_no_sync=None`` means 1/2 here, 1/46 or 1/56
+            there).
         p_no_sync: probability that nothing is in sync; ``None``: one over the number of
             classes (our choice: uniform labels under ``"label_first"``; RSTG's code uses
             1/92 for its 46 classes, because its label dictionary holds both orders of each
@@ -214,6 +217,20 @@ class SyncMNISTConfig:
             return cls(**fields)
         except TypeError as e:
             raise ValueError(f"overrides: {e}") from None
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> SyncMNISTConfig:
+        """The config recorded in a shard manifest of :func:`write_syncmnist_shards` (its
+        ``config``); a field the manifest predates gets its default."""
+        conf = manifest.get("config") if isinstance(manifest, dict) else None
+        if not isinstance(conf, dict):
+            raise ValueError("manifest: expected a 'config' object (a manifest written by "
+                             "write_syncmnist_shards), got none")
+        known = {f.name for f in dataclass_fields(cls)}
+        values = {k: v for k, v in conf.items() if k in known}
+        if values.get("sync_sizes") is not None:
+            values["sync_sizes"] = tuple(values["sync_sizes"])
+        return cls(**values)
 
     def validate(self) -> None:
         """Raise ``ValueError`` for inconsistent parameters."""
@@ -473,7 +490,7 @@ def _ink_box(img: np.ndarray) -> tuple[int, int, int, int]:
 
 def _choose_classes(cfg: SyncMNISTConfig, rng: np.random.Generator
                     ) -> tuple[int, list[int], list[bool]]:
-    """Pair label (:attr:`SyncMNISTConfig.final_label` maps it to the video's label), per-digit
+    """Pair label (:meth:`SyncMNISTConfig.final_label` maps it to the video's label), per-digit
     class, per-digit in-sync flag."""
     nc = cfg.num_pair_classes
     if rng.random() < cfg.no_sync_probability:
@@ -756,7 +773,8 @@ def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: i
     Each sample: ``<key>.cls`` (class index as text), ``<key>.frames.npy`` (uint8 ``[T, size,
     size]``, saved without pickle), ``<key>.json`` (metadata: ``boxes`` ``[T][digits][4]`` in
     output pixels ``(x0, y0, x1, y1)``, ``digit_classes``, ``in_sync``, ``positions`` (canvas
-    top-left corners), ``label``, ``label_name``, ``frame_size``, ``sync_sizes``,
+    top-left corners), ``label``, ``label_name``, ``pair_label`` (the pair label the video was
+    drawn with, see ``label``), ``frame_size``, ``sync_sizes``,
     ``class_rule``).
 
     Args:
@@ -765,7 +783,8 @@ def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: i
             anything else from the held-out ones.
         num_videos: Number of videos (>= 1).
         seed: Random seed.
-        variant: ``"multi"`` (MultiSyncMNIST, 56 classes) or ``"single"`` (SyncMNIST, 46).
+        variant: ``"multi"`` (MultiSyncMNIST, 56 classes) or ``"single"`` (SyncMNIST, 46);
+            2 classes with ``label="sync"`` (in ``fields``).
         frames, digits, size: Frames per video, digits per video, output frame side
             (``None``: the geometry's).
         shard_size: Videos per shard.
