@@ -9,8 +9,12 @@ from one frame to the next (for the position part: how far the regions move, see
 graph):
 
     python study/node_scale.py --checkpoint runs/demo/best.pt --videos 16
+    python study/node_scale.py --checkpoint <study>/oracle-n2pos10/seed0/last.pt \
+        --data <study>/data --videos 16
 
-Without ``--checkpoint`` the model is a freshly initialised ``--preset``.
+Without ``--checkpoint`` the model is a freshly initialised ``--preset``. The clips are
+MultiSyncMNIST validation clips of the demo geometry, or with ``--data`` the first validation
+clips of those shards (a study's own task; an oracle model gets their digit boxes).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,10 +35,12 @@ from dyreg_pyg.models import build_preset
 log = logging.getLogger("node_scale")
 
 
-def node_scales(model: nn.Module, clips: Tensor, frames: int) -> dict[str, dict[str, float]]:
+def node_scales(model: nn.Module, clips: Tensor, frames: int, regions: Tensor | None = None
+                ) -> dict[str, dict[str, float]]:
     """For each :class:`~dyreg_pyg.DyRegGNN` of ``model`` (by module name), the mean L2 norm
     of its nodes' appearance part and position-embedding part on ``clips`` (the model's
-    input), and the mean norm of each part's change between consecutive frames."""
+    input; ``regions``: the boxes of an external-regions model), and the mean norm of each
+    part's change between consecutive frames."""
     parts: dict[str, dict[str, Tensor]] = {}
     handles = []
     for name, mod in model.named_modules():
@@ -49,7 +56,7 @@ def node_scales(model: nn.Module, clips: Tensor, frames: int) -> dict[str, dict[
         raise ValueError("model: no DyRegGNN with a position embedding in it")
     try:
         with torch.no_grad():
-            model.eval()(clips)
+            model.eval()(clips, regions) if regions is not None else model.eval()(clips)
     finally:
         for h in handles:
             h.remove()
@@ -73,16 +80,48 @@ def syncmnist_clips(num: int, seed: int = 5, mean: float = 0.5, std: float = 0.5
     return x.sub(mean).div(std).unsqueeze(2)
 
 
+def shard_clips(checkpoint: str, data: str, num: int) -> tuple[nn.Module, Tensor, Tensor | None]:
+    """The trained model of ``checkpoint``, the first ``num`` validation clips of the shards
+    ``data`` as it sees them (normalised) and, for an external-regions model, their boxes."""
+    from train.data import external_regions, make_loader, normalise
+    from train.loop import load_trained
+
+    model, cfg, _ = load_trained(checkpoint, data)
+    cfg.data.num_workers = 0
+    clips, boxes = [], []
+    for batch in make_loader(cfg, "val", epoch=0):
+        clips.append(normalise(batch["video"], cfg))
+        if model.needs_regions():
+            boxes.append(external_regions(batch))
+        if sum(len(c) for c in clips) >= num:
+            break
+    if not clips:
+        raise ValueError(f"{data}: no validation clips")
+    return (model, torch.cat(clips)[:num], torch.cat(boxes)[:num] if boxes else None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="a trained run's .pt")
     ap.add_argument("--preset", default="syncmnist_r18_dyreg",
                     help="without --checkpoint: a fresh model of this preset")
     ap.add_argument("--videos", type=int, default=16)
+    ap.add_argument("--data", default=None,
+                    help="with --checkpoint: take the clips from these shards (a folder or "
+                         "pattern; their validation split)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    if args.data:
+        if not args.checkpoint:
+            raise SystemExit("--data needs --checkpoint")
+        from train.data import split_pattern
+
+        data = split_pattern(args.data, "val") if Path(args.data).is_dir() else args.data
+        model, clips, regions = shard_clips(args.checkpoint, data, args.videos)
+        print(json.dumps(node_scales(model, clips, clips.shape[1], regions), indent=1))
+        return
     if args.checkpoint:
         from train.predict import load_predictor
 

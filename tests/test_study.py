@@ -109,6 +109,12 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
                                  (r["top1_guess_wrong"], 1 - r["guess_top1"])) if x is not None]
     assert sum(x * w for x, w in parts) == pytest.approx(r["top1"])
     assert r["guess_loss"] > 0 and r["loss"] > 0
+    # node_scale on the study's own clips: the oracle's regions are their digit boxes
+    node_tool = _load(ROOT / "study" / "node_scale.py")
+    model, clips, boxes = node_tool.shard_clips(out / "oracle" / "seed0" / "last.pt", val, 3)
+    assert clips.shape == (3, 10, 1, 64, 64) and boxes.shape == (3, 10, 5, 4)
+    (row,) = node_tool.node_scales(model, clips, 10, boxes).values()
+    assert row["position_change"] > 0 and row["appearance"] > 0
 
 
 def _load(path: Path):
