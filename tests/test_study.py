@@ -115,6 +115,14 @@ def test_study_tables_resume_and_investigation_rows(tmp_path):
     assert clips.shape == (3, 10, 1, 64, 64) and boxes.shape == (3, 10, 5, 4)
     (row,) = node_tool.node_scales(model, clips, 10, boxes).values()
     assert row["position_change"] > 0 and row["appearance"] > 0
+    # garbage and empty shards: skipped (and counted by the loader), then a loud error
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "val-000000.tar").write_bytes(os.urandom(3000))
+    (bad / "val-000001.tar").write_bytes(b"")
+    with pytest.raises(ValueError, match="no validation clips"):
+        node_tool.shard_clips(out / "oracle" / "seed0" / "last.pt",
+                              str(bad / "val-{000000..000001}.tar"), 3)
 
 
 def _load(path: Path):
