@@ -81,6 +81,9 @@ def check_authors_config(cfg: DyRegConfig) -> None:
     if cfg.position_scale != 1.0:
         raise ValueError(
             f"position_scale: not part of flavor='authors', got {cfg.position_scale}")
+    if cfg.position_input != "kernel":
+        raise ValueError(
+            f"position_input: flavor='authors' embeds the kernel map, got {cfg.position_input!r}")
     if cfg.temporal not in ("gru", "lstm"):
         raise ValueError(
             f"temporal: flavor='authors' runs a recurrent network ('gru' or 'lstm'), got "

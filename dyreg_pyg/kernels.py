@@ -24,6 +24,7 @@ __all__ = [
     "conv1x1",
     "regions_to_boxes",
     "KernelPositionEmbedding",
+    "RegionPositionEmbedding",
 ]
 
 
@@ -333,3 +334,50 @@ class KernelPositionEmbedding(nn.Module):
     def __repr__(self) -> str:
         extra = "" if self.scale == 1.0 else f", scale={self.scale:g}"
         return f"{self.__class__.__name__}(grid={self.grid}, out={self.lin.out_features}{extra})"
+
+
+class RegionPositionEmbedding(nn.Module):
+    r"""Position embedding of a node from its region's four numbers (not in the paper).
+
+    .. math::
+        \mathbf{e}_i = s \, (\mathbf{W}_r (c_x, c_y, w, h)_i^\top + \mathbf{b}_r)
+
+    An alternative to :class:`KernelPositionEmbedding` (``DyRegConfig.position_input =
+    "region"``): the same displacement gives the same embedding change wherever the region
+    is, whereas a linear map of a kernel that covers two or three cells of the map changes by
+    a place-dependent vector. On the pixel-free probe of ``study/gnn_sync_probe.py`` (is
+    anything in sync, two digits) the graph finds synchrony from coordinates x 10 after
+    32-48k videos, from kernel maps x 1 only after 240-272k, and not within 384k from kernel
+    maps x 10 (``study/LOG.md``).
+
+    Args:
+        out_channels: embedding size ``C``.
+        scale: the constant ``s`` (1: no scaling).
+
+    Shapes:
+        - **input:** regions ``[G, N, 4]`` ``(cx, cy, w, h)``, normalised
+        - **output:** ``[G, N, C]``
+    """
+
+    def __init__(self, out_channels: int, scale: float = 1.0) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale: expected a positive number, got {scale}")
+        self.scale = float(scale)
+        self.lin = nn.Linear(4, out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin.reset_parameters()
+
+    def forward(self, regions: Tensor) -> Tensor:
+        _check_regions(regions)
+        # float32 even under autocast: bf16 would round (cx, cy) to ~0.4 %, the size of a
+        # one-pixel move, and this embedding exists to carry small motions (4 -> C: cheap)
+        with torch.autocast(regions.device.type, enabled=False):
+            out = self.lin(regions.to(self.lin.weight.dtype))
+        return out if self.scale == 1.0 else out * self.scale
+
+    def __repr__(self) -> str:
+        extra = "" if self.scale == 1.0 else f", scale={self.scale:g}"
+        return f"{self.__class__.__name__}(out={self.lin.out_features}{extra})"

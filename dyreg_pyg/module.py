@@ -13,6 +13,7 @@ from torch_geometric.data import Batch
 from .graph import build_graph_batch, frame_edge_index
 from .kernels import (
     KernelPositionEmbedding,
+    RegionPositionEmbedding,
     fold_norm,
     pool_nodes,
     regions_to_boxes,
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("pyg", "dense")
 NORMS = ("batch", "layer", "none")
 FLAVORS = ("paper", "authors")
+POSITION_INPUTS = ("kernel", "region")
 
 
 @dataclass
@@ -58,7 +60,12 @@ class DyRegConfig:
         share_weights: one spatial and one temporal layer reused by all iterations;
             ``None``: the flavour's (paper ``False``, authors ``True``).
         self_loops: frame graphs include ``i -> i`` edges.
-        position_embedding: add ``Linear(K_i)`` to the nodes (Section 3.2).
+        position_embedding: add a position embedding to the nodes (Section 3.2).
+        position_input: what it reads: ``"kernel"`` (the paper: ``Linear(vec K_i)``,
+            :class:`~dyreg_pyg.kernels.KernelPositionEmbedding`) or ``"region"`` (ours: a
+            linear map of the region's ``(cx, cy, w, h)``,
+            :class:`~dyreg_pyg.kernels.RegionPositionEmbedding`, whose change under a
+            displacement does not depend on the place).
         position_scale: constant multiplier of that embedding (1: the paper). Ours, for the
             study of issue 15: at 1 a trained node's motion reaches the graph at about 1/200
             of the node (:class:`~dyreg_pyg.kernels.KernelPositionEmbedding`).
@@ -90,6 +97,7 @@ class DyRegConfig:
     share_weights: bool | None = None
     self_loops: bool = True
     position_embedding: bool = True
+    position_input: str = "kernel"
     position_scale: float = 1.0
     spatial_size: tuple[int, int] | None = None
     backend: str = "pyg"
@@ -117,6 +125,12 @@ class DyRegConfig:
         if not self.position_scale > 0:
             raise ValueError(f"position_scale: expected a positive number, got "
                              f"{self.position_scale}")
+        if self.position_input not in POSITION_INPUTS:
+            raise ValueError(f"position_input: expected one of {POSITION_INPUTS}, got "
+                             f"{self.position_input!r}")
+        if self.position_input != "kernel" and not self.position_embedding:
+            raise ValueError(f"position_input={self.position_input!r} chooses the position "
+                             f"embedding's input, but position_embedding is False")
         if self.position_scale != 1.0 and not self.position_embedding:
             raise ValueError(f"position_scale={self.position_scale} scales the position "
                              f"embedding, but position_embedding is False")
@@ -172,7 +186,8 @@ class DyRegGNN(nn.Module):
     r"""The DyReg-GNN module: feature map in, feature map of the same shape out.
 
     For every frame :math:`X_t` it predicts :math:`N` regions (Eq. 1-4), pools one node from
-    each with a separable kernel (Eq. 5-7) plus a position embedding of that kernel, runs
+    each with a separable kernel (Eq. 5-7) plus a position embedding of that kernel (or, with
+    ``position_input="region"``, of the region's four numbers), runs
     :math:`K` alternations of spatial message passing (Eq. 8) and a temporal recurrent
     update (Eq. 9), and sends each node back to the positions it came from (Eq. 10):
 
@@ -251,8 +266,11 @@ class DyRegGNN(nn.Module):
         self.proj_in = nn.Linear(in_channels, ch) if ch != in_channels else nn.Identity()
         self.proj_out = nn.Linear(ch, in_channels) if ch != in_channels else nn.Identity()
         grid = cfg.spatial_size or (14, 14)
-        self.pos_embed = (KernelPositionEmbedding(grid, ch, cfg.position_scale)
-                          if cfg.position_embedding else None)
+        self.pos_embed: nn.Module | None = None
+        if cfg.position_embedding and cfg.position_input == "region":
+            self.pos_embed = RegionPositionEmbedding(ch, cfg.position_scale)
+        elif cfg.position_embedding:
+            self.pos_embed = KernelPositionEmbedding(grid, ch, cfg.position_scale)
         n_layers = 1 if cfg.share_weights else cfg.iterations
         self.spatial = nn.ModuleList(make_spatial_layer(cfg.gnn, ch) for _ in range(n_layers))
         self.temporal = nn.ModuleList(TemporalUpdate(ch, cfg.temporal) for _ in range(n_layers))
@@ -309,7 +327,9 @@ class DyRegGNN(nn.Module):
         flat_k = kernels.reshape(b * t, n, h, w)
         nodes = self.proj_in(pool_nodes(x.reshape(b * t, c, h, w), flat_k))  # Eq. 7
         if self.pos_embed is not None:
-            nodes = nodes + self.pos_embed(flat_k).to(nodes.dtype)
+            where = regions.reshape(b * t, n, 4) if self.config.position_input == "region" \
+                else flat_k
+            nodes = nodes + self.pos_embed(where).to(nodes.dtype)
 
         attention = None
         if self.config.backend == "dense":

@@ -241,3 +241,42 @@ def test_position_scale_changes_only_the_position_part_of_the_nodes():
         DyRegConfig(position_scale=10.0, position_embedding=False)
     with pytest.raises(ValueError, match="position_scale"):
         DyRegConfig(flavor="authors", position_scale=10.0)
+
+
+@pytest.mark.parametrize("backend", ["pyg", "dense"])
+def test_region_position_embedding_reads_the_regions_numbers(backend):
+    from dyreg_pyg.kernels import KernelPositionEmbedding, RegionPositionEmbedding
+
+    torch.manual_seed(0)
+    m = DyRegGNN(C, 8, regions="external", num_nodes=2, position_input="region",
+                 position_scale=3.0, backend=backend)
+    assert isinstance(m.pos_embed, RegionPositionEmbedding)
+    assert isinstance(DyRegGNN(C, 8).pos_embed, KernelPositionEmbedding)  # the paper's default
+    regions = _ext(2)
+    seen = []
+    m.pos_embed.register_forward_hook(lambda mod, i, o: seen.append(o))
+    x = _x().requires_grad_()
+    m(x, regions).sum().backward()
+    lin = m.pos_embed.lin
+    want = 3.0 * (regions.reshape(B * T, 2, 4) @ lin.weight.T + lin.bias)
+    assert torch.allclose(seen[0], want, atol=1e-5)
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+    # the same shift moves the embedding by the same vector, wherever the region is
+    emb = m.pos_embed
+    a = torch.tensor([[[0.2, 0.3, 0.1, 0.1], [0.7, 0.6, 0.1, 0.1]]])
+    shift = torch.tensor([0.05, -0.02, 0.0, 0.0])
+    change = emb(a + shift) - emb(a)
+    assert torch.allclose(change[0, 0], change[0, 1], atol=1e-5)
+    with pytest.raises(ValueError, match="position_input"):
+        DyRegConfig(position_input="coords")
+    with pytest.raises(ValueError, match="position_embedding is False"):
+        DyRegConfig(position_input="region", position_embedding=False)
+    with pytest.raises(ValueError, match="position_input"):
+        DyRegConfig(flavor="authors", position_input="region")
+    with pytest.raises(ValueError, match=r"\[\.\.\., N, 4\]"):
+        emb(torch.zeros(2, 3, 5))
+    # computed in float32 under bf16 autocast: a one-pixel move is not rounded away
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = emb(a + shift)
+    assert low.dtype == torch.float32
+    assert torch.allclose(low, emb(a + shift).detach())
