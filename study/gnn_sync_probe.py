@@ -78,28 +78,47 @@ from dyreg_pyg.data.syncmnist import (
     load_digit_pool,
 )
 from dyreg_pyg.graph import frame_edge_index
+from dyreg_pyg.kernels import region_kernels
 from dyreg_pyg.nn import TemporalUpdate, make_spatial_layer
 from dyreg_pyg.nn.authors import GraphLayerNorm
+from train.data import batch_object_boxes
 
 log = logging.getLogger("gnn_sync_probe")
 
 
-def make_positions(num: int, seed: int, cfg: SyncMNISTConfig | None = None
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def make_positions(num: int, seed: int, cfg: SyncMNISTConfig | None = None,
+                   regions: bool = False) -> tuple[Tensor, ...]:
     """Positions ``[num, T, N, 2]`` in ``[0, 1]``, in-sync flags ``[num, N]``, digit classes
     ``[num, N]`` and video labels ``[num]`` of ``cfg``'s videos (default: MultiSyncMNIST of
-    the demo geometry; ``N = cfg.digits``)."""
+    the demo geometry; ``N = cfg.digits``). With ``regions``, a fifth tensor: the digits'
+    boxes as regions ``[num, T, N, 4]`` exactly as ``train.data.batch_object_boxes`` gives
+    them to the ``oracle`` model (each digit's ink box, in the frame)."""
     cfg = SyncMNISTConfig() if cfg is None else cfg
     pool = load_digit_pool("train")
-    pos, flags, classes, labels = [], [], [], []
+    pos, flags, classes, labels, metas = [], [], [], [], []
     for i in range(num):
         _, label, meta = generate_video(cfg, pool, np.random.default_rng([seed, i]))
         pos.append(np.asarray(meta["positions"], np.float32) / (cfg.canvas - cfg.digit_size))
         flags.append(np.asarray(meta["in_sync"], np.float32))
         classes.append(meta["digit_classes"])
         labels.append(label)
-    return (torch.from_numpy(np.stack(pos)), torch.from_numpy(np.stack(flags)),
-            torch.tensor(classes), torch.tensor(labels))
+        if regions:
+            metas.append({"boxes": meta["boxes"]})
+    out = (torch.from_numpy(np.stack(pos)), torch.from_numpy(np.stack(flags)),
+           torch.tensor(classes), torch.tensor(labels))
+    if not regions:
+        return out
+    frame = torch.zeros(1, cfg.frames, 1, cfg.size, cfg.size)  # only its shape is read
+    boxes, mask = batch_object_boxes({"video": frame, "meta": metas})
+    if boxes is None or not bool(mask.all()):
+        raise RuntimeError("generated videos without a box for every digit and frame")
+    return (*out, boxes)
+
+
+def regions_to_kernel_inputs(regions: Tensor, grid: int) -> Tensor:
+    """Regions ``[..., N, 4]`` -> their kernel maps (Eqs. 5-6) on a ``grid x grid`` feature
+    map, flattened ``[..., N, grid**2]``: what the video model's position embedding reads."""
+    return region_kernels(regions, grid, grid).flatten(-2)
 
 
 class GraphProbe(nn.Module):
@@ -122,11 +141,14 @@ class GraphProbe(nn.Module):
             positions only) or ``None`` (not at all: the in-sync tasks' default).
         flavor: ``"paper"`` (RSTG then GRU, K times) or ``"authors"`` (the authors' stack,
             :func:`~dyreg_pyg.authors.authors_graph_stack`).
+        pos_features: how many numbers describe a node's position (2: coordinates; ``g**2``:
+            a flattened kernel map, :func:`regions_to_kernel_inputs`).
     """
 
     def __init__(self, channels: int = 64, iterations: int = 3, messages: bool = True,
                  num_classes: int | None = None, flavor: str = "paper",
-                 layer: str = "rstg", classes_at: str | None = "default") -> None:
+                 layer: str = "rstg", classes_at: str | None = "default",
+                 pos_features: int = 2) -> None:
         super().__init__()
         if flavor not in ("paper", "authors"):
             raise ValueError(f"flavor: expected 'paper' or 'authors', got {flavor!r}")
@@ -135,7 +157,7 @@ class GraphProbe(nn.Module):
         if classes_at not in (None, "nodes", "head"):
             raise ValueError(f"classes_at: expected None, 'nodes' or 'head', got {classes_at!r}")
         self.classes_at = classes_at
-        inputs = 2 + 10 * (classes_at == "nodes")
+        inputs = pos_features + 10 * (classes_at == "nodes")
         self.embed = nn.Sequential(nn.Linear(inputs, channels), nn.ReLU(),
                                    nn.Linear(channels, channels))
         if flavor == "paper":
@@ -268,6 +290,14 @@ def main() -> None:
                          "(default of the in-sync tasks)")
     ap.add_argument("--pos-scale", type=float, default=1.0,
                     help="multiply the positions (in [0, 1] of the canvas) by this")
+    ap.add_argument("--pos-input", choices=("coords", "kernel"), default="coords",
+                    help="a node's position as its 2 coordinates, or as the kernel map of its "
+                         "region (the digit's ink box, as the oracle model gets it) on a "
+                         "--grid x --grid map (what the video model's position embedding "
+                         "reads); --pos-scale multiplies either")
+    ap.add_argument("--grid", type=int, default=8,
+                    help="feature-map size of --pos-input kernel (8: the demo's 64-pixel "
+                         "frames after layer2; 16: the authors' 128-pixel ones)")
     ap.add_argument("--geometry", default="demo", help="SyncMNISTConfig geometry of the videos")
     ap.add_argument("--variant", default=None, choices=("multi", "single"),
                     help="MultiSyncMNIST (56 classes) or SyncMNIST (exactly 2 in sync, distinct "
@@ -288,7 +318,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    data, val = make_positions(args.train, args.seed, cfg), make_positions(args.val, 7919, cfg)
+    kernel = args.pos_input == "kernel"
+    data = make_positions(args.train, args.seed, cfg, regions=kernel)
+    val = make_positions(args.val, 7919, cfg, regions=kernel)
     log.info("positions of %d + %d videos in %.0f s; in-sync share %.3f", args.train, args.val,
              time.time() - t0, float(val[1].mean()))
     num_classes = {"label": cfg.num_classes, "anysync": 2}.get(args.task)
@@ -296,6 +328,8 @@ def main() -> None:
     classes_at = None if classes_at == "none" else classes_at
     if classes_at is not None and args.task == "sync":
         raise SystemExit("--classes-at: the per-node task reads positions only")
+    if kernel:  # the oracle's regions as kernel maps replace the coordinates
+        data, val = ((regions_to_kernel_inputs(d[4], args.grid), *d[1:4]) for d in (data, val))
     data, val = ((d[0] * args.pos_scale, *d[1:]) for d in (data, val))
     if args.task == "anysync":  # the video's label becomes "something moves in sync"
         data = (*data[:3], data[1].amax(1).long())
@@ -307,7 +341,7 @@ def main() -> None:
         t0 = time.time()
         model = GraphProbe(messages=messages, num_classes=num_classes, flavor=args.flavor,
                            layer=args.layer,
-                           classes_at=classes_at)
+                           classes_at=classes_at, pos_features=data[0].shape[-1])
         results[name] = train_probe(model,
                                     data, val, args.steps, args.batch_size, args.lr, args.seed,
                                     args.eval_every)

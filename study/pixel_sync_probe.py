@@ -20,6 +20,13 @@ A node that cannot see the others gets about 58 % (the no-messages control of
 
     python study/pixel_sync_probe.py --train 20000 --val 2000 --steps 1500 \\
         --variants pooled+pos --threads 1
+
+The reduced task of issue 15 item 5 (two digits, in sync half the time; one bit per video,
+"does anything move in sync", read by a head on the mean of the last frame's node states),
+with the position embedding read from the regions' numbers and made louder:
+
+    python study/pixel_sync_probe.py --task anysync --variant single --digits 2 \\
+        --p-no-sync 0.5 --pos-input region --pos-scale 10 --variants pooled+pos
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +52,12 @@ log = logging.getLogger("pixel_sync_probe")
 VARIANTS = {"pooled+pos": True, "pooled": False}
 
 
-def make_clips(num: int, seed: int, split: str = "train") -> tuple[Tensor, Tensor, Tensor]:
-    """MultiSyncMNIST clips uint8 ``[num, T, 1, 64, 64]``, true boxes as regions
-    ``[num, T, 5, 4]`` and in-sync flags ``[num, 5]``."""
-    cfg = SyncMNISTConfig()
+def make_clips(num: int, seed: int, split: str = "train", cfg: SyncMNISTConfig | None = None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Clips of ``cfg`` (default: MultiSyncMNIST of the demo geometry) as uint8
+    ``[num, T, 1, 64, 64]``, the true boxes as regions ``[num, T, N, 4]`` and the in-sync
+    flags ``[num, N]`` (``N = cfg.digits``)."""
+    cfg = SyncMNISTConfig() if cfg is None else cfg
     pool = load_digit_pool(split)
     frames, metas, flags = [], [], []
     for i in range(num):
@@ -63,31 +73,42 @@ def make_clips(num: int, seed: int, split: str = "train") -> tuple[Tensor, Tenso
 
 
 class PixelSyncProbe(nn.Module):
-    """Frames ``[B, T, 1, H, W]`` and digit boxes ``[B, T, 5, 4]`` -> per-digit in-sync logits
-    ``[B, 5]``: ResNet-18 up to ``layer2``, DyRegGNN nodes on the boxes, a linear head.
+    """Frames ``[B, T, 1, H, W]`` and digit boxes ``[B, T, N, 4]`` -> per-digit in-sync logits
+    ``[B, N]`` (or, with ``video_head``, one "does anything move in sync" logit ``[B, 1]``):
+    ResNet-18 up to ``layer2``, DyRegGNN nodes on the boxes, a linear head on the last frame's
+    node states (``video_head``: on their mean over the nodes).
 
     Args:
         position_embedding: add the kernel position embedding to the pooled nodes.
         node_channels, iterations: as in the ``syncmnist_r18_*`` presets (64, 3).
+        num_nodes: digits per clip (5: MultiSyncMNIST).
+        position_scale: ``DyRegConfig.position_scale`` (1: the paper).
+        position_input: ``DyRegConfig.position_input`` (``"kernel"``: the paper).
+        video_head: one answer per video instead of one per node.
     """
 
     def __init__(self, position_embedding: bool = True, node_channels: int = 64,
-                 iterations: int = 3) -> None:
+                 iterations: int = 3, num_nodes: int = 5, position_scale: float = 1.0,
+                 video_head: bool = False, position_input: str = "kernel") -> None:
         super().__init__()
         self.backbone = timm.create_model("resnet18", pretrained=False, in_chans=1,
                                           features_only=True, out_indices=(2,))
         channels = self.backbone.feature_info.channels()[-1]
-        self.gnn = DyRegGNN(channels, node_channels, num_nodes=5, regions="external",
+        extra = {"position_scale": position_scale, "position_input": position_input} \
+            if position_embedding else {}
+        self.gnn = DyRegGNN(channels, node_channels, num_nodes=num_nodes, regions="external",
                             iterations=iterations, share_weights=True, spatial_size=(8, 8),
-                            position_embedding=position_embedding)
+                            position_embedding=position_embedding, **extra)
         self.head = nn.Linear(node_channels, 1)
+        self.video_head = video_head
 
     def forward(self, clip: Tensor, boxes: Tensor) -> Tensor:
         b, t = clip.shape[:2]
         feats = self.backbone(clip.flatten(0, 1))[-1]
         feats = feats.view(b, t, *feats.shape[1:])
-        nodes = self.gnn.node_states(feats, boxes)  # [B, T, 5, C]
-        return self.head(nodes[:, -1]).squeeze(-1)
+        last = self.gnn.node_states(feats, boxes)[:, -1]  # [B, N, C]
+        # the video head: one "node" (the mean of all), so the answer is [B, 1]
+        return self.head(last.mean(1, keepdim=True) if self.video_head else last).squeeze(-1)
 
 
 def _normalise(video: Tensor) -> Tensor:
@@ -150,6 +171,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250, help="steps between validations")
+    ap.add_argument("--task", choices=("sync", "anysync"), default="sync",
+                    help="sync: per node, is this digit in sync; anysync: one bit per video, "
+                         "does anything move in sync (read from the mean node state)")
+    ap.add_argument("--variant", default=None, choices=("multi", "single"),
+                    help="SyncMNISTConfig.variant (default multi)")
+    ap.add_argument("--digits", type=int, default=None, help="digits per video (default 5)")
+    ap.add_argument("--p-no-sync", type=float, default=None,
+                    help="SyncMNISTConfig.p_no_sync: share of videos where nothing is in sync")
+    ap.add_argument("--pos-scale", type=float, default=1.0,
+                    help="DyRegConfig.position_scale of the position embedding (1: the paper)")
+    ap.add_argument("--pos-input", choices=("kernel", "region"), default="kernel",
+                    help="DyRegConfig.position_input of the position embedding")
     ap.add_argument("--out", default=None, help="also write the results here (JSON)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -159,13 +192,21 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}")
     t0 = time.time()
-    data = make_clips(args.train, args.seed)
-    val = make_clips(args.val, 7919, split="val")
-    log.info("%d + %d clips in %.0f s", args.train, args.val, time.time() - t0)
+    cfg = SyncMNISTConfig.from_geometry("demo", variant=args.variant, digits=args.digits,
+                                        p_no_sync=args.p_no_sync)
+    data = make_clips(args.train, args.seed, cfg=cfg)
+    val = make_clips(args.val, 7919, split="val", cfg=cfg)
+    if args.task == "anysync":  # one bit per video: does anything move in sync
+        data, val = ((*d[:2], d[2].amax(1, keepdim=True)) for d in (data, val))
+    log.info("%d + %d clips in %.0f s; positive share (val) %.3f", args.train, args.val,
+             time.time() - t0, float(val[2].mean()))
     results = {}
     for name in variants:
         torch.manual_seed(args.seed)
-        results[name] = train_probe(PixelSyncProbe(VARIANTS[name]), data, val, args.steps,
+        model = PixelSyncProbe(VARIANTS[name], num_nodes=cfg.digits,
+                               position_scale=args.pos_scale, video_head=args.task == "anysync",
+                               position_input=args.pos_input)
+        results[name] = train_probe(model, data, val, args.steps,
                                     args.batch_size, args.lr, args.seed, args.eval_every)
         log.info("%s: %s", name, results[name])
     print("| nodes | node accuracy % | video accuracy % | videos/s |\n|---|---|---|---|")
@@ -174,7 +215,8 @@ def main() -> None:
               f"{r['videos_per_s']:.1f} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+        Path(args.out).write_text(json.dumps({"args": vars(args), "config": asdict(cfg),
+                                              "results": results}, indent=1))
 
 
 if __name__ == "__main__":

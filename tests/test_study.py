@@ -308,6 +308,54 @@ def test_sync_probe_control_cannot_see_other_nodes_and_the_graph_can():
             model(pos)
 
 
+def test_sync_probe_kernel_input_is_the_oracles_kernel_map():
+    probe = _load(ROOT / "study" / "gnn_sync_probe.py")
+    pixel = _load(ROOT / "study" / "pixel_sync_probe.py")
+    from dyreg_pyg.data.syncmnist import SyncMNISTConfig
+
+    cfg = SyncMNISTConfig.from_geometry("demo", variant="single", digits=2, p_no_sync=0.5)
+    pos, flags, _, _, regions = probe.make_positions(3, seed=0, cfg=cfg, regions=True)
+    # the same regions the oracle reads from the frames' boxes (pixel probe, same videos)
+    video, boxes, pixel_flags = pixel.make_clips(3, seed=0, cfg=cfg)
+    assert torch.equal(regions, boxes) and torch.equal(flags, pixel_flags)
+    # each region lies inside its digit's 28-pixel square and moves with it
+    left = pos[..., 0] * (cfg.canvas - cfg.digit_size) / cfg.canvas
+    assert ((regions[..., 0] > left) & (regions[..., 0] < left + cfg.digit_size / cfg.canvas)).all()
+    step = (pos[:, 1:, :, 0] - pos[:, :-1, :, 0]) * (cfg.canvas - cfg.digit_size) / cfg.canvas
+    assert torch.allclose(regions[:, 1:, :, 0] - regions[:, :-1, :, 0], step, atol=0.02)
+    kernels = probe.regions_to_kernel_inputs(regions, 8)
+    assert kernels.shape == (3, 10, 2, 64)
+    assert torch.allclose(kernels.sum(-1), torch.ones(3, 10, 2)) and (kernels >= 0).all()
+    # a frame's pixels that the oracle pools are the ink under the kernel
+    frames = video[:, :, 0].float()
+    pooled = (torch.nn.functional.avg_pool2d(frames.flatten(0, 1)[:, None], 8)
+              .view(3, 10, 1, 64) * kernels).sum(-1)
+    assert (pooled > 0).all()
+    torch.manual_seed(0)
+    model = probe.GraphProbe(channels=16, iterations=2, num_classes=2, classes_at=None,
+                             pos_features=64).eval()
+    with torch.no_grad():
+        assert model(kernels).shape == (3, 2)
+
+
+def test_pixel_sync_probe_video_head_reads_all_nodes():
+    probe = _load(ROOT / "study" / "pixel_sync_probe.py")
+    from dyreg_pyg.data.syncmnist import SyncMNISTConfig
+
+    cfg = SyncMNISTConfig.from_geometry("demo", variant="single", digits=2, p_no_sync=0.5)
+    video, boxes, flags = probe.make_clips(2, seed=0, cfg=cfg)
+    assert boxes.shape == (2, 10, 2, 4) and flags.shape == (2, 2)
+    torch.manual_seed(0)
+    model = probe.PixelSyncProbe(num_nodes=2, position_scale=10.0, video_head=True,
+                                 position_input="region").eval()
+    assert model.gnn.pos_embed.scale == 10.0 and model.gnn.config.position_input == "region"
+    x = probe._normalise(video)
+    with torch.no_grad():
+        out = model(x, boxes)
+        assert out.shape == (2, 1)  # one answer per video
+        assert torch.allclose(model(x, boxes.flip(2)), out, atol=1e-5)  # blind to node order
+
+
 def test_sync_probe_authors_flavour_runs_and_its_control_has_no_messages(tmp_path):
     probe = _load(ROOT / "study" / "gnn_sync_probe.py")
     from dyreg_pyg.nn.authors import AuthorsRSTGConv
