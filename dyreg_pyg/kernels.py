@@ -344,11 +344,11 @@ class RegionPositionEmbedding(nn.Module):
 
     An alternative to :class:`KernelPositionEmbedding` (``DyRegConfig.position_input =
     "region"``): the same displacement gives the same embedding change wherever the region
-    is, whereas a linear map of a kernel that covers two or three cells of the map changes by
-    a place-dependent vector. On the pixel-free probe of ``study/gnn_sync_probe.py`` (is
-    anything in sync, two digits) the graph finds synchrony from coordinates x 10 after
-    32-48k videos, from kernel maps x 1 only after 240-272k, and not within 384k from kernel
-    maps x 10 (``study/LOG.md``).
+    is, whereas a linear map of a kernel that covers one or two cells of the map changes by
+    a place-dependent vector. On the pixel-free probe of ``study/gnn_sync_probe.py`` (two
+    digits, does anything move in sync; one seed) the graph leaves chance after 144-160k
+    videos from coordinates (32-48k from coordinates x 10) but not within 384k from the
+    oracle's kernel maps on an 8 x 8 map (x 10: 56 % at 384k) (``study/LOG.md``).
 
     Args:
         out_channels: embedding size ``C``.
