@@ -287,7 +287,35 @@ def regions_to_boxes(regions: Tensor) -> Tensor:
     return torch.stack((cx - w, cy - h, cx + w, cy + h), -1).clamp(0.0, 1.0)
 
 
-class KernelPositionEmbedding(nn.Module):
+class _ScaledLinearEmbedding(nn.Module):
+    """``s * Linear(in_features -> C)``, the common part of the position embeddings: the
+    scale's check, the projection ``lin`` (state-dict keys ``lin.weight``, ``lin.bias``) and
+    the repr."""
+
+    def __init__(self, in_features: int, out_channels: int, scale: float) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale: expected a positive number, got {scale}")
+        self.scale = float(scale)
+        self.lin = nn.Linear(in_features, out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin.reset_parameters()
+
+    def _project(self, x: Tensor) -> Tensor:
+        out = self.lin(x.to(self.lin.weight.dtype))
+        return out if self.scale == 1.0 else out * self.scale
+
+    def _describe(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        extra = "" if self.scale == 1.0 else f", scale={self.scale:g}"
+        return f"{self.__class__.__name__}({self._describe()}out={self.lin.out_features}{extra})"
+
+
+class KernelPositionEmbedding(_ScaledLinearEmbedding):
     r"""Position embedding of a node: a linear projection of its kernel map (Section 3.2).
 
     .. math::
@@ -311,16 +339,8 @@ class KernelPositionEmbedding(nn.Module):
     """
 
     def __init__(self, grid: tuple[int, int], out_channels: int, scale: float = 1.0) -> None:
-        super().__init__()
-        if not scale > 0:
-            raise ValueError(f"scale: expected a positive number, got {scale}")
-        self.scale = float(scale)
         self.grid = (int(grid[0]), int(grid[1]))
-        self.lin = nn.Linear(self.grid[0] * self.grid[1], out_channels)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.lin.reset_parameters()
+        super().__init__(self.grid[0] * self.grid[1], out_channels, scale)
 
     def forward(self, kernels: Tensor) -> Tensor:
         g, n, h, w = kernels.shape
@@ -328,15 +348,13 @@ class KernelPositionEmbedding(nn.Module):
             kernels = F.adaptive_avg_pool2d(kernels, self.grid) * (h * w) / (
                 self.grid[0] * self.grid[1]
             )
-        out = self.lin(kernels.reshape(g, n, -1).to(self.lin.weight.dtype))
-        return out if self.scale == 1.0 else out * self.scale
+        return self._project(kernels.reshape(g, n, -1))
 
-    def __repr__(self) -> str:
-        extra = "" if self.scale == 1.0 else f", scale={self.scale:g}"
-        return f"{self.__class__.__name__}(grid={self.grid}, out={self.lin.out_features}{extra})"
+    def _describe(self) -> str:
+        return f"grid={self.grid}, "
 
 
-class RegionPositionEmbedding(nn.Module):
+class RegionPositionEmbedding(_ScaledLinearEmbedding):
     r"""Position embedding of a node from its region's four numbers (not in the paper).
 
     .. math::
@@ -360,24 +378,11 @@ class RegionPositionEmbedding(nn.Module):
     """
 
     def __init__(self, out_channels: int, scale: float = 1.0) -> None:
-        super().__init__()
-        if not scale > 0:
-            raise ValueError(f"scale: expected a positive number, got {scale}")
-        self.scale = float(scale)
-        self.lin = nn.Linear(4, out_channels)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.lin.reset_parameters()
+        super().__init__(4, out_channels, scale)
 
     def forward(self, regions: Tensor) -> Tensor:
         _check_regions(regions)
         # float32 even under autocast: bf16 would round (cx, cy) to ~0.4 %, the size of a
         # one-pixel move, and this embedding exists to carry small motions (4 -> C: cheap)
         with torch.autocast(regions.device.type, enabled=False):
-            out = self.lin(regions.to(self.lin.weight.dtype))
-        return out if self.scale == 1.0 else out * self.scale
-
-    def __repr__(self) -> str:
-        extra = "" if self.scale == 1.0 else f", scale={self.scale:g}"
-        return f"{self.__class__.__name__}(out={self.lin.out_features}{extra})"
+            return self._project(regions)

@@ -191,6 +191,9 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}")
+    if "pooled" in variants and (args.pos_scale != 1.0 or args.pos_input != "kernel"):
+        raise SystemExit("--pos-scale/--pos-input: the 'pooled' variant has no position "
+                         "embedding; run it separately, without them")
     t0 = time.time()
     cfg = SyncMNISTConfig.from_geometry("demo", variant=args.variant, digits=args.digits,
                                         p_no_sync=args.p_no_sync)

@@ -354,6 +354,11 @@ def test_pixel_sync_probe_video_head_reads_all_nodes():
         out = model(x, boxes)
         assert out.shape == (2, 1)  # one answer per video
         assert torch.allclose(model(x, boxes.flip(2)), out, atol=1e-5)  # blind to node order
+    # a position option on the variant without a position embedding is refused, not dropped
+    res = subprocess.run([sys.executable, str(ROOT / "study" / "pixel_sync_probe.py"),
+                          "--variants", "pooled", "--pos-scale", "10"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "--pos-scale/--pos-input" in res.stderr
 
 
 def test_sync_probe_authors_flavour_runs_and_its_control_has_no_messages(tmp_path):
