@@ -38,11 +38,13 @@ live in ``<out>/<variant>[-paper]-<tag>/seed<k>`` and get their own table rows:
 region branch: ``--set optim.lr_mult.region_generator=10 --tag regionlr10``.
 
 ``--task`` picks the data's label (:data:`TASKS`): ``multisync`` (the default, the paper's
-5-digit MultiSyncMNIST with its 56-way label) or ``sync2``, a reduced task for CPU budgets (issue
-15): two digits, in sync half the time, and a one-bit label "sync" / "no sync" that their
-appearance says nothing of (appearance-only ceiling 50 %). A study folder holds one task's data;
-the tables give the task's chance level and appearance-only ceiling, and paper numbers only for
-``multisync``.
+5-digit MultiSyncMNIST with its 56-way label) or a reduced task for CPU budgets (issue 15):
+``sync2``, two digits, in sync half the time, and a one-bit label "sync" / "no sync" that their
+appearance says nothing of (appearance-only ceiling 50 %); ``direction2``, two digits, one
+drifting right or left while the other stands still, the label its direction (50 % for
+appearance and for any model blind to the frames' order, such as ``nograph``). A study folder
+holds one task's data; the tables give the task's chance level and appearance-only ceiling, and
+paper numbers only for ``multisync``.
 
     python study/reproduce_syncmnist.py --out /data/sync2 --task sync2 --geometry demo \
         --budget 96000 --variants nograph,fixed,dyreg --seeds 0,1 --resume
@@ -106,6 +108,9 @@ TASKS: dict[str, dict[str, Any]] = {
     "multisync": dict(variant="multi", digits=5, label="pair"),
     # reduced (ours, issue 15 item 5): 2 digits in sync half the time, the label one bit
     "sync2": dict(variant="single", digits=2, label="sync"),
+    # reduced (ours, issue 15 item 5): one of 2 digits drifts right or left, the other stands
+    # still; the label is the direction (50 % for appearance and for any frame-order-blind model)
+    "direction2": dict(variant="single", digits=2, label="direction"),
 }
 """``--task`` -> the :class:`~dyreg_pyg.data.SyncMNISTConfig` fields of its data."""
 
@@ -233,7 +238,8 @@ def check_task(task: str, geometry: str) -> None:
     """Refuse a reduced task on a geometry that gives its label away without motion: a cap
     on the in-sync digits' distance (the authors' 160 pixels) makes a far-apart pair "no
     sync" from one frame."""
-    if task != "multisync" and task_config(task, geometry).max_sync_dist is not None:
+    cfg = task_config(task, geometry)
+    if task != "multisync" and cfg.label == "sync" and cfg.max_sync_dist is not None:
         raise SystemExit(f"--task {task}: the {geometry} geometry caps the distance of in-sync "
                          f"digits, so one frame's digit distance alone tells 'no sync' in many "
                          f"videos (its 50 % ceiling would not hold); use --geometry demo")
@@ -409,8 +415,9 @@ def main(argv: list[str] | None = None) -> None:
                          "syncmnist_r18_128_*) or demo (64 x 64, syncmnist_r18_*)")
     ap.add_argument("--task", default="multisync", choices=sorted(TASKS),
                     help="multisync: the paper's 56-way MultiSyncMNIST; sync2: 2 digits, the "
-                         "label one bit 'sync' / 'no sync' (a reduced task, appearance-only "
-                         "ceiling 50 %%)")
+                         "label one bit 'sync' / 'no sync'; direction2: one of 2 digits drifts, "
+                         "the label 'right' / 'left' (reduced tasks, appearance-only ceiling "
+                         "50 %%)")
     ap.add_argument("--protocol", default="onecycle", choices=sorted(PROTOCOLS),
                     help="onecycle: Adam one-cycle, peak lr 2e-3, batch 32, clip 5; paper: SGD "
                          "lr 1e-3 momentum 0.9, constant lr, batch 10, weight decay 5e-4, no "

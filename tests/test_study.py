@@ -540,3 +540,16 @@ def test_study_reduced_task_sync2_data_tables_and_refusals(tmp_path):
         bad = _run(tmp_path / "other", "--task", "sync2", *extra)
         assert bad.returncode != 0 and match in bad.stderr, bad.stderr[-500:]
     assert not (tmp_path / "other").exists()
+
+
+def test_study_reduced_task_direction2_levels_and_manifest():
+    study = _load(SCRIPT)
+    conf = {"variant": "single", "digits": 2, "label": "direction"}
+    assert study.task_of({"config": conf}) == "direction2"
+    assert study.task_of({"config": {**conf, "label": "sync"}}) == "sync2"
+    assert study.levels("direction2", "demo") == (50.0, 50.0)
+    cfg = study.task_config("direction2", "demo")
+    assert (cfg.label, cfg.digits, cfg.num_classes) == ("direction", 2, 2)
+    study.check_task("direction2", "authors")  # no in-sync digits: the distance cap is moot
+    with pytest.raises(SystemExit, match="caps the distance"):
+        study.check_task("sync2", "authors")

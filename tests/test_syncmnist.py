@@ -478,3 +478,57 @@ def test_config_from_manifest_reads_what_the_shards_were_written_with(tmp_path):
     for bad in ({}, {"config": None}, None):
         with pytest.raises(ValueError, match="'config'"):
             SyncMNISTConfig.from_manifest(bad)
+
+
+def test_direction_label_one_digit_drifts_the_others_stand_still(pool, tmp_path):
+    cfg = SyncMNISTConfig(variant="single", digits=3, label="direction")
+    assert cfg.num_classes == 2 and cfg.class_names == ["right", "left"]
+    top = min(cfg.max_jump, (cfg.canvas - cfg.digit_size) // (cfg.frames - 1))
+    labels = []
+    for i in range(80):
+        frames, label, meta = generate_video(cfg, pool, np.random.default_rng([5, i]))
+        pos = np.asarray(meta["positions"])               # [T, digits, 2], canvas pixels
+        mover = meta["in_sync"].index(True)
+        assert sum(meta["in_sync"]) == 1 and len(set(meta["digit_classes"])) == 3
+        steps = np.diff(pos[:, mover, 0])
+        sign = 1 if label == 0 else -1
+        assert np.all(sign * steps >= 1) and np.all(sign * steps <= top)
+        assert np.all(pos[:, mover, 1] == pos[0, mover, 1])            # no vertical motion
+        still = [j for j in range(3) if j != mover]
+        assert np.all(pos[:, still] == pos[0, still])
+        assert pos.min() >= 0 and pos.max() <= cfg.canvas - cfg.digit_size
+        boxes = np.asarray(meta["boxes"])                 # the ink box drifts with the digit
+        assert np.all(sign * np.diff(boxes[:, mover, 0]) > 0)
+        assert meta["label_name"] == cfg.class_names[label] and frames.shape == (10, 64, 64)
+        labels.append(label)
+    assert 25 < sum(labels) < 55
+    assert appearance_only_accuracy(cfg) == 0.5 and appearance_only_loss(cfg) == \
+        pytest.approx(math.log(2))
+    m = write_syncmnist_shards(tmp_path, "val", 6, seed=0, variant="single", digits=2,
+                               label="direction")
+    assert m["class_names"] == ["right", "left"] and sum(m["class_counts"]) == 6
+    with pytest.raises(ValueError, match="room"):
+        SyncMNISTConfig(label="direction", canvas=32, digit_size=28).validate()
+
+
+def test_direction_label_reversed_right_clip_is_a_left_clip():
+    # A model blind to the frames' order must stay at 50 %: the end of a "right" drift is
+    # distributed as the start of a "left" one, with the same jumps reversed.
+    from dyreg_pyg.data.syncmnist import _drift_positions
+
+    cfg = SyncMNISTConfig(variant="single", digits=2, label="direction")
+    rng = np.random.default_rng(0)
+    bins = np.linspace(0, cfg.canvas - cfg.digit_size + 1, 9)
+    hist, travel = {}, {}
+    for right in (True, False):
+        ends, moves = [], []
+        for _ in range(4000):
+            pos, mover = _drift_positions(cfg, right, rng)
+            x = pos[:, mover, 0]
+            ends.append(x[-1] if right else x[0])    # the reversed clip's start
+            moves.append(abs(int(x[-1] - x[0])))
+        hist[right] = np.histogram(ends, bins)[0] / 4000
+        travel[right] = np.mean(moves)
+    assert np.abs(hist[True] - hist[False]).max() < 0.03
+    assert travel[True] == pytest.approx(travel[False], rel=0.03)
+    assert hist[True][0] < 0.005  # a drift of >= 9 one-pixel jumps rarely ends at x <= 9

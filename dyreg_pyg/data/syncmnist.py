@@ -22,6 +22,16 @@ Protocol (following the synthetic datasets of the DyReg-GNN and RSTG papers):
   one bit, "sync" (0) or "no sync" (1), whatever the classes; "no sync" has probability 1/2
   unless ``p_no_sync`` says otherwise. The digits' appearance says nothing of it for
   SyncMNIST (:func:`appearance_only_accuracy` is ``max(p_no_sync, 1 - p_no_sync)``).
+* ``label="direction"`` (a reduced task, ours, not the paper's; issue 15 item 5): one digit
+  drifts horizontally - every jump moves it ``1..J`` pixels the same way,
+  ``J = min(max_jump, (canvas - digit_size) // (frames - 1))``, with no vertical motion - and
+  the other ``digits - 1`` digits stand still; the label is the direction, "right" (0) or
+  "left" (1), each with probability 1/2. The start is uniform over the places that keep the
+  whole drift on the canvas, so a reversed "right" clip is exactly as likely as a "left" one:
+  neither the digits' appearance nor any model that ignores the frames' order (a per-frame
+  network averaged over time) can beat 50 %. ``meta["in_sync"]`` flags the drifting digit.
+  ``p_no_sync``, ``sync_sizes``,
+  ``max_sync_dist`` and ``class_rule`` play no part; the classes are distinct.
 
 Two geometries (:data:`GEOMETRIES`, :meth:`SyncMNISTConfig.from_geometry`):
 
@@ -133,7 +143,7 @@ def _label_pair(variant: str, label: int) -> tuple[int, int] | None:
 
 
 _CLASS_RULES = ("label_first", "iid")
-_LABELS = ("pair", "sync")
+_LABELS = ("pair", "sync", "direction")
 
 
 @dataclass(frozen=True)
@@ -184,7 +194,8 @@ class SyncMNISTConfig:
             "no sync") or ``"sync"`` (one bit: "sync" / "no sync"; our reduced task for CPU
             budgets, issue 15). The same generator: with equal ``p_no_sync`` the videos are
             the very videos of ``"pair"`` (``p_no_sync=None`` means 1/2 here, 1/46 or 1/56
-            there).
+            there). ``"direction"``: one drifting digit, "right" / "left" (the module
+            docstring; our reduced motion task, issue 15).
         p_no_sync: probability that nothing is in sync; ``None``: one over the number of
             classes (our choice: uniform labels under ``"label_first"``; RSTG's code uses
             1/92 for its 46 classes, because its label dictionary holds both orders of each
@@ -264,14 +275,22 @@ class SyncMNISTConfig:
                              f"got {self.class_rule!r}")
         if self.label not in _LABELS:
             raise ValueError(f"label: expected one of {_LABELS}, got {self.label!r}")
+        if self.label == "direction" and (self.canvas - self.digit_size) < self.frames - 1:
+            raise ValueError(f"canvas: label 'direction' needs room for {self.frames - 1} "
+                             f"one-pixel jumps, canvas - digit_size >= {self.frames - 1}; got "
+                             f"{self.canvas} - {self.digit_size}")
+        if self.label == "direction" and self.digits > 10:
+            raise ValueError(f"digits: label 'direction' draws distinct classes, <= 10, "
+                             f"got {self.digits}")
         if self.variant == "single" and self.class_rule != "label_first":
             raise ValueError("class_rule: SyncMNIST (variant 'single') draws distinct classes "
                              f"label first; got {self.class_rule!r}")
 
     @property
     def num_classes(self) -> int:
-        """Classes of the label: 56 / 46 under ``label="pair"``, 2 under ``"sync"``."""
-        return 2 if self.label == "sync" else self.num_pair_classes
+        """Classes of the label: 56 / 46 under ``label="pair"``, 2 under ``"sync"`` and
+        ``"direction"``."""
+        return self.num_pair_classes if self.label == "pair" else 2
 
     @property
     def num_pair_classes(self) -> int:
@@ -281,6 +300,8 @@ class SyncMNISTConfig:
     @property
     def class_names(self) -> list[str]:
         """Class names in class-index order ("no sync" last)."""
+        if self.label == "direction":
+            return ["right", "left"]
         return ["sync", "no sync"] if self.label == "sync" else \
             syncmnist_class_names(self.variant)
 
@@ -550,9 +571,12 @@ def appearance_only_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndar
     Key: the sorted digit classes of a video (what a model that sees every digit's class but
     no motion can know); value: ``[num_classes]`` probabilities of that key with each label.
     Mirrors the sampling of :func:`generate_video` (label first, then the classes); under
-    ``label="sync"`` the pair labels' columns are summed into "sync" and "no sync".
+    ``label="sync"`` the pair labels' columns are summed into "sync" and "no sync"; under
+    ``label="direction"`` the one key ``()`` holds ``[1/2, 1/2]`` (the classes say nothing).
     """
     cfg.validate()
+    if cfg.label == "direction":  # classes drawn independently of the label
+        return {(): np.array([0.5, 0.5])}
     table = _pair_table(cfg)
     if cfg.label == "pair":
         return table
@@ -660,13 +684,40 @@ def _digit(img: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((side, side), Image.BILINEAR), np.uint8)
 
 
+def _drift_positions(cfg: SyncMNISTConfig, right: bool, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, int]:
+    """Positions ``[frames, digits, 2]`` of ``label="direction"`` and the drifting digit's
+    index: it moves ``1..J`` pixels per frame to the right (or left), the others stand still.
+    Its start is uniform over the x that keep the whole drift on the canvas."""
+    steps, limit = cfg.frames - 1, cfg.canvas - cfg.digit_size
+    top = min(cfg.max_jump, limit // steps)
+    jumps = rng.integers(1, top + 1, size=steps)
+    travel = int(jumps.sum())
+    pos = np.repeat(rng.integers(0, limit + 1, size=(1, cfg.digits, 2)), cfg.frames, axis=0)
+    mover = int(rng.integers(0, cfg.digits))
+    x0 = int(rng.integers(0, limit - travel + 1))
+    if right:
+        pos[:, mover, 0] = x0 + np.concatenate([[0], np.cumsum(jumps)])
+    else:
+        pos[:, mover, 0] = x0 + travel - np.concatenate([[0], np.cumsum(jumps)])
+    return pos, mover
+
+
 def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generator
                    ) -> tuple[np.ndarray, int, dict[str, Any]]:
     """One video: frames uint8 ``[T, size, size]``, label, metadata (see module docstring)."""
-    pair_label, classes, in_sync = _choose_classes(cfg, rng)
-    label = cfg.final_label(pair_label)
     d = cfg.digit_size
     n, steps, limit = cfg.digits, cfg.frames - 1, cfg.canvas - d
+    if cfg.label == "direction":
+        label = pair_label = int(rng.integers(0, 2))
+        classes = [int(c) for c in rng.permutation(10)[:n]]
+        pos, mover = _drift_positions(cfg, label == 0, rng)
+        in_sync = [i == mover for i in range(n)]
+        imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d)
+                for c in classes]
+        return _render(cfg, imgs, pos, label, pair_label, classes, in_sync)
+    pair_label, classes, in_sync = _choose_classes(cfg, rng)
+    label = cfg.final_label(pair_label)
     imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d) for c in classes]
     start = _start_positions(cfg, in_sync, rng)
     pos = np.empty((cfg.frames, n, 2), np.int64)
@@ -683,6 +734,14 @@ def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generat
                 break
         else:  # pragma: no cover - probability ~ 21^-18 per retry
             raise RuntimeError("could not draw an independent trajectory")
+    return _render(cfg, imgs, pos, label, pair_label, classes, in_sync)
+
+
+def _render(cfg: SyncMNISTConfig, imgs: list[np.ndarray], pos: np.ndarray, label: int,
+            pair_label: int, classes: list[int], in_sync: list[bool]
+            ) -> tuple[np.ndarray, int, dict[str, Any]]:
+    """Draw the digits at ``pos`` ``[frames, digits, 2]``: frames, label and metadata."""
+    d, n = cfg.digit_size, cfg.digits
     canvas = np.zeros((cfg.frames, cfg.canvas, cfg.canvas), np.uint8)
     ink = [_ink_box(im) for im in imgs]
     scale = cfg.size / cfg.canvas
