@@ -64,7 +64,12 @@ from typing import Any
 
 import yaml
 
-from dyreg_pyg.data import SyncMNISTConfig, load_manifest, write_syncmnist_shards
+from dyreg_pyg.data import (
+    SYNCMNIST_TASKS,
+    SyncMNISTConfig,
+    load_manifest,
+    write_syncmnist_shards,
+)
 from dyreg_pyg.data.syncmnist import appearance_only_accuracy
 from dyreg_pyg.models import build_preset
 from dyreg_pyg.models.presets import PRESETS
@@ -103,15 +108,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 }
 """``--protocol`` -> its optimiser settings; an explicit flag of the same name wins."""
 
-TASKS: dict[str, dict[str, Any]] = {
-    # the paper's MultiSyncMNIST (section 4.2): 5 digits, the in-sync pair's classes, 56 classes
-    "multisync": dict(variant="multi", digits=5, label="pair"),
-    # reduced (ours, issue 15 item 5): 2 digits in sync half the time, the label one bit
-    "sync2": dict(variant="single", digits=2, label="sync"),
-    # reduced (ours, issue 15 item 5): one of 2 digits drifts right or left, the other stands
-    # still; the label is the direction (50 % for appearance and for any frame-order-blind model)
-    "direction2": dict(variant="single", digits=2, label="direction"),
-}
+TASKS: dict[str, dict[str, Any]] = SYNCMNIST_TASKS
 """``--task`` -> the :class:`~dyreg_pyg.data.SyncMNISTConfig` fields of its data."""
 
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from train.checkpoint import load_checkpoint
 from train.demo import run_demo
 
@@ -11,7 +13,10 @@ def test_demo_builds_data_trains_the_schedule_and_reports(tmp_path):
     summary = run_demo(str(tmp_path), train_videos=70, val_videos=8, epochs=2)
     assert summary["train_steps"] == 4
     assert summary["train_videos_seen"] == 128
-    assert summary["val_samples"] == 8
+    assert summary["val_samples"] == 8 and summary["task"] == "direction2"
+    assert summary["chance"] == 0.5 and summary["appearance_only_ceiling"] == 0.5
+    assert json.loads((tmp_path / "data" / "val-manifest.json").read_text())["class_names"] \
+        == ["right", "left"]
     assert 0.0 <= summary["val_top1"] <= summary["val_top5"] <= 1.0
     assert set(summary["region_object_distance"]) >= {"layer2", "fixed_grid"}
     assert sorted(p.rsplit("/", 1)[-1] for p in summary["pictures"]) == [
@@ -26,3 +31,24 @@ def test_demo_builds_data_trains_the_schedule_and_reports(tmp_path):
     mtime = (tmp_path / "data" / "train-manifest.json").stat().st_mtime_ns
     run_demo(str(tmp_path), train_videos=70, val_videos=8, epochs=1, minutes=5)
     assert (tmp_path / "data" / "train-manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_demo_data_of_another_task_or_count_is_rewritten_not_reused(tmp_path):
+    from train.demo import _make_split
+
+    d = tmp_path / "data"
+    first = _make_split(d, "val", 6, 0, "direction2")
+    stamp = (d / "val-manifest.json").stat().st_mtime_ns
+    moved = tmp_path / "moved"
+    d.rename(moved)                                                       # reused as is, and
+    again = _make_split(moved, "val", 6, 0, "direction2")                 # read where it is now
+    assert (moved / "val-manifest.json").stat().st_mtime_ns == stamp
+    assert again["pattern"] == first["pattern"].replace(str(d), str(moved))
+    moved.rename(d)
+    multi = _make_split(d, "val", 4, 0, "multisync")                      # another task
+    assert multi["num_classes"] == 56 and multi["num_samples"] == 4
+    again = _make_split(d, "val", 3, 0, "direction2")                     # another count
+    assert again["num_classes"] == 2 and again["num_samples"] == 3
+    assert _make_split(d, "val", 3, 1, "direction2")["seed"] == 1 + 7919  # another seed
+    with pytest.raises(ValueError, match="task: expected one of"):
+        run_demo(str(tmp_path), task="sync2")

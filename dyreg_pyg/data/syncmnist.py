@@ -89,6 +89,7 @@ __all__ = [
     "load_digit_pool", "syncmnist_label", "syncmnist_class_names", "syncmnist_num_classes",
     "generate_video", "write_syncmnist_shards", "appearance_only_table",
     "appearance_only_accuracy", "appearance_only_loss", "GEOMETRIES", "authors_label_order",
+    "SYNCMNIST_TASKS", "direction_one_frame_accuracy",
 ]
 
 #: Number of classes of SyncMNIST (45 unordered pairs of distinct digits + "no sync").
@@ -261,7 +262,8 @@ class SyncMNISTConfig:
             raise ValueError(f"size: expected >= 8, got {self.size}")
         if self.max_jump < 1:
             raise ValueError(f"max_jump: expected >= 1, got {self.max_jump}")
-        sizes = (2,) if self.variant == "single" else self.sync_sizes
+        sizes = (2,) if self.variant == "single" or self.label == "direction" \
+            else self.sync_sizes
         if not sizes or min(sizes) < 2 or max(sizes) > self.digits:
             raise ValueError(f"sync_sizes: expected sizes in [2, digits={self.digits}], "
                              f"got {self.sync_sizes}")
@@ -299,7 +301,8 @@ class SyncMNISTConfig:
 
     @property
     def class_names(self) -> list[str]:
-        """Class names in class-index order ("no sync" last)."""
+        """Class names in class-index order ("no sync" last; ``["right", "left"]`` under
+        ``label="direction"``)."""
         if self.label == "direction":
             return ["right", "left"]
         return ["sync", "no sync"] if self.label == "sync" else \
@@ -324,6 +327,19 @@ class SyncMNISTConfig:
 GEOMETRIES: dict[str, dict[str, Any]] = {
     "demo": dict(size=64, canvas=100, digit_size=_DIGIT, max_jump=10, max_sync_dist=None),
     "authors": dict(size=128, canvas=256, digit_size=_DIGIT, max_jump=10, max_sync_dist=160.0),
+}
+
+
+#: Named tasks: the :class:`SyncMNISTConfig` fields of their data (any geometry).
+#: ``"multisync"``: the paper's MultiSyncMNIST (section 4.2: 5 digits, the in-sync pair's
+#: classes, 56 classes). The others are reduced tasks for CPU budgets (ours, issue 15):
+#: ``"sync2"``, 2 digits in sync half the time, the label one bit; ``"direction2"``, one of 2
+#: digits drifts right or left while the other stands still, the label its direction (50 % for
+#: appearance and for any model blind to the frames' order).
+SYNCMNIST_TASKS: dict[str, dict[str, Any]] = {
+    "multisync": dict(variant="multi", digits=5, label="pair"),
+    "sync2": dict(variant="single", digits=2, label="sync"),
+    "direction2": dict(variant="single", digits=2, label="direction"),
 }
 
 
@@ -572,11 +588,13 @@ def appearance_only_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndar
     no motion can know); value: ``[num_classes]`` probabilities of that key with each label.
     Mirrors the sampling of :func:`generate_video` (label first, then the classes); under
     ``label="sync"`` the pair labels' columns are summed into "sync" and "no sync"; under
-    ``label="direction"`` the one key ``()`` holds ``[1/2, 1/2]`` (the classes say nothing).
+    ``label="direction"`` every set of distinct classes holds half its probability in each
+    column (the classes say nothing).
     """
     cfg.validate()
-    if cfg.label == "direction":  # classes drawn independently of the label
-        return {(): np.array([0.5, 0.5])}
+    if cfg.label == "direction":  # distinct classes, drawn independently of the label
+        p = 0.5 / math.comb(10, cfg.digits)
+        return {c: np.array([p, p]) for c in itertools.combinations(range(10), cfg.digits)}
     table = _pair_table(cfg)
     if cfg.label == "pair":
         return table
@@ -630,6 +648,61 @@ def appearance_only_accuracy(cfg: SyncMNISTConfig) -> float:
     the motion (the Bayes rule on :func:`appearance_only_table`): the accuracy a model reaches
     without detecting synchrony at all."""
     return float(sum(p.max() for p in appearance_only_table(cfg).values()))
+
+
+def direction_one_frame_accuracy(cfg: SyncMNISTConfig, frame: int | None = None,
+                                 known_mover: bool = False) -> float:
+    """Top-1 accuracy of the best classifier of ``label="direction"`` that sees the digits'
+    horizontal canvas positions in one frame, and knows which frame of the clip it is.
+
+    The drift must stay on the canvas, so where a digit is tells something of where it is
+    going: a "right" drift starts in ``[0, limit - travel]``, a "left" one in
+    ``[travel, limit]``. This is the exact Bayes accuracy of that guess (positions in canvas
+    pixels, before the resize, so an upper bound on what one frame shows): a model beyond it
+    must compare frames. A model blind to the frames' order gets nothing from it (a reversed
+    clip is as likely as the other label's), so its ceiling stays 50 %.
+
+    Args:
+        cfg: a config with ``label="direction"``.
+        frame: the frame index; ``None``: the most telling frame.
+        known_mover: also told which digit drifts (else the positions come as an unordered
+            set; enumerated exactly, so at most 3 digits).
+    """
+    cfg.validate()
+    if cfg.label != "direction":
+        raise ValueError(f"cfg.label: expected 'direction', got {cfg.label!r}")
+    if frame is None:
+        return max(direction_one_frame_accuracy(cfg, t, known_mover) for t in range(cfg.frames))
+    if not 0 <= frame < cfg.frames:
+        raise ValueError(f"frame: expected 0..{cfg.frames - 1}, got {frame}")
+    if not known_mover and cfg.digits > 3:
+        raise ValueError(f"digits: the unordered case is enumerated, <= 3, got {cfg.digits}")
+    limit, steps = cfg.canvas - cfg.digit_size, cfg.frames - 1
+    top = min(cfg.max_jump, limit // steps)
+    one = np.full(top, 1.0 / top)
+
+    def sums(k: int) -> np.ndarray:  # P(sum of k jumps = s), s = 0..k * top
+        dist = np.array([1.0])
+        for _ in range(k):
+            dist = np.convolve(dist, np.concatenate([[0.0], one]))
+        return dist
+
+    before, after = sums(frame), sums(steps - frame)
+    right, left = np.zeros(limit + 1), np.zeros(limit + 1)
+    for s in np.flatnonzero(before):       # right: x_t = x0 + s, x0 uniform in [0, limit - T]
+        for r in np.flatnonzero(after):    # left: x_t = x0 + r (mirror roles); T = s + r
+            w = before[s] * after[r] / (limit - s - r + 1)
+            right[s:limit - r + 1] += w
+            left[r:limit - s + 1] += w
+    if known_mover:
+        return float(0.5 * np.maximum(right, left).sum())
+    still = 1.0 / (limit + 1)
+    total = 0.0
+    for xs in itertools.product(range(limit + 1), repeat=cfg.digits):
+        idx = list(xs)
+        pr, pl = right[idx].sum(), left[idx].sum()   # x (1/n) x still^(n-1), common to both
+        total += max(pr, pl)
+    return float(0.5 * total * still ** (cfg.digits - 1) / cfg.digits)
 
 
 def appearance_only_loss(cfg: SyncMNISTConfig) -> float:
@@ -879,6 +952,8 @@ def write_syncmnist_shards(out_dir: str | os.PathLike, split: str, num_videos: i
         raise ValueError(f"split: expected a plain name such as 'train', got {split!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # the manifest first: an interrupted rewrite must not leave it describing other shards
+    (out / f"{split}-manifest.json").unlink(missing_ok=True)
     for old in out.glob(f"{split}-[0-9]*.tar"):  # stale shards of a previous, larger run
         old.unlink()
     source = load_digit_pool(split, mnist_dir, digit_source).source  # fail early, log once
