@@ -13,10 +13,10 @@ def test_demo_builds_data_trains_the_schedule_and_reports(tmp_path):
     summary = run_demo(str(tmp_path), train_videos=70, val_videos=8, epochs=2)
     assert summary["train_steps"] == 4
     assert summary["train_videos_seen"] == 128
-    assert summary["val_samples"] == 8 and summary["task"] == "direction2"
-    assert summary["chance"] == 0.5 and summary["appearance_only_ceiling"] == 0.5
-    assert json.loads((tmp_path / "data" / "val-manifest.json").read_text())["class_names"] \
-        == ["right", "left"]
+    assert summary["val_samples"] == 8 and summary["task"] == "multisync"
+    assert summary["chance"] == 1 / 56 and summary["appearance_only_ceiling"] == 0.3198
+    assert json.loads((tmp_path / "data" / "val-manifest.json").read_text())["num_classes"] \
+        == 56
     assert 0.0 <= summary["val_top1"] <= summary["val_top5"] <= 1.0
     assert set(summary["region_object_distance"]) >= {"layer2", "fixed_grid"}
     assert sorted(p.rsplit("/", 1)[-1] for p in summary["pictures"]) == [
@@ -52,3 +52,9 @@ def test_demo_data_of_another_task_or_count_is_rewritten_not_reused(tmp_path):
     assert _make_split(d, "val", 3, 1, "direction2")["seed"] == 1 + 7919  # another seed
     with pytest.raises(ValueError, match="task: expected one of"):
         run_demo(str(tmp_path), task="sync2")
+    # the reduced task end to end: 2 classes, chance and ceiling 50 %
+    summary = run_demo(str(tmp_path / "d2"), train_videos=40, val_videos=4, epochs=1,
+                       task="direction2")
+    assert summary["task"] == "direction2" and summary["val_samples"] == 4
+    assert summary["chance"] == 0.5 and summary["appearance_only_ceiling"] == 0.5
+    assert load_checkpoint(tmp_path / "d2" / "run" / "last.pt")["num_classes"] == 2

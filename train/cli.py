@@ -181,9 +181,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--val-videos", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task", default=DEMO_TASKS[0], choices=DEMO_TASKS,
-                   help="direction2 (default): one of 2 digits drifts right or left, the label "
-                        "its direction (a reduced task a CPU learns in minutes; chance 50 %%); "
-                        "multisync: the paper's 56-way MultiSyncMNIST")
+                   help="multisync (default): the paper's 56-way MultiSyncMNIST; "
+                        "direction2: one of 2 digits drifts right or left, the label its "
+                        "direction (a reduced task a CPU learns in minutes; chance 50 %%)")
     p.set_defaults(func=_cmd_demo)
 
 
