@@ -68,6 +68,7 @@ from dyreg_pyg.data import (
     SYNCMNIST_TASKS,
     SyncMNISTConfig,
     load_manifest,
+    syncmnist_task_of,
     write_syncmnist_shards,
 )
 from dyreg_pyg.data.syncmnist import appearance_only_accuracy
@@ -112,12 +113,8 @@ TASKS: dict[str, dict[str, Any]] = SYNCMNIST_TASKS
 """``--task`` -> the :class:`~dyreg_pyg.data.SyncMNISTConfig` fields of its data."""
 
 
-def task_of(manifest: dict[str, Any]) -> str | None:
-    """The task whose fields a data manifest's ``config`` holds (manifests written before
-    tasks existed hold ``multisync``'s); ``None`` for data of no named task."""
-    conf = {"variant": "multi", "digits": 5, "label": "pair", **manifest.get("config", {})}
-    return next((name for name, want in TASKS.items()
-                 if all(conf.get(k) == v for k, v in want.items())), None)
+task_of = syncmnist_task_of
+"""The task of a data manifest (:func:`dyreg_pyg.data.syncmnist_task_of`)."""
 
 
 def resolve_protocol(args: argparse.Namespace) -> dict[str, Any]:

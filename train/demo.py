@@ -36,7 +36,7 @@ def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_vide
     and the appearance-only ceiling are 50 %). Data already under ``out`` is reused only when it was
     made for the same task and counts.
     """
-    from dyreg_pyg.data import SyncMNISTConfig
+    from dyreg_pyg.data import SYNCMNIST_TASKS, SyncMNISTConfig
     from dyreg_pyg.data.syncmnist import appearance_only_accuracy
 
     from .checkpoint import load_checkpoint
@@ -64,7 +64,7 @@ def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_vide
     metrics = evaluate(str(ckpt), pats["val"], out=str(root / "metrics.json"))
     pics = visualize(str(ckpt), pats["val"], str(root / "regions"), num=3,
                      export=str(root / "regions.json"))
-    gen = SyncMNISTConfig(**_task_fields(task))
+    gen = SyncMNISTConfig(**SYNCMNIST_TASKS[task])
     summary = {
         "task": task,
         "minutes_total": round((time.time() - t0) / 60, 2),
@@ -83,29 +83,22 @@ def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_vide
     return summary
 
 
-def _task_fields(task: str) -> dict[str, Any]:
-    from dyreg_pyg.data import SYNCMNIST_TASKS
-
-    return dict(SYNCMNIST_TASKS[task])
-
-
 def _make_split(data_dir: Path, split: str, count: int, seed: int, task: str) -> dict[str, Any]:
     """The manifest of ``count`` videos of ``task`` in ``data_dir``: the one there when it
     holds exactly those (same task, count and seed), else freshly written ones."""
-    from dyreg_pyg.data import write_syncmnist_shards
+    from dyreg_pyg.data import SYNCMNIST_TASKS, syncmnist_task_of, write_syncmnist_shards
     from dyreg_pyg.data.shards import brace_pattern
 
     split_seed = seed + (split == "val") * 7919
-    fields = _task_fields(task)
     manifest = data_dir / f"{split}-manifest.json"
     if manifest.exists():
         have = json.loads(manifest.read_text())
-        conf = {"variant": "multi", "digits": 5, "label": "pair", **have.get("config", {})}
         if have.get("num_samples") == count and have.get("seed") == split_seed and \
-                all(conf.get(k) == v for k, v in fields.items()):
+                syncmnist_task_of(have) == task:
             log.info("reusing %s", manifest)
             # the pattern again from this folder: the stored one holds the path it was written to
             return {**have, "pattern": brace_pattern(data_dir, [x["name"] for x in have["shards"]])}
         log.info("%s holds other videos (task, count or seed): writing new ones", manifest)
     log.info("generating %d %s videos of task %s ...", count, split, task)
-    return write_syncmnist_shards(data_dir, split, count, seed=split_seed, workers=2, **fields)
+    return write_syncmnist_shards(data_dir, split, count, seed=split_seed, workers=2,
+                                  **SYNCMNIST_TASKS[task])

@@ -33,6 +33,7 @@ from .syncmnist import (
     syncmnist_class_names,
     syncmnist_label,
     syncmnist_num_classes,
+    syncmnist_task_of,
     write_syncmnist_shards,
 )
 from .transforms import (
@@ -50,6 +51,7 @@ __all__ = [
     "write_syncmnist_shards", "generate_video", "load_digit_pool", "SyncMNISTConfig",
     "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "syncmnist_label",
     "syncmnist_class_names", "syncmnist_num_classes", "SYNCMNIST_TASKS",
+    "syncmnist_task_of",
     "normalize_clip", "train_indices", "eval_indices", "View", "TSM_SCALES",
     "ShardWriter", "brace_pattern", "expand_shard_urls", "load_manifest",
     "convert_something", "flip_pairs_from_names", "read_something_else_boxes",

@@ -89,7 +89,7 @@ __all__ = [
     "load_digit_pool", "syncmnist_label", "syncmnist_class_names", "syncmnist_num_classes",
     "generate_video", "write_syncmnist_shards", "appearance_only_table",
     "appearance_only_accuracy", "appearance_only_loss", "GEOMETRIES", "authors_label_order",
-    "SYNCMNIST_TASKS", "direction_one_frame_accuracy",
+    "SYNCMNIST_TASKS", "syncmnist_task_of", "direction_one_frame_accuracy",
 ]
 
 #: Number of classes of SyncMNIST (45 unordered pairs of distinct digits + "no sync").
@@ -341,6 +341,15 @@ SYNCMNIST_TASKS: dict[str, dict[str, Any]] = {
     "sync2": dict(variant="single", digits=2, label="sync"),
     "direction2": dict(variant="single", digits=2, label="direction"),
 }
+
+
+def syncmnist_task_of(manifest: dict[str, Any]) -> str | None:
+    """The :data:`SYNCMNIST_TASKS` name whose fields a shard manifest's ``config`` holds
+    (manifests written before tasks existed hold ``"multisync"``'s); ``None`` for data of no
+    named task."""
+    conf = {"variant": "multi", "digits": 5, "label": "pair", **manifest.get("config", {})}
+    return next((name for name, want in SYNCMNIST_TASKS.items()
+                 if all(conf.get(k) == v for k, v in want.items())), None)
 
 
 def authors_label_order(variant: str = "multi") -> list[int]:
@@ -650,6 +659,11 @@ def appearance_only_accuracy(cfg: SyncMNISTConfig) -> float:
     return float(sum(p.max() for p in appearance_only_table(cfg).values()))
 
 
+def _drift_max_jump(cfg: SyncMNISTConfig) -> int:
+    """``J``: the largest jump of a ``label="direction"`` drift that always stays on the canvas."""
+    return min(cfg.max_jump, (cfg.canvas - cfg.digit_size) // (cfg.frames - 1))
+
+
 def direction_one_frame_accuracy(cfg: SyncMNISTConfig, frame: int | None = None,
                                  known_mover: bool = False) -> float:
     """Top-1 accuracy of the best classifier of ``label="direction"`` that sees the digits'
@@ -678,7 +692,7 @@ def direction_one_frame_accuracy(cfg: SyncMNISTConfig, frame: int | None = None,
     if not known_mover and cfg.digits > 3:
         raise ValueError(f"digits: the unordered case is enumerated, <= 3, got {cfg.digits}")
     limit, steps = cfg.canvas - cfg.digit_size, cfg.frames - 1
-    top = min(cfg.max_jump, limit // steps)
+    top = _drift_max_jump(cfg)
     one = np.full(top, 1.0 / top)
 
     def sums(k: int) -> np.ndarray:  # P(sum of k jumps = s), s = 0..k * top
@@ -763,8 +777,7 @@ def _drift_positions(cfg: SyncMNISTConfig, right: bool, rng: np.random.Generator
     index: it moves ``1..J`` pixels per frame to the right (or left), the others stand still.
     Its start is uniform over the x that keep the whole drift on the canvas."""
     steps, limit = cfg.frames - 1, cfg.canvas - cfg.digit_size
-    top = min(cfg.max_jump, limit // steps)
-    jumps = rng.integers(1, top + 1, size=steps)
+    jumps = rng.integers(1, _drift_max_jump(cfg) + 1, size=steps)
     travel = int(jumps.sum())
     pos = np.repeat(rng.integers(0, limit + 1, size=(1, cfg.digits, 2)), cfg.frames, axis=0)
     mover = int(rng.integers(0, cfg.digits))
