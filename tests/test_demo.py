@@ -52,6 +52,12 @@ def test_demo_data_of_another_task_or_count_is_rewritten_not_reused(tmp_path):
     assert _make_split(d, "val", 3, 1, "direction2")["seed"] == 1 + 7919  # another seed
     with pytest.raises(ValueError, match="task: expected one of"):
         run_demo(str(tmp_path), task="sync2")
+    # a garbage, truncated or non-object manifest is not trusted: the split is written anew
+    for junk in (b"\x00\xff garbage", b'{"num_samples": 3, "se', b"[1, 2]"):
+        (d / "val-manifest.json").write_bytes(junk)
+        fresh = _make_split(d, "val", 3, 1, "direction2")
+        assert fresh["num_samples"] == 3 and fresh["num_classes"] == 2
+        assert json.loads((d / "val-manifest.json").read_text())["num_samples"] == 3
     # the reduced task end to end: 2 classes, chance and ceiling 50 %
     summary = run_demo(str(tmp_path / "d2"), train_videos=40, val_videos=4, epochs=1,
                        task="direction2")

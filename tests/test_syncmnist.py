@@ -559,6 +559,11 @@ def test_direction_one_frame_ceiling_exact_and_against_the_generator():
     assert counts.max(0).sum() / 40_000 == pytest.approx(exact[0], abs=0.01)
     with pytest.raises(ValueError, match="label"):
         direction_one_frame_accuracy(SyncMNISTConfig(label="sync"))
+    with pytest.raises(ValueError, match="frame: expected 0..9"):
+        direction_one_frame_accuracy(cfg, 10)
+    with pytest.raises(ValueError, match="<= 3"):
+        direction_one_frame_accuracy(SyncMNISTConfig(variant="single", digits=4,
+                                                     label="direction"))
 
 
 def test_rewrite_drops_the_old_manifest_before_its_shards(tmp_path):

@@ -92,7 +92,13 @@ def _make_split(data_dir: Path, split: str, count: int, seed: int, task: str) ->
     split_seed = seed + (split == "val") * 7919
     manifest = data_dir / f"{split}-manifest.json"
     if manifest.exists():
-        have = json.loads(manifest.read_text())
+        try:
+            have = json.loads(manifest.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            have = None
+            log.warning("%s is unreadable (%s): writing new videos", manifest, e)
+        if not isinstance(have, dict):
+            have = {}
         if have.get("num_samples") == count and have.get("seed") == split_seed and \
                 syncmnist_task_of(have) == task:
             log.info("reusing %s", manifest)
