@@ -42,7 +42,10 @@ region branch: ``--set optim.lr_mult.region_generator=10 --tag regionlr10``.
 ``sync2``, two digits, in sync half the time, and a one-bit label "sync" / "no sync" that their
 appearance says nothing of (appearance-only ceiling 50 %); ``direction2``, two digits, one
 drifting right or left while the other stands still, the label its direction (50 % for
-appearance and for any model blind to the frames' order, such as ``nograph``). A study folder
+appearance and for any model blind to the frames' order, such as ``nograph``); ``binding2``,
+two digits drifting opposite ways, the label which way the lower class goes (50 % for
+appearance, for motion without the classes and for ``nograph``: a model must bind each
+digit's class to its own motion). A study folder
 holds one task's data; the tables give the task's chance level and appearance-only ceiling, and
 paper numbers only for ``multisync``.
 
@@ -410,8 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--task", default="multisync", choices=sorted(TASKS),
                     help="multisync: the paper's 56-way MultiSyncMNIST; sync2: 2 digits, the "
                          "label one bit 'sync' / 'no sync'; direction2: one of 2 digits drifts, "
-                         "the label 'right' / 'left' (reduced tasks, appearance-only ceiling "
-                         "50 %%)")
+                         "the label 'right' / 'left'; binding2: 2 digits drift opposite ways, "
+                         "the label which way the lower class goes (reduced tasks, "
+                         "appearance-only ceiling 50 %%)")
     ap.add_argument("--protocol", default="onecycle", choices=sorted(PROTOCOLS),
                     help="onecycle: Adam one-cycle, peak lr 2e-3, batch 32, clip 5; paper: SGD "
                          "lr 1e-3 momentum 0.9, constant lr, batch 10, weight decay 5e-4, no "

@@ -551,5 +551,8 @@ def test_study_reduced_task_direction2_levels_and_manifest():
     cfg = study.task_config("direction2", "demo")
     assert (cfg.label, cfg.digits, cfg.num_classes) == ("direction", 2, 2)
     study.check_task("direction2", "authors")  # no in-sync digits: the distance cap is moot
+    assert study.task_of({"config": {**conf, "label": "binding"}}) == "binding2"
+    assert study.levels("binding2", "demo") == pytest.approx((50.0, 50.0))
+    study.check_task("binding2", "authors")
     with pytest.raises(SystemExit, match="caps the distance"):
         study.check_task("sync2", "authors")

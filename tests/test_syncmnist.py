@@ -566,6 +566,102 @@ def test_direction_one_frame_ceiling_exact_and_against_the_generator():
                                                      label="direction"))
 
 
+def test_binding_label_two_digits_drift_opposite_ways_the_lower_class_names_the_label(pool,
+                                                                                      tmp_path):
+    cfg = SyncMNISTConfig(variant="single", digits=3, label="binding")
+    assert cfg.num_classes == 2 and cfg.class_names == ["low right", "low left"]
+    top = min(cfg.max_jump, (cfg.canvas - cfg.digit_size) // (cfg.frames - 1))
+    labels, low_first = [], 0
+    for i in range(80):
+        frames, label, meta = generate_video(cfg, pool, np.random.default_rng([6, i]))
+        pos = np.asarray(meta["positions"])               # [T, digits, 2], canvas pixels
+        classes = meta["digit_classes"]
+        movers = [j for j in range(3) if meta["in_sync"][j]]
+        assert len(movers) == 2 and len(set(classes)) == 3
+        low, high = sorted(movers, key=lambda j: classes[j])
+        sign = 1 if label == 0 else -1                    # the lower class: right under 0
+        for j, s in ((low, sign), (high, -sign)):
+            steps = np.diff(pos[:, j, 0])
+            assert np.all(s * steps >= 1) and np.all(s * steps <= top)
+            assert np.all(pos[:, j, 1] == pos[0, j, 1])   # no vertical motion
+        still = next(j for j in range(3) if j not in movers)
+        assert np.all(pos[:, still] == pos[0, still])
+        assert pos.min() >= 0 and pos.max() <= cfg.canvas - cfg.digit_size
+        assert meta["label_name"] == cfg.class_names[label] and frames.shape == (10, 64, 64)
+        labels.append(label)
+        low_first += low == min(movers)
+    assert 25 < sum(labels) < 55
+    assert 20 < low_first < 60                  # which slot holds the lower class is random
+    assert appearance_only_accuracy(cfg) == pytest.approx(0.5) and appearance_only_loss(cfg) == \
+        pytest.approx(math.log(2))
+    m = write_syncmnist_shards(tmp_path, "val", 6, seed=0, variant="single", digits=2,
+                               label="binding")
+    assert m["class_names"] == ["low right", "low left"] and sum(m["class_counts"]) == 6
+    with pytest.raises(ValueError, match="room"):
+        SyncMNISTConfig(label="binding", canvas=32, digit_size=28).validate()
+
+
+def test_binding_label_a_reversed_clip_is_a_clip_of_the_other_label():
+    # frame-order-blind models must stay at 50 %: reversed in time, the (lower, higher) pair of
+    # paths of label 0 has exactly the distribution of label 1's. Tiny canvas: all are counted.
+    from collections import Counter
+
+    from dyreg_pyg.data.syncmnist import _binding_positions
+
+    cfg = SyncMNISTConfig(variant="single", digits=2, label="binding", frames=3, max_jump=2,
+                          canvas=_DIGIT + 4, size=32)
+    rng = np.random.default_rng(0)
+    freq = {}
+    for label in (0, 1):
+        paths = Counter()
+        for _ in range(20_000):
+            pos, movers = _binding_positions(cfg, label, [7, 3], rng)   # index 1: the lower
+            pair = (tuple(int(v) for v in pos[:, 1, 0]), tuple(int(v) for v in pos[:, 0, 0]))
+            paths[tuple(p[::-1] for p in pair) if label == 0 else pair] += 1
+        freq[label] = paths
+    keys = set(freq[0]) | set(freq[1])
+    assert len(keys) == 64  # 8 leftward paths of the lower class x 8 rightward of the other
+    assert max(abs(freq[0][k] - freq[1][k]) for k in keys) / 20_000 < 0.012
+    assert all(np.all(np.diff(lo) < 0) and np.all(np.diff(hi) > 0) for lo, hi in keys)
+
+
+def test_binding_one_frame_ceiling_exact_and_against_the_generator():
+    from dyreg_pyg.data.syncmnist import (
+        _binding_positions,
+        _drift_x_probabilities,
+        binding_one_frame_accuracy,
+    )
+
+    # travel is always 9 one-pixel jumps on a 9-pixel range: the lower class is at t ("low
+    # right") or 9 - t ("low left") in frame t, so every frame tells all
+    tight = SyncMNISTConfig(variant="single", digits=2, label="binding", canvas=_DIGIT + 9)
+    assert [binding_one_frame_accuracy(tight, t) for t in (0, 4)] == pytest.approx([1.0, 1.0])
+    cfg = SyncMNISTConfig(variant="single", digits=2, label="binding")
+    exact = [binding_one_frame_accuracy(cfg, t) for t in range(10)]
+    assert exact == pytest.approx(exact[::-1]) and exact[0] > exact[4] > 0.5
+    assert binding_one_frame_accuracy(cfg) == pytest.approx(exact[0])
+    authors = SyncMNISTConfig.from_geometry("authors", variant="single", digits=2,
+                                            label="binding")
+    assert binding_one_frame_accuracy(authors) < binding_one_frame_accuracy(cfg)
+    # the generator's frame-0 positions of the lower class follow the exact distributions
+    right, left = _drift_x_probabilities(cfg, 0)
+    rng = np.random.default_rng(2)
+    counts = np.zeros((2, cfg.canvas - cfg.digit_size + 1))
+    for i in range(20_000):
+        pos, _ = _binding_positions(cfg, i % 2, [1, 4], rng)             # index 0: the lower
+        counts[i % 2, pos[0, 0, 0]] += 1
+    counts /= 10_000
+    assert 0.5 * np.abs(counts[0] - right).sum() < 0.05
+    assert 0.5 * np.abs(counts[1] - left).sum() < 0.05
+    with pytest.raises(ValueError, match="'binding' with 2 digits"):
+        binding_one_frame_accuracy(SyncMNISTConfig(variant="single", digits=2,
+                                                   label="direction"))
+    with pytest.raises(ValueError, match="'binding' with 2 digits"):
+        binding_one_frame_accuracy(SyncMNISTConfig(variant="single", digits=3, label="binding"))
+    with pytest.raises(ValueError, match="frame: expected 0..9"):
+        binding_one_frame_accuracy(cfg, -1)
+
+
 def test_rewrite_drops_the_old_manifest_before_its_shards(tmp_path):
     # a rewrite that fails midway must not leave a manifest describing shards it removed
     write_syncmnist_shards(tmp_path, "val", 3, seed=0, variant="single", digits=2,

@@ -183,7 +183,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--task", default=DEMO_TASKS[0], choices=DEMO_TASKS,
                    help="multisync (default): the paper's 56-way MultiSyncMNIST; "
                         "direction2: one of 2 digits drifts right or left, the label its "
-                        "direction (a reduced task a CPU learns in minutes; chance 50 %%)")
+                        "direction (a reduced task a CPU learns in minutes; chance 50 %%); "
+                        "binding2: 2 digits drift opposite ways, the label which way the "
+                        "lower class goes (reduced; chance 50 %%)")
     p.set_defaults(func=_cmd_demo)
 
 

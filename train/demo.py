@@ -20,8 +20,9 @@ log = logging.getLogger("train")
 
 #: Tasks the demo trains on (:data:`dyreg_pyg.data.SYNCMNIST_TASKS`): ``"multisync"`` (the
 #: default: the paper's 56-way MultiSyncMNIST, which stays near its appearance-only plateau at
-#: this budget) and ``"direction2"`` (a reduced task that a CPU learns in minutes, issue 15).
-DEMO_TASKS = ("multisync", "direction2")
+#: this budget), ``"direction2"`` (a reduced task that a CPU learns in minutes, issue 15) and
+#: ``"binding2"`` (a reduced task where each digit's class must be bound to its own motion).
+DEMO_TASKS = ("multisync", "direction2", "binding2")
 
 
 def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_videos: int = 6000,
@@ -33,8 +34,9 @@ def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_vide
     ``epochs`` changes the schedule's length and ``minutes`` caps the wall time. ``task``: one
     of :data:`DEMO_TASKS` - ``"multisync"`` (the paper's MultiSyncMNIST, 56 classes) or
     ``"direction2"`` (one of 2 digits drifts right or left, the label its direction: chance
-    and the appearance-only ceiling are 50 %). Data already under ``out`` is reused only when it was
-    made for the same task and counts.
+    and the appearance-only ceiling are 50 %) or ``"binding2"`` (2 digits drift opposite
+    ways, the label which way the lower class goes; chance 50 %). Data already under ``out``
+    is reused only when it was made for the same task and counts.
     """
     from dyreg_pyg.data import SYNCMNIST_TASKS, SyncMNISTConfig
     from dyreg_pyg.data.syncmnist import appearance_only_accuracy

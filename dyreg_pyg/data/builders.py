@@ -88,10 +88,11 @@ def syncmnist_parser(prog: str | None = None) -> argparse.ArgumentParser:
                     "(geometry: none / 160)")
     ap.add_argument("--class-rule", choices=("label_first", "iid"), default=None,
                     help="how digit classes are drawn (default label_first)")
-    ap.add_argument("--label", choices=("pair", "sync", "direction"), default=None,
+    ap.add_argument("--label", choices=("pair", "sync", "direction", "binding"), default=None,
                     help="pair: the in-sync pair's classes or 'no sync' (paper, default); "
                     "sync: one bit, 'sync' / 'no sync'; direction: one digit drifts, "
-                    "'right' / 'left', the others stand still (reduced tasks)")
+                    "'right' / 'left', the others stand still; binding: 2 digits drift "
+                    "opposite ways, which way the lower class goes (reduced tasks)")
     ap.add_argument("--shard-size", type=int, default=1000, help="videos per shard")
     ap.add_argument("--workers", type=int, default=1, help="parallel processes")
     ap.add_argument("--mnist-dir", default=None, help="folder with MNIST IDX files")

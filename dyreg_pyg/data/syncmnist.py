@@ -32,6 +32,15 @@ Protocol (following the synthetic datasets of the DyReg-GNN and RSTG papers):
   network averaged over time) can beat 50 %. ``meta["in_sync"]`` flags the drifting digit.
   ``p_no_sync``, ``sync_sizes``,
   ``max_sync_dist`` and ``class_rule`` play no part; the classes are distinct.
+* ``label="binding"`` (a reduced task, ours, not the paper's; issue 15 item 5): two of the
+  digits drift horizontally the same way as under ``"direction"``, one to the right and the
+  other to the left (each with its own jumps and start), the other ``digits - 2`` stand
+  still; the label says which way the *lower class* of the two drifting digits goes: "low
+  right" (0) or "low left" (1), each with probability 1/2. Every clip has one digit going
+  each way, so the motion alone, the classes alone, or both without knowing which digit
+  moves which way say nothing (50 %); a model must bind each digit's class to its own
+  motion - what regions that follow the digits are for. ``meta["in_sync"]`` flags the two
+  drifting digits.
 
 Two geometries (:data:`GEOMETRIES`, :meth:`SyncMNISTConfig.from_geometry`):
 
@@ -90,6 +99,7 @@ __all__ = [
     "generate_video", "write_syncmnist_shards", "appearance_only_table",
     "appearance_only_accuracy", "appearance_only_loss", "GEOMETRIES", "authors_label_order",
     "SYNCMNIST_TASKS", "syncmnist_task_of", "direction_one_frame_accuracy",
+    "binding_one_frame_accuracy",
 ]
 
 #: Number of classes of SyncMNIST (45 unordered pairs of distinct digits + "no sync").
@@ -144,7 +154,8 @@ def _label_pair(variant: str, label: int) -> tuple[int, int] | None:
 
 
 _CLASS_RULES = ("label_first", "iid")
-_LABELS = ("pair", "sync", "direction")
+_LABELS = ("pair", "sync", "direction", "binding")
+_DRIFT_LABELS = ("direction", "binding")
 
 
 @dataclass(frozen=True)
@@ -195,8 +206,9 @@ class SyncMNISTConfig:
             "no sync") or ``"sync"`` (one bit: "sync" / "no sync"; our reduced task for CPU
             budgets, issue 15). The same generator: with equal ``p_no_sync`` the videos are
             the very videos of ``"pair"`` (``p_no_sync=None`` means 1/2 here, 1/46 or 1/56
-            there). ``"direction"``: one drifting digit, "right" / "left" (the module
-            docstring; our reduced motion task, issue 15).
+            there). ``"direction"``: one drifting digit, "right" / "left"; ``"binding"``:
+            two digits drifting opposite ways, which way the lower class goes (the module
+            docstring; our reduced motion tasks, issue 15).
         p_no_sync: probability that nothing is in sync; ``None``: one over the number of
             classes (our choice: uniform labels under ``"label_first"``; RSTG's code uses
             1/92 for its 46 classes, because its label dictionary holds both orders of each
@@ -262,7 +274,7 @@ class SyncMNISTConfig:
             raise ValueError(f"size: expected >= 8, got {self.size}")
         if self.max_jump < 1:
             raise ValueError(f"max_jump: expected >= 1, got {self.max_jump}")
-        sizes = (2,) if self.variant == "single" or self.label == "direction" \
+        sizes = (2,) if self.variant == "single" or self.label in _DRIFT_LABELS \
             else self.sync_sizes
         if not sizes or min(sizes) < 2 or max(sizes) > self.digits:
             raise ValueError(f"sync_sizes: expected sizes in [2, digits={self.digits}], "
@@ -277,12 +289,13 @@ class SyncMNISTConfig:
                              f"got {self.class_rule!r}")
         if self.label not in _LABELS:
             raise ValueError(f"label: expected one of {_LABELS}, got {self.label!r}")
-        if self.label == "direction" and (self.canvas - self.digit_size) < self.frames - 1:
-            raise ValueError(f"canvas: label 'direction' needs room for {self.frames - 1} "
+        drift = self.label in _DRIFT_LABELS
+        if drift and (self.canvas - self.digit_size) < self.frames - 1:
+            raise ValueError(f"canvas: label {self.label!r} needs room for {self.frames - 1} "
                              f"one-pixel jumps, canvas - digit_size >= {self.frames - 1}; got "
                              f"{self.canvas} - {self.digit_size}")
-        if self.label == "direction" and self.digits > 10:
-            raise ValueError(f"digits: label 'direction' draws distinct classes, <= 10, "
+        if drift and self.digits > 10:
+            raise ValueError(f"digits: label {self.label!r} draws distinct classes, <= 10, "
                              f"got {self.digits}")
         if self.variant == "single" and self.class_rule != "label_first":
             raise ValueError("class_rule: SyncMNIST (variant 'single') draws distinct classes "
@@ -290,8 +303,8 @@ class SyncMNISTConfig:
 
     @property
     def num_classes(self) -> int:
-        """Classes of the label: 56 / 46 under ``label="pair"``, 2 under ``"sync"`` and
-        ``"direction"``."""
+        """Classes of the label: 56 / 46 under ``label="pair"``, 2 under ``"sync"``,
+        ``"direction"`` and ``"binding"``."""
         return self.num_pair_classes if self.label == "pair" else 2
 
     @property
@@ -302,9 +315,11 @@ class SyncMNISTConfig:
     @property
     def class_names(self) -> list[str]:
         """Class names in class-index order ("no sync" last; ``["right", "left"]`` under
-        ``label="direction"``)."""
+        ``label="direction"``, ``["low right", "low left"]`` under ``"binding"``)."""
         if self.label == "direction":
             return ["right", "left"]
+        if self.label == "binding":
+            return ["low right", "low left"]
         return ["sync", "no sync"] if self.label == "sync" else \
             syncmnist_class_names(self.variant)
 
@@ -335,11 +350,14 @@ GEOMETRIES: dict[str, dict[str, Any]] = {
 #: classes, 56 classes). The others are reduced tasks for CPU budgets (ours, issue 15):
 #: ``"sync2"``, 2 digits in sync half the time, the label one bit; ``"direction2"``, one of 2
 #: digits drifts right or left while the other stands still, the label its direction (50 % for
-#: appearance and for any model blind to the frames' order).
+#: appearance and for any model blind to the frames' order); ``"binding2"``, 2 digits drift
+#: opposite ways, the label which way the lower class goes (50 % for appearance, for motion
+#: without the classes, and for any model blind to the frames' order).
 SYNCMNIST_TASKS: dict[str, dict[str, Any]] = {
     "multisync": dict(variant="multi", digits=5, label="pair"),
     "sync2": dict(variant="single", digits=2, label="sync"),
     "direction2": dict(variant="single", digits=2, label="direction"),
+    "binding2": dict(variant="single", digits=2, label="binding"),
 }
 
 
@@ -597,11 +615,11 @@ def appearance_only_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndar
     no motion can know); value: ``[num_classes]`` probabilities of that key with each label.
     Mirrors the sampling of :func:`generate_video` (label first, then the classes); under
     ``label="sync"`` the pair labels' columns are summed into "sync" and "no sync"; under
-    ``label="direction"`` every set of distinct classes holds half its probability in each
-    column (the classes say nothing).
+    ``label="direction"`` and ``"binding"`` every set of distinct classes holds half its
+    probability in each column (the classes say nothing).
     """
     cfg.validate()
-    if cfg.label == "direction":  # distinct classes, drawn independently of the label
+    if cfg.label in _DRIFT_LABELS:  # distinct classes, drawn independently of the label
         p = 0.5 / math.comb(10, cfg.digits)
         return {c: np.array([p, p]) for c in itertools.combinations(range(10), cfg.digits)}
     table = _pair_table(cfg)
@@ -691,6 +709,52 @@ def direction_one_frame_accuracy(cfg: SyncMNISTConfig, frame: int | None = None,
         raise ValueError(f"frame: expected 0..{cfg.frames - 1}, got {frame}")
     if not known_mover and cfg.digits > 3:
         raise ValueError(f"digits: the unordered case is enumerated, <= 3, got {cfg.digits}")
+    right, left = _drift_x_probabilities(cfg, frame)
+    if known_mover:
+        return float(0.5 * np.maximum(right, left).sum())
+    limit = cfg.canvas - cfg.digit_size
+    still = 1.0 / (limit + 1)
+    total = 0.0
+    for xs in itertools.product(range(limit + 1), repeat=cfg.digits):
+        idx = list(xs)
+        pr, pl = right[idx].sum(), left[idx].sum()   # x (1/n) x still^(n-1), common to both
+        total += max(pr, pl)
+    return float(0.5 * total * still ** (cfg.digits - 1) / cfg.digits)
+
+
+def binding_one_frame_accuracy(cfg: SyncMNISTConfig, frame: int | None = None) -> float:
+    """Top-1 accuracy of the best classifier of ``label="binding"`` (2 digits) that sees, in
+    one frame it knows the index of, each digit's class *and* its horizontal canvas position.
+
+    As for :func:`direction_one_frame_accuracy`, a drift that stays on the canvas starts
+    near the edge it moves away from, so the lower class's place in one frame tells
+    something of its direction; this is the exact Bayes accuracy of that guess (canvas
+    pixels, an upper bound on what one frame shows). Without the binding - the positions as
+    an unordered set, or the classes without the positions - the two labels are equally
+    likely (one digit drifts each way in every clip), and so they are for any model blind to
+    the frames' order: 50 %.
+
+    Args:
+        cfg: a config with ``label="binding"`` and 2 digits.
+        frame: the frame index; ``None``: the most telling frame.
+    """
+    cfg.validate()
+    if cfg.label != "binding" or cfg.digits != 2:
+        raise ValueError(f"cfg: expected label 'binding' with 2 digits, got {cfg.label!r} "
+                         f"with {cfg.digits}")
+    if frame is None:
+        return max(binding_one_frame_accuracy(cfg, t) for t in range(cfg.frames))
+    if not 0 <= frame < cfg.frames:
+        raise ValueError(f"frame: expected 0..{cfg.frames - 1}, got {frame}")
+    right, left = _drift_x_probabilities(cfg, frame)
+    # label 0: the lower class (at x_a) drifts right, the other (at x_b) left; label 1: mirrored
+    low_right = np.outer(right, left)
+    return float(0.5 * np.maximum(low_right, low_right.T).sum())
+
+
+def _drift_x_probabilities(cfg: SyncMNISTConfig, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """``P(x)`` ``[limit + 1]`` of a drifting digit's horizontal canvas position in frame
+    ``frame``, for a drift to the right and to the left (as :func:`_drift_path` draws it)."""
     limit, steps = cfg.canvas - cfg.digit_size, cfg.frames - 1
     top = _drift_max_jump(cfg)
     one = np.full(top, 1.0 / top)
@@ -708,15 +772,7 @@ def direction_one_frame_accuracy(cfg: SyncMNISTConfig, frame: int | None = None,
             w = before[s] * after[r] / (limit - s - r + 1)
             right[s:limit - r + 1] += w
             left[r:limit - s + 1] += w
-    if known_mover:
-        return float(0.5 * np.maximum(right, left).sum())
-    still = 1.0 / (limit + 1)
-    total = 0.0
-    for xs in itertools.product(range(limit + 1), repeat=cfg.digits):
-        idx = list(xs)
-        pr, pl = right[idx].sum(), left[idx].sum()   # x (1/n) x still^(n-1), common to both
-        total += max(pr, pl)
-    return float(0.5 * total * still ** (cfg.digits - 1) / cfg.digits)
+    return right, left
 
 
 def appearance_only_loss(cfg: SyncMNISTConfig) -> float:
@@ -782,11 +838,32 @@ def _drift_positions(cfg: SyncMNISTConfig, right: bool, rng: np.random.Generator
     pos = np.repeat(rng.integers(0, limit + 1, size=(1, cfg.digits, 2)), cfg.frames, axis=0)
     mover = int(rng.integers(0, cfg.digits))
     x0 = int(rng.integers(0, limit - travel + 1))
-    if right:
-        pos[:, mover, 0] = x0 + np.concatenate([[0], np.cumsum(jumps)])
-    else:
-        pos[:, mover, 0] = x0 + travel - np.concatenate([[0], np.cumsum(jumps)])
+    pos[:, mover, 0] = _drift_path(jumps, x0, right)
     return pos, mover
+
+
+def _drift_path(jumps: np.ndarray, x0: int, right: bool) -> np.ndarray:
+    """Horizontal positions ``[len(jumps) + 1]`` of a drift by ``jumps`` (all > 0) from
+    ``x0`` (to the right) or from ``x0 + sum(jumps)`` (to the left)."""
+    path = np.concatenate([[0], np.cumsum(jumps)])
+    return x0 + path if right else x0 + int(jumps.sum()) - path
+
+
+def _binding_positions(cfg: SyncMNISTConfig, label: int, classes: list[int],
+                       rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """Positions ``[frames, digits, 2]`` of ``label="binding"`` and the two drifting digits'
+    indices: the lower class of the two drifts right under label 0 and left under label 1,
+    the other the opposite way, each with its own jumps and a start uniform over the x that
+    keep its drift on the canvas; the other digits stand still."""
+    steps, limit = cfg.frames - 1, cfg.canvas - cfg.digit_size
+    pos = np.repeat(rng.integers(0, limit + 1, size=(1, cfg.digits, 2)), cfg.frames, axis=0)
+    movers = [int(i) for i in rng.permutation(cfg.digits)[:2]]
+    low = min(movers, key=lambda i: classes[i])
+    for i in movers:
+        jumps = rng.integers(1, _drift_max_jump(cfg) + 1, size=steps)
+        x0 = int(rng.integers(0, limit - int(jumps.sum()) + 1))
+        pos[:, i, 0] = _drift_path(jumps, x0, right=(i == low) == (label == 0))
+    return pos, movers
 
 
 def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generator
@@ -802,6 +879,14 @@ def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generat
         imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d)
                 for c in classes]
         return _render(cfg, imgs, pos, label, pair_label, classes, in_sync)
+    if cfg.label == "binding":
+        label = pair_label = int(rng.integers(0, 2))
+        classes = [int(c) for c in rng.permutation(10)[:n]]
+        pos, movers = _binding_positions(cfg, label, classes, rng)
+        imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d)
+                for c in classes]
+        return _render(cfg, imgs, pos, label, pair_label, classes,
+                       [i in movers for i in range(n)])
     pair_label, classes, in_sync = _choose_classes(cfg, rng)
     label = cfg.final_label(pair_label)
     imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d) for c in classes]
