@@ -866,6 +866,12 @@ def _binding_positions(cfg: SyncMNISTConfig, label: int, classes: list[int],
     return pos, movers
 
 
+def _draw_images(pool: DigitPool, classes: list[int], side: int, rng: np.random.Generator
+                 ) -> list[np.ndarray]:
+    """One image of each class in ``classes``, drawn from ``pool``, ``side`` x ``side``."""
+    return [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], side) for c in classes]
+
+
 def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generator
                    ) -> tuple[np.ndarray, int, dict[str, Any]]:
     """One video: frames uint8 ``[T, size, size]``, label, metadata (see module docstring)."""
@@ -876,20 +882,18 @@ def generate_video(cfg: SyncMNISTConfig, pool: DigitPool, rng: np.random.Generat
         classes = [int(c) for c in rng.permutation(10)[:n]]
         pos, mover = _drift_positions(cfg, label == 0, rng)
         in_sync = [i == mover for i in range(n)]
-        imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d)
-                for c in classes]
+        imgs = _draw_images(pool, classes, d, rng)
         return _render(cfg, imgs, pos, label, pair_label, classes, in_sync)
     if cfg.label == "binding":
         label = pair_label = int(rng.integers(0, 2))
         classes = [int(c) for c in rng.permutation(10)[:n]]
         pos, movers = _binding_positions(cfg, label, classes, rng)
-        imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d)
-                for c in classes]
+        imgs = _draw_images(pool, classes, d, rng)
         return _render(cfg, imgs, pos, label, pair_label, classes,
                        [i in movers for i in range(n)])
     pair_label, classes, in_sync = _choose_classes(cfg, rng)
     label = cfg.final_label(pair_label)
-    imgs = [_digit(pool.images[c][rng.integers(0, len(pool.images[c]))], d) for c in classes]
+    imgs = _draw_images(pool, classes, d, rng)
     start = _start_positions(cfg, in_sync, rng)
     pos = np.empty((cfg.frames, n, 2), np.int64)
     sync = np.flatnonzero(in_sync)
