@@ -207,6 +207,27 @@ def _val_curve(run: Path, batch_size: int, key: str = "val/top1", scale: float =
     return curve
 
 
+def _train_windows(run: Path, batch_size: int, window: int = 10_000) -> dict[int, float]:
+    """Training top-1 (%) per window of at least ``window`` training videos, by the videos
+    seen at each window's end, from the ``train/top1_recent`` scalars of metrics.jsonl
+    (each the accuracy since the log before; weighted by the steps it covers). While the
+    first epoch lasts, this is an accuracy on clips the model had not trained on."""
+    path = run / "metrics.jsonl"
+    recs = [json.loads(line) for line in (path.read_text().splitlines() if path.exists()
+                                          else [])]
+    recs = [r for r in recs if r.get("train/top1_recent") is not None]
+    curve: dict[int, float] = {}
+    start = prev = 0
+    hits = 0.0
+    for i, rec in enumerate(recs):
+        hits += rec["train/top1_recent"] * (rec["step"] - prev)
+        prev = rec["step"]
+        if (prev - start) * batch_size >= window or i == len(recs) - 1:
+            curve[prev * batch_size] = 100 * hits / max(prev - start, 1)
+            start, hits = prev, 0.0
+    return curve
+
+
 def _mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
     """Seed mean at the points every seed has."""
     common = set.intersection(*(set(c) for c in curves)) if curves else set()
@@ -255,6 +276,8 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
         dist_curve = _mean_curve([_val_curve(p.parent, r["settings"]["batch_size"],
                                              "val/dist/layer2", 1.0)
                                   for p, r in zip(paths, res)])
+        windows = _mean_curve([_train_windows(p.parent, r["settings"]["batch_size"])
+                               for p, r in zip(paths, res)])
         accs = [100 * r["top1"] for r in res]
         task = res[0].get("task", "multisync")  # results written before tasks existed
         dists = [r["distance"] for r in res if r["distance"] is not None]
@@ -277,14 +300,15 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
             "grid_distance": res[0].get("grid_distance"),
             "videos_per_s": statistics.mean(vps) if vps else None,
             "budget": res[0]["budget"], "settings": res[0]["settings"],
-            "val_curve": curve, "distance_curve": dist_curve,
+            "val_curve": curve, "distance_curve": dist_curve, "train_windows": windows,
         })
     _write(out / "table.json", json.dumps(rows, indent=1))
     lines = ["| variant | protocol | geometry | seeds | val top-1 % | +- std | val top-5 % | "
              "train top-1 % (last epoch) | paper top-1 % | params M | region-object dist | "
              "videos/s | val top-1 % along the run (k videos: %) | region-object dist along "
-             "the run (k videos: dist) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "the run (k videos: dist) | train top-1 % per 10k-video window (k videos: %; "
+             "unseen clips while the first epoch lasts) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = "-" if r["distance"] is None else f"{r['distance']:.3f}"
         std = "-" if r["acc_std"] is None else f"{r['acc_std']:.2f}"
@@ -292,10 +316,11 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
         tr = "-" if r["train_top1_mean"] is None else f"{r['train_top1_mean']:.2f}"
         cur = ", ".join(f"{k / 1000:g}: {a:.1f}" for k, a in r["val_curve"].items()) or "-"
         dcur = ", ".join(f"{k / 1000:g}: {a:.3f}" for k, a in r["distance_curve"].items()) or "-"
+        win = ", ".join(f"{k / 1000:g}: {a:.1f}" for k, a in r["train_windows"].items()) or "-"
         lines.append(f"| {r['variant']} | {r['protocol']} | {r['geometry']} | "
                      f"{len(r['seeds'])} | {r['acc_mean']:.2f} | {std} | "
                      f"{r['top5_mean']:.2f} | {tr} | {r['paper_acc'] or '-'} | "
-                     f"{r['params_m']:.2f} | {d} | {vps} | {cur} | {dcur} |")
+                     f"{r['params_m']:.2f} | {d} | {vps} | {cur} | {dcur} | {win} |")
     head = "no finished run yet"
     if rows:
         s = rows[0]["settings"]

@@ -556,3 +556,21 @@ def test_study_reduced_task_direction2_levels_and_manifest():
     study.check_task("binding2", "authors")
     with pytest.raises(SystemExit, match="caps the distance"):
         study.check_task("sync2", "authors")
+
+
+def test_study_train_windows_weight_each_log_by_its_steps(tmp_path):
+    study = _load(SCRIPT)
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [{"step": 10, "train/top1_recent": 0.5}, {"step": 20, "train/top1_recent": 1.0},
+            {"step": 20, "val/top1": 0.9},  # a validation record: no training accuracy
+            {"step": 25, "train/top1_recent": 0.0}, {"step": 40, "train/top1_recent": 0.2},
+            {"step": 45, "train/top1_recent": 1.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    # batch 10, windows of >= 200 videos: steps 0-20, 20-40, and the rest (40-45)
+    curve = study._train_windows(run, 10, window=200)
+    assert list(curve) == [200, 400, 450]
+    assert curve[200] == pytest.approx(75.0)
+    assert curve[400] == pytest.approx(100 * (0.0 * 5 + 0.2 * 15) / 20)
+    assert curve[450] == pytest.approx(100.0)
+    assert study._train_windows(tmp_path / "missing", 10) == {}

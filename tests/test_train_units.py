@@ -129,3 +129,29 @@ def test_unwrap_sees_through_compile_aroundddp_of(tmp_path):
         dist.destroy_process_group()
     compiled = torch.compile(model)
     assert unwrap(compiled) is model and ddp_of(compiled) is None and ddp_of(model) is None
+
+
+def test_scalar_log_carries_the_accuracy_since_the_last_log_and_resets_it():
+    from types import SimpleNamespace
+
+    from train.loop import _EpochMeter, _report_step
+
+    logged = []
+    run = SimpleNamespace(
+        cfg=SimpleNamespace(log_every=2, ckpt_every=1000),
+        env=SimpleNamespace(is_main=True, world_size=1),
+        state=SimpleNamespace(step=4),
+        logger=SimpleNamespace(scalars=lambda step, values: logged.append((step, values))),
+        optimizer=SimpleNamespace(param_groups=[{"lr": 0.1}]))
+    # 8 videos this epoch, 6 right; the 4 since the last log: 1 right
+    meter = _EpochMeter(t0=0.0, seen=8, correct=6, loss_sum=4.0, recent_seen=4,
+                        recent_correct=1)
+    _report_step(run, meter, None)
+    ((step, values),) = logged
+    assert step == 4 and values["train/top1"] == 0.75 and values["train/top1_recent"] == 0.25
+    assert (meter.recent_seen, meter.recent_correct) == (0, 0)
+    assert (meter.seen, meter.correct) == (8, 6)  # the epoch's figures are kept
+    run.state.step = 5  # not a logging step: nothing logged, nothing reset
+    meter.recent_seen, meter.recent_correct = 4, 3
+    _report_step(run, meter, None)
+    assert len(logged) == 1 and (meter.recent_seen, meter.recent_correct) == (4, 3)

@@ -59,12 +59,15 @@ class _State:
 
 @dataclass
 class _EpochMeter:
-    """Training loss, accuracy and speed over the current epoch (this rank)."""
+    """Training loss, accuracy and speed over the current epoch (this rank), and the
+    accuracy since the last scalar log (``recent_*``: reset by each log)."""
 
     t0: float
     seen: int = 0
     correct: int = 0
     loss_sum: float = 0.0
+    recent_seen: int = 0
+    recent_correct: int = 0
 
     def videos_per_s(self, world_size: int) -> float:
         return self.seen * world_size / max(time.time() - self.t0, 1e-9)
@@ -280,6 +283,8 @@ def _optimiser_step(run: _Run, micro: list[dict], meter: _EpochMeter) -> None:
     meter.seen += n
     meter.correct += hits
     meter.loss_sum += loss_val * n
+    meter.recent_seen += n
+    meter.recent_correct += hits
 
 
 def _report_step(run: _Run, meter: _EpochMeter, progress) -> None:
@@ -290,11 +295,17 @@ def _report_step(run: _Run, meter: _EpochMeter, progress) -> None:
                              acc=f"{meter.correct / meter.seen:.3f}",
                              vps=f"{meter.videos_per_s(env.world_size):.1f}")
         progress.update(1)
-    if env.is_main and state.step % cfg.log_every == 0:
-        run.logger.scalars(state.step, {
-            "train/loss": meter.loss_sum / meter.seen, "train/top1": meter.correct / meter.seen,
-            "train/lr": run.optimizer.param_groups[0]["lr"],
-            "train/videos_per_s": meter.videos_per_s(env.world_size)})
+    if state.step % cfg.log_every == 0:
+        # train/top1 is over the epoch so far; train/top1_recent over the steps since the
+        # last log - on a first epoch, an accuracy on clips the model had not trained on
+        if env.is_main:
+            run.logger.scalars(state.step, {
+                "train/loss": meter.loss_sum / meter.seen,
+                "train/top1": meter.correct / meter.seen,
+                "train/top1_recent": meter.recent_correct / max(meter.recent_seen, 1),
+                "train/lr": run.optimizer.param_groups[0]["lr"],
+                "train/videos_per_s": meter.videos_per_s(env.world_size)})
+        meter.recent_seen = meter.recent_correct = 0
     if state.step % cfg.ckpt_every == 0 and env.is_main:
         run.save("last.pt")
 
