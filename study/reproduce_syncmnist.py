@@ -181,12 +181,30 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    """The records of the run's metrics.jsonl (none if it is missing). A line that does not
+    parse - the last one of a killed run, or garbage - is skipped and counted in a warning."""
+    path = run / "metrics.jsonl"
+    recs, bad = [], 0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            recs.append(rec)
+        else:
+            bad += 1
+    if bad:
+        log.warning("%s: skipped %d unreadable line(s) of %d", path, bad, bad + len(recs))
+    return recs
+
+
 def _train_log(run: Path) -> dict[str, float | None]:
     """Median training throughput and the last running train loss/top-1 from metrics.jsonl."""
     vps, last = [], {}
-    path = run / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        rec = json.loads(line)
+    for rec in _metrics(run):
         if "train/videos_per_s" in rec:
             vps.append(rec["train/videos_per_s"])
             last = rec
@@ -199,9 +217,7 @@ def _val_curve(run: Path, batch_size: int, key: str = "val/top1", scale: float =
     """A validation metric (``key``, times ``scale``: top-1 in %) by training videos seen,
     from the run's metrics.jsonl; validations without it (or with ``None``) are left out."""
     curve = {}
-    path = run / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        rec = json.loads(line)
+    for rec in _metrics(run):
         if rec.get(key) is not None:
             curve[rec["step"] * batch_size] = scale * rec[key]
     return curve
@@ -211,11 +227,11 @@ def _train_windows(run: Path, batch_size: int, window: int = 10_000) -> dict[int
     """Training top-1 (%) per window of at least ``window`` training videos, by the videos
     seen at each window's end, from the ``train/top1_recent`` scalars of metrics.jsonl
     (each the accuracy since the log before; weighted by the steps it covers). While the
-    first epoch lasts, this is an accuracy on clips the model had not trained on."""
-    path = run / "metrics.jsonl"
-    recs = [json.loads(line) for line in (path.read_text().splitlines() if path.exists()
-                                          else [])]
-    recs = [r for r in recs if r.get("train/top1_recent") is not None]
+    first epoch lasts, this is an accuracy on clips the model had not trained on. A step
+    logged again after a resume keeps its last record."""
+    by_step = {r["step"]: r["train/top1_recent"] for r in _metrics(run)
+               if r.get("train/top1_recent") is not None}
+    recs = [{"step": k, "train/top1_recent": by_step[k]} for k in sorted(by_step)]
     curve: dict[int, float] = {}
     start = prev = 0
     hits = 0.0

@@ -558,7 +558,7 @@ def test_study_reduced_task_direction2_levels_and_manifest():
         study.check_task("sync2", "authors")
 
 
-def test_study_train_windows_weight_each_log_by_its_steps(tmp_path):
+def test_study_train_windows_weight_each_log_by_its_steps(tmp_path, caplog):
     study = _load(SCRIPT)
     run = tmp_path / "run"
     run.mkdir()
@@ -574,3 +574,14 @@ def test_study_train_windows_weight_each_log_by_its_steps(tmp_path):
     assert curve[400] == pytest.approx(100 * (0.0 * 5 + 0.2 * 15) / 20)
     assert curve[450] == pytest.approx(100.0)
     assert study._train_windows(tmp_path / "missing", 10) == {}
+    # a resumed run logs step 40 again: its last record counts, once; a killed run's cut
+    # last line and a garbage line are skipped and counted, not fatal
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 40, "train/top1_recent": 0.6}) + "\n")
+        f.write("[1, 2]\n" + '{"step": 50, "train/top1_re')
+    with caplog.at_level("WARNING"):
+        curve = study._train_windows(run, 10, window=200)
+    assert curve[400] == pytest.approx(100 * (0.0 * 5 + 0.6 * 15) / 20)
+    assert list(curve) == [200, 400, 450]
+    assert "skipped 2 unreadable line(s) of 9" in caplog.text
+    assert study._val_curve(run, 10) == {200: pytest.approx(90.0)}
