@@ -54,7 +54,9 @@ script="$here/reproduce_syncmnist.py"
 threads=${THREADS:-2}
 py=${PYTHON:-python}
 mkdir -p "$out/logs"
-# the shards first, once, so that the runs do not race to write them
+# the shards first, once, so that the runs do not race to write them; with --in-memory (the
+# default) also the decoded training split, DIR/data/train-inmemory.pt, which every run then
+# memory-maps instead of decoding the shards itself (one shared copy in the page cache)
 "$py" "$script" --out "$out" --data-only --data-workers "${DATA_WORKERS:-4}" "$@" \
     > "$out/logs/data.log" 2>&1 || { cat "$out/logs/data.log" >&2; exit 1; }
 pids=()

@@ -363,6 +363,13 @@ def _parse_items(items: list[str]) -> dict[str, Any]:
     return values
 
 
+def _memory_cache(data: Path, args: argparse.Namespace) -> Path | None:
+    """The file holding the decoded training split beside the shards (``--cache``): written
+    by the first run (or ``--data-only``), memory-mapped by the others, so that runs side by
+    side decode the shards once and share one copy of the clips."""
+    return data / "train-inmemory.pt" if args.cache else None
+
+
 def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
             memory: dict[str, Any]) -> dict[str, Any]:
     """Train and validate one (variant, seed); writes and returns ``result.json``."""
@@ -415,7 +422,7 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
         overrides.append("data.in_memory=true")
     cfg = load_config("syncmnist_demo", overrides)
     if args.in_memory and "train" not in memory:  # decode the training split once
-        memory["train"] = load_train_in_memory(cfg)
+        memory["train"] = load_train_in_memory(cfg, _memory_cache(data, args))
     t0 = time.time()
     metrics = fit(cfg, resume="auto", train_clips=memory.get("train"))
     dists = metrics["region_object_distance"]
@@ -484,10 +491,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1, help="data-loading processes")
     ap.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=True,
                     help="decode the training split once and train from RAM")
+    ap.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --in-memory: keep the decoded split in DIR/data/"
+                         "train-inmemory.pt (about the size of the shards), memory-mapped by "
+                         "every run, so parallel runs decode once and share one copy")
     ap.add_argument("--data-workers", type=int, default=2,
-                    help="processes generating the shards (the videos do not depend on it)")
+                    help="processes generating the shards and decoding them for --cache "
+                         "(the videos do not depend on it)")
     ap.add_argument("--data-only", action="store_true",
-                    help="only generate the shards (before starting runs in parallel)")
+                    help="only generate the shards, and with --in-memory --cache decode them "
+                         "(before starting runs in parallel)")
     ap.add_argument("--resume", action="store_true", help="continue unfinished runs")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the tables")
     ap.add_argument("--dyreg", action="append", default=[], metavar="KEY=VALUE",
@@ -528,6 +541,13 @@ def main(argv: list[str] | None = None) -> None:
     make_data(out / "data", args.train_videos, args.val_videos, args.data_workers,
               args.geometry, args.task)
     if args.data_only:
+        if args.in_memory and args.cache:  # decode once, for the runs started next
+            data = out / "data"
+            load_train_in_memory(load_config("syncmnist_demo", [
+                f"data.train={split_pattern(data, 'train')}",
+                f"data.val={split_pattern(data, 'val')}", "data.in_memory=true",
+                f"data.num_workers={args.data_workers}",
+            ] + [s for s in args.set if s.startswith("data.")]), _memory_cache(data, args))
         return
     memory: dict[str, Any] = {}  # the decoded training split, shared by the runs
     for seed in [int(s) for s in args.seeds.split(",")]:

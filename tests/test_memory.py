@@ -9,7 +9,7 @@ import torch
 from dyreg_pyg.data import InMemoryClips, SkipCounter, make_clip_loader, write_syncmnist_shards
 from train.checkpoint import load_checkpoint
 from train.config import load_config
-from train.data import load_train_in_memory
+from train.data import load_train_in_memory, train_fingerprint
 from train.loop import fit
 from train.step import autocast
 
@@ -74,6 +74,46 @@ def test_decoded_clips_equal_the_streamed_ones_and_ignore_worker_count(shards):
             streamed[k] = (v, int(y))
     for i, k in enumerate(mem.keys):
         assert torch.equal(mem.videos[i], streamed[k][0]) and int(mem.labels[i]) == streamed[k][1]
+
+
+def test_cache_is_reused_only_for_the_same_shards_and_garbage_is_rebuilt(shards, tmp_path,
+                                                                         caplog):
+    import os
+    import shutil
+
+    d = tmp_path / "data"
+    shutil.copytree(shards, d)
+    pattern = f"{d}/train-{{000000..000003}}.tar"
+    cfg = load_config("syncmnist_demo", [f"data.train={pattern}", "data.num_frames=10",
+                                         "data.num_workers=0", "data.in_memory=true"])
+    cache = tmp_path / "clips.pt"
+    fresh = load_train_in_memory(cfg)
+    first = load_train_in_memory(cfg, cache)  # decoded, then written
+    assert cache.is_file() and torch.equal(first.videos, fresh.videos)
+    again = load_train_in_memory(cfg, cache)  # read back, memory-mapped
+    assert torch.equal(again.videos, fresh.videos) and torch.equal(again.labels, fresh.labels)
+    assert again.keys == fresh.keys and again.skips.count == 0
+    # read from the file: a changed cache file shows through (so it was not decoded again)
+    marked = InMemoryClips(fresh.videos.clone(), fresh.labels, fresh.keys, SkipCounter())
+    marked.videos[0] = 7
+    marked.save(cache, train_fingerprint(cfg))
+    assert int(load_train_in_memory(cfg, cache).videos[0].float().mean()) == 7
+    # a shard rewritten (new time) no longer matches: decoded again, with a warning
+    shard = d / "train-000000.tar"
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    with caplog.at_level("WARNING", logger="train"):
+        rebuilt = load_train_in_memory(cfg, cache)
+    assert "other shards" in caplog.text and torch.equal(rebuilt.videos, fresh.videos)
+    assert torch.equal(load_train_in_memory(cfg, cache).videos, fresh.videos)
+    # a cut or garbage cache file: decoded again and rewritten, never a crash
+    cache.write_bytes(cache.read_bytes()[:1000])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train"):
+        assert torch.equal(load_train_in_memory(cfg, cache).videos, fresh.videos)
+    assert "not a readable" in caplog.text
+    assert torch.equal(InMemoryClips.load(cache).videos, fresh.videos)
+    with pytest.raises(ValueError, match="other shards"):
+        InMemoryClips.load(cache, fingerprint="something else")
 
 
 def test_in_memory_needs_data_without_augmentation():

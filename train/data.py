@@ -10,9 +10,9 @@ import torch
 
 from .config import TrainConfig
 
-__all__ = ["make_loader", "load_train_in_memory", "normalise", "read_num_classes",
-           "read_split_size", "batch_object_centres", "batch_object_boxes", "external_regions",
-           "split_pattern", "read_class_names"]
+__all__ = ["make_loader", "load_train_in_memory", "train_fingerprint", "normalise",
+           "read_num_classes", "read_split_size", "batch_object_centres", "batch_object_boxes",
+           "external_regions", "split_pattern", "read_class_names"]
 
 log = logging.getLogger("train")
 
@@ -55,11 +55,57 @@ def make_loader(cfg: TrainConfig, split: str, epoch: int = 0, memory=None):
     )
 
 
-def load_train_in_memory(cfg: TrainConfig):
+def train_fingerprint(cfg: TrainConfig) -> str | None:
+    """What the decoded training split of ``cfg.data`` depends on, as a string: every
+    training shard's path, size and modification time, and the frames, crop and dataset.
+    ``None`` when a shard is not a local file (nothing cheap tells whether it changed)."""
+    import json
+
+    from dyreg_pyg.data.shards import expand_shard_urls
+
+    d = cfg.data
+    shards = []
+    for url in expand_shard_urls(d.train):
+        path = Path(url.removeprefix("file://"))
+        if ("://" in url and not url.startswith("file://")) or not path.is_file():
+            return None
+        st = path.stat()
+        shards.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    return json.dumps({"shards": shards, "num_frames": d.num_frames,
+                       "crop_size": d.crop_size, "dataset": d.dataset})
+
+
+def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
     """Decode every training clip of ``cfg.data.train`` once (deterministic frames, no
     augmentation) into :class:`~dyreg_pyg.data.InMemoryClips`; skipped samples are counted.
     The caller's random state is left untouched, so a run is the same whether its clips were
-    decoded inside :func:`~train.loop.fit` or passed in."""
+    decoded inside :func:`~train.loop.fit` or passed in.
+
+    With ``cache`` (a file path) the decoded clips are read from that file when it was
+    written from the same shards (:func:`train_fingerprint`), memory-mapped so that runs
+    side by side share one copy; otherwise they are decoded and the file is (re)written.
+    Shards that are not local files are always decoded."""
+    from dyreg_pyg.data import InMemoryClips
+
+    fingerprint = train_fingerprint(cfg) if cache is not None else None
+    if fingerprint is not None:
+        try:
+            clips = InMemoryClips.load(cache, fingerprint)
+        except ValueError as err:
+            if Path(cache).exists():
+                log.warning("data.in_memory: cache not used, decoding again: %s", err)
+        else:
+            log.info("data.in_memory: %d clips from %s (%s)", len(clips), cache,
+                     clips.skips.summary())
+            return clips
+    clips = _decode_train(cfg)
+    if fingerprint is not None:
+        clips.save(cache, fingerprint)
+        log.info("data.in_memory: decoded clips cached in %s", cache)
+    return clips
+
+
+def _decode_train(cfg: TrainConfig):
     from dyreg_pyg.data import InMemoryClips, make_clip_loader
 
     d = cfg.data

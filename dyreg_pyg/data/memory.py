@@ -9,8 +9,11 @@ loader's decoding otherwise competes with the compute threads.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,6 +97,55 @@ class InMemoryClips:
                  tuple(clips.videos.shape[1:]), clips.videos.numel() / 2**20,
                  clips.skips.summary())
         return clips
+
+    def save(self, path: str | os.PathLike, fingerprint: str) -> Path:
+        """Write the clips to ``path`` atomically (temporary file, fsync, rename), tagged with
+        ``fingerprint`` (what they were decoded from, e.g. the shards' names, sizes and times),
+        so that :meth:`load` can refuse a file that no longer matches its shards."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"format": 1, "fingerprint": fingerprint, "videos": self.videos,
+                 "labels": self.labels, "keys": self.keys, "boxes": self.boxes,
+                 "skips": {"count": self.skips.count, "reasons": dict(self.skips.reasons),
+                           "examples": [list(e) for e in self.skips.examples]}}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(state, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, fingerprint: str | None = None,
+             mmap: bool = True) -> InMemoryClips:
+        """Read clips written by :meth:`save` (``weights_only=True``). With ``mmap`` the
+        videos stay in the file and are paged in as batches read them, so several processes
+        training on one cache share one copy in the page cache. Raises ``ValueError`` when
+        the file is unreadable, is not such a file, or its fingerprint is not
+        ``fingerprint`` (given)."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as err:  # missing, truncated zip, bad pickle opcodes, ...
+            raise ValueError(f"{path}: not a readable in-memory clip cache: {err}") from err
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise ValueError(f"{path}: expected an in-memory clip cache (format 1)")
+        if fingerprint is not None and state["fingerprint"] != fingerprint:
+            raise ValueError(f"{path}: decoded from other shards than these (fingerprint "
+                             f"{state['fingerprint'][:80]!r}, expected {fingerprint[:80]!r})")
+        skips = SkipCounter()
+        for key, reason, detail in state["skips"]["examples"]:
+            skips.examples.append((key, reason, detail))
+        skips.count = int(state["skips"]["count"])
+        skips.reasons.update(state["skips"]["reasons"])
+        return cls(state["videos"], state["labels"], list(state["keys"]), skips,
+                   state["boxes"])
 
     def loader(self, batch_size: int, seed: int, rank: int = 0,
                world_size: int = 1) -> InMemoryLoader:
