@@ -185,6 +185,59 @@ def test_resume_with_gradient_accumulation_skips_every_consumed_batch(shards, tm
         assert torch.allclose(v.float(), other["model"][k].float(), atol=1e-6), k
 
 
+def _boxes_per_frame(batch):
+    """The reference: one frame at a time, as batch_object_boxes was first written."""
+    metas, video = batch["meta"], batch["video"]
+    h, w = video.shape[-2:]
+    t = video.shape[-4]
+    m_max = max(len(f) for m in metas for f in (m.get("boxes") or [[]]))
+    boxes = torch.zeros(len(metas), t, max(m_max, 1), 4)
+    mask = torch.zeros(len(metas), t, max(m_max, 1), dtype=torch.bool)
+    for b, meta in enumerate(metas):
+        per_frame = meta.get("boxes")
+        if not per_frame:
+            continue
+        size = meta.get("frame_size") or (w, h)
+        frames = meta.get("frame_indices") or list(range(min(t, len(per_frame))))
+        for j, fi in enumerate(frames[:t]):
+            xyxy = torch.tensor(per_frame[fi], dtype=torch.float32).view(-1, 4)
+            k = xyxy.shape[0]
+            boxes[b, j, :k, 0] = (xyxy[:, 0] + xyxy[:, 2]) / 2 / size[0]
+            boxes[b, j, :k, 1] = (xyxy[:, 1] + xyxy[:, 3]) / 2 / size[1]
+            boxes[b, j, :k, 2] = (xyxy[:, 2] - xyxy[:, 0]) / 2 / size[0]
+            boxes[b, j, :k, 3] = (xyxy[:, 3] - xyxy[:, 1]) / 2 / size[1]
+            mask[b, j, :k] = True
+    return boxes, mask
+
+
+def test_object_boxes_equal_the_per_frame_reference_on_ragged_metadata():
+    from train.data import batch_object_boxes
+
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(n):
+        return torch.randint(0, 100, (n,), generator=g).tolist()
+
+    metas = []
+    for b in range(12):
+        stored = 8
+        counts = rnd(stored)
+        # 0-3 objects per frame (some frames empty), x1 > x0 and y1 > y0
+        per_frame = [[[*rnd(2), *[v + 5 for v in rnd(2)]] for _ in range(c % 4)]
+                     for c in counts]
+        meta = {"boxes": per_frame} if b % 5 else {}  # some samples without boxes
+        if b % 3 == 0:
+            meta["frame_size"] = [96, 80]
+        if b % 2 == 0:
+            meta["frame_indices"] = sorted(torch.randperm(stored, generator=g)[:6].tolist())
+        metas.append(meta)
+    batch = {"video": torch.zeros(len(metas), 6, 1, 64, 72), "meta": metas}
+    boxes, mask = batch_object_boxes(batch)
+    ref_boxes, ref_mask = _boxes_per_frame(batch)
+    assert boxes.shape == ref_boxes.shape and mask.any() and not mask.all()
+    assert torch.equal(mask, ref_mask) and torch.equal(boxes, ref_boxes)  # bit for bit
+
+
 def test_boxes_follow_their_clips_through_sorting_and_batching():
     from train.data import batch_object_boxes, batch_object_centres
 
