@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data, OnDiskDataset
 
+from ._io import write_atomic
 from .graph import build_graph_batch
 from .kernels import regions_to_boxes
 
@@ -52,20 +52,7 @@ EXPORT_FORMAT = "dyreg-pyg region graphs v1"
 def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` as JSON to a temporary file in the same folder, fsync, rename: a
     reader sees the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda fh: json.dump(payload, fh, indent=1), binary=False)
 
 
 def _schema(node_channels: int) -> dict[str, Any]:

@@ -52,6 +52,24 @@ def test_checkpoint_atomic_roundtrip_and_truncation(tmp_path):
     assert path.read_bytes() == good
 
 
+def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary(tmp_path):
+    from dyreg_pyg._io import write_atomic
+
+    path = tmp_path / "clips.pt"
+    save_checkpoint({"v": torch.arange(3)}, path)
+    good = path.read_bytes()
+
+    def dies(fh):
+        fh.write(b"half a file")
+        raise KeyboardInterrupt  # as if the process were stopped mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, dies)
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["clips.pt"]
+    write_atomic(tmp_path / "sub" / "x.json", lambda fh: fh.write("{}"), binary=False)
+    assert (tmp_path / "sub" / "x.json").read_text() == "{}"
+
+
 def test_checkpoint_refuses_other_architecture():
     with pytest.raises(CheckpointError, match=r"missing keys: \[0.bias, 0.weight\]; "
                                               r"unexpected keys: \[bias, weight\]"):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dyreg_pyg._io import write_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
            "load_model_state", "CheckpointError"]
@@ -26,25 +26,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
     A crash at any point leaves either the previous file or the new one, never a partial file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda fh: torch.save(state, fh), sync_dir=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

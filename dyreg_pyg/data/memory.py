@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._io import write_atomic
 from .loader import SkipCounter
 
 __all__ = ["InMemoryClips", "InMemoryLoader"]
@@ -102,24 +102,11 @@ class InMemoryClips:
         """Write the clips to ``path`` atomically (temporary file, fsync, rename), tagged with
         ``fingerprint`` (what they were decoded from, e.g. the shards' names, sizes and times),
         so that :meth:`load` can refuse a file that no longer matches its shards."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {"format": 1, "fingerprint": fingerprint, "videos": self.videos,
                  "labels": self.labels, "keys": self.keys, "boxes": self.boxes,
                  "skips": {"count": self.skips.count, "reasons": dict(self.skips.reasons),
                            "examples": [list(e) for e in self.skips.examples]}}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(state, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return write_atomic(path, lambda fh: torch.save(state, fh))
 
     @classmethod
     def load(cls, path: str | os.PathLike, fingerprint: str | None = None,
