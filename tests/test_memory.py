@@ -93,6 +93,7 @@ def test_cache_is_reused_only_for_the_same_shards_and_garbage_is_rebuilt(shards,
     again = load_train_in_memory(cfg, cache)  # read back, memory-mapped
     assert torch.equal(again.videos, fresh.videos) and torch.equal(again.labels, fresh.labels)
     assert again.keys == fresh.keys and again.skips.count == 0
+    assert fresh.boxes is not None and torch.equal(again.boxes, fresh.boxes)
     # read from the file: a changed cache file shows through (so it was not decoded again)
     marked = InMemoryClips(fresh.videos.clone(), fresh.labels, fresh.keys, SkipCounter())
     marked.videos[0] = 7
@@ -103,7 +104,8 @@ def test_cache_is_reused_only_for_the_same_shards_and_garbage_is_rebuilt(shards,
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
     with caplog.at_level("WARNING", logger="train"):
         rebuilt = load_train_in_memory(cfg, cache)
-    assert "other shards" in caplog.text and torch.equal(rebuilt.videos, fresh.videos)
+    assert "other data" in caplog.text and torch.equal(rebuilt.videos, fresh.videos)
+    assert "shards[0] is" in caplog.text and "train-000000.tar" in caplog.text  # names it
     assert torch.equal(load_train_in_memory(cfg, cache).videos, fresh.videos)
     # a cut or garbage cache file: decoded again and rewritten, never a crash
     cache.write_bytes(cache.read_bytes()[:1000])
@@ -112,8 +114,38 @@ def test_cache_is_reused_only_for_the_same_shards_and_garbage_is_rebuilt(shards,
         assert torch.equal(load_train_in_memory(cfg, cache).videos, fresh.videos)
     assert "not a readable" in caplog.text
     assert torch.equal(InMemoryClips.load(cache).videos, fresh.videos)
-    with pytest.raises(ValueError, match="other shards"):
+    with pytest.raises(ValueError, match="other data"):
         InMemoryClips.load(cache, fingerprint="something else")
+    # a readable file that is not a whole cache: decoded again, not a crash
+    torch.save({"format": 1, "fingerprint": train_fingerprint(cfg)}, cache)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train"):
+        assert torch.equal(load_train_in_memory(cfg, cache).videos, fresh.videos)
+    assert "incomplete" in caplog.text
+    # skip counts, reasons and examples survive the round trip
+    skips = SkipCounter()
+    skips.add("k1", "decode_error", "bad npy")
+    skips.add("shard-3", "shard_error", "truncated", n=7)
+    InMemoryClips(fresh.videos, fresh.labels, fresh.keys, skips).save(cache, "x")
+    assert InMemoryClips.load(cache, "x").skips.as_dict() == skips.as_dict()
+
+
+def test_a_cache_that_cannot_be_written_does_not_stop_the_run(shards, tmp_path, caplog,
+                                                              monkeypatch):
+    import errno
+
+    pattern = f"{shards}/train-{{000000..000003}}.tar"
+    cfg = load_config("syncmnist_demo", [f"data.train={pattern}", "data.num_frames=10",
+                                         "data.num_workers=0", "data.in_memory=true"])
+
+    def disk_full(self, path, fingerprint):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(InMemoryClips, "save", disk_full)
+    with caplog.at_level("WARNING", logger="train"):
+        clips = load_train_in_memory(cfg, tmp_path / "clips.pt")
+    assert len(clips) == 30 and "could not write the cache" in caplog.text
+    assert "No space left" in caplog.text and not (tmp_path / "clips.pt").exists()
 
 
 def test_in_memory_needs_data_without_augmentation():
@@ -236,6 +268,18 @@ def test_object_boxes_equal_the_per_frame_reference_on_ragged_metadata():
     ref_boxes, ref_mask = _boxes_per_frame(batch)
     assert boxes.shape == ref_boxes.shape and mask.any() and not mask.all()
     assert torch.equal(mask, ref_mask) and torch.equal(boxes, ref_boxes)  # bit for bit
+    # a frame's boxes given flat or as an array read the same as the nested lists
+    import numpy as np
+
+    nested = {"boxes": [[[8, 16, 24, 48], [0, 0, 32, 32]], [[10, 16, 26, 48]]]}
+    flat = {"boxes": [[8, 16, 24, 48, 0, 0, 32, 32], [10, 16, 26, 48]]}
+    arrays = {"boxes": [np.array(f) for f in nested["boxes"]]}
+    video = torch.zeros(1, 2, 1, 64, 64)
+    want = batch_object_boxes({"video": video, "meta": [nested]})
+    for other in (flat, arrays):
+        got = batch_object_boxes({"video": video, "meta": [other]})
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert want[0].shape == (1, 2, 2, 4) and want[1].sum() == 3
 
 
 def test_boxes_follow_their_clips_through_sorting_and_batching():

@@ -10,9 +10,9 @@ import torch
 
 from .config import TrainConfig
 
-__all__ = ["make_loader", "load_train_in_memory", "train_fingerprint", "normalise",
-           "read_num_classes", "read_split_size", "batch_object_centres", "batch_object_boxes",
-           "external_regions", "split_pattern", "read_class_names"]
+__all__ = ["make_loader", "load_train_in_memory", "train_fingerprint", "DECODED_FORMAT",
+           "normalise", "read_num_classes", "read_split_size", "batch_object_centres",
+           "batch_object_boxes", "external_regions", "split_pattern", "read_class_names"]
 
 log = logging.getLogger("train")
 
@@ -55,12 +55,19 @@ def make_loader(cfg: TrainConfig, split: str, epoch: int = 0, memory=None):
     )
 
 
+#: Version of what :func:`_decode_train` produces (frames, labels, keys, boxes); part of
+#: :func:`train_fingerprint`, so bumping it invalidates every decoded-split cache.
+DECODED_FORMAT = 1
+
+
 def train_fingerprint(cfg: TrainConfig) -> str | None:
-    """What the decoded training split of ``cfg.data`` depends on, as a string: every
-    training shard's path, size and modification time, and the frames, crop and dataset.
-    ``None`` when a shard is not a local file (nothing cheap tells whether it changed)."""
+    """What the decoded training split of ``cfg.data`` depends on, as a JSON string: every
+    training shard's path, size and modification time, the shards' manifest, the frames,
+    crop and dataset, and :data:`DECODED_FORMAT`. ``None`` when a shard is not a local file
+    (nothing cheap tells whether it changed)."""
     import json
 
+    from dyreg_pyg.data import load_manifest
     from dyreg_pyg.data.shards import expand_shard_urls
 
     d = cfg.data
@@ -71,8 +78,9 @@ def train_fingerprint(cfg: TrainConfig) -> str | None:
             return None
         st = path.stat()
         shards.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
-    return json.dumps({"shards": shards, "num_frames": d.num_frames,
-                       "crop_size": d.crop_size, "dataset": d.dataset})
+    return json.dumps({"decoded_format": DECODED_FORMAT, "shards": shards,
+                       "manifest": load_manifest(d.train), "num_frames": d.num_frames,
+                       "crop_size": d.crop_size, "dataset": d.dataset}, sort_keys=True)
 
 
 def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
@@ -82,12 +90,16 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
     decoded inside :func:`~train.loop.fit` or passed in.
 
     With ``cache`` (a file path) the decoded clips are read from that file when it was
-    written from the same shards (:func:`train_fingerprint`), memory-mapped so that runs
-    side by side share one copy; otherwise they are decoded and the file is (re)written.
-    Shards that are not local files are always decoded."""
+    written from the same data (:func:`train_fingerprint`), memory-mapped so that runs side
+    by side share one copy; otherwise they are decoded and the file is (re)written. The file
+    must only ever be replaced whole (as this function does): changing it in place under a
+    run that maps it crashes that run. Shards that are not local files are always decoded;
+    a cache that cannot be written (full disk, read-only folder) is skipped with a warning."""
     from dyreg_pyg.data import InMemoryClips
 
     fingerprint = train_fingerprint(cfg) if cache is not None else None
+    if cache is not None and fingerprint is None:
+        log.info("data.in_memory: no cache: the training shards are not all local files")
     if fingerprint is not None:
         try:
             clips = InMemoryClips.load(cache, fingerprint)
@@ -100,8 +112,12 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
             return clips
     clips = _decode_train(cfg)
     if fingerprint is not None:
-        clips.save(cache, fingerprint)
-        log.info("data.in_memory: decoded clips cached in %s", cache)
+        try:
+            clips.save(cache, fingerprint)
+        except OSError as err:  # the cache only saves time: the run goes on without it
+            log.warning("data.in_memory: could not write the cache %s: %s", cache, err)
+        else:
+            log.info("data.in_memory: decoded clips cached in %s", cache)
     return clips
 
 
@@ -192,7 +208,9 @@ def batch_object_boxes(batch: dict[str, Any]) -> tuple[torch.Tensor | None, torc
 
     Reads ``meta["boxes"]`` (per frame, per object ``(x0, y0, x1, y1)`` in pixels of the
     clip's frames, as MultiSyncMNIST stores them) for samples that have them; object ``k`` is
-    the same object in every frame. ``None, None`` when no sample of the batch has boxes.
+    the same object in every frame; a frame may also list its boxes flat
+    (``x0, y0, x1, y1, x0, ...``), or be an array. ``M`` is the most objects of any stored
+    frame. ``None, None`` when no sample of the batch has boxes.
     """
     metas = batch.get("meta") or []
     video = batch["video"]
@@ -202,7 +220,9 @@ def batch_object_boxes(batch: dict[str, Any]) -> tuple[torch.Tensor | None, torc
         return None, None
     # one pass over the metadata into flat lists, then one tensor: a per-frame tensor and
     # indexed writes cost ~1 ms per clip, which made this the in-memory decoding's bottleneck
-    def objects(frame: list) -> list:  # [[x0, y0, x1, y1], ...] (or flat x0, y0, x1, y1, ...)
+    def objects(frame: Any) -> list:  # [[x0, y0, x1, y1], ...] (or flat x0, y0, x1, y1, ...)
+        if hasattr(frame, "tolist"):  # a numpy array or a tensor
+            frame = frame.tolist()
         if frame and not isinstance(frame[0], (list, tuple)):
             return [frame[i:i + 4] for i in range(0, len(frame), 4)]
         return frame

@@ -123,21 +123,45 @@ class InMemoryClips:
             raise ValueError(f"{path}: not a readable in-memory clip cache: {err}") from err
         if not isinstance(state, dict) or state.get("format") != 1:
             raise ValueError(f"{path}: expected an in-memory clip cache (format 1)")
-        if fingerprint is not None and state["fingerprint"] != fingerprint:
-            raise ValueError(f"{path}: decoded from other shards than these (fingerprint "
-                             f"{state['fingerprint'][:80]!r}, expected {fingerprint[:80]!r})")
-        skips = SkipCounter()
-        for key, reason, detail in state["skips"]["examples"]:
-            skips.examples.append((key, reason, detail))
-        skips.count = int(state["skips"]["count"])
-        skips.reasons.update(state["skips"]["reasons"])
-        return cls(state["videos"], state["labels"], list(state["keys"]), skips,
-                   state["boxes"])
+        if fingerprint is not None and state.get("fingerprint") != fingerprint:
+            raise ValueError(f"{path}: decoded from other data than these: "
+                             f"{_first_difference(state.get('fingerprint'), fingerprint)}")
+        try:
+            skips = SkipCounter()
+            skips.examples.extend(tuple(e) for e in state["skips"]["examples"])
+            skips.count = int(state["skips"]["count"])
+            skips.reasons.update(state["skips"]["reasons"])
+            return cls(state["videos"], state["labels"], list(state["keys"]), skips,
+                       state["boxes"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: an incomplete in-memory clip cache: {err!r}") from err
 
     def loader(self, batch_size: int, seed: int, rank: int = 0,
                world_size: int = 1) -> InMemoryLoader:
         """One epoch of shuffled training batches for ``rank`` (see :class:`InMemoryLoader`)."""
         return InMemoryLoader(self, batch_size, seed, rank, world_size)
+
+
+def _first_difference(cached: Any, now: str) -> str:
+    """The first entry in which two JSON fingerprints differ, e.g. one shard's size or time."""
+    import json
+
+    try:
+        a, b = json.loads(cached), json.loads(now)
+    except (TypeError, ValueError):
+        return f"fingerprint {str(cached)[:80]!r} in the cache, {now[:80]!r} now"
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            x, y = a.get(key), b.get(key)
+            if x == y:
+                continue
+            if isinstance(x, list) and isinstance(y, list):
+                for i, (u, v) in enumerate(zip(x, y)):
+                    if u != v:
+                        return f"{key}[{i}] is {u!r} in the cache, {v!r} now"
+                return f"{key}: {len(x)} entries in the cache, {len(y)} now"
+            return f"{key} is {x!r} in the cache, {y!r} now"
+    return "fingerprints differ"
 
 
 class InMemoryLoader:
