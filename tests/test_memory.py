@@ -130,6 +130,30 @@ def test_cache_is_reused_only_for_the_same_shards_and_garbage_is_rebuilt(shards,
     assert InMemoryClips.load(cache, "x").skips.as_dict() == skips.as_dict()
 
 
+def test_temporaries_of_a_killed_cache_writer_are_removed_but_a_live_one_is_kept(
+        shards, tmp_path, caplog):
+    import os
+    import time
+
+    pattern = f"{shards}/train-{{000000..000003}}.tar"
+    cfg = load_config("syncmnist_demo", [f"data.train={pattern}", "data.num_frames=10",
+                                         "data.num_workers=0", "data.in_memory=true"])
+    cache = tmp_path / "clips.pt"
+    dead = tmp_path / ".clips.pt.abc123.tmp"  # as write_atomic names them
+    dead.write_bytes(b"x" * 1000)
+    hour_ago = time.time() - 3600
+    os.utime(dead, (hour_ago, hour_ago))
+    live = tmp_path / ".clips.pt.def456.tmp"
+    live.write_bytes(b"being written")
+    other = tmp_path / ".other.pt.abc123.tmp"
+    other.write_bytes(b"not ours")
+    os.utime(other, (hour_ago, hour_ago))
+    with caplog.at_level("WARNING", logger="train"):
+        load_train_in_memory(cfg, cache)
+    assert cache.is_file() and not dead.exists() and live.exists() and other.exists()
+    assert caplog.text.count("stopped mid-write") == 1 and ".clips.pt.abc123.tmp" in caplog.text
+
+
 def test_a_cache_that_cannot_be_written_does_not_stop_the_run(shards, tmp_path, caplog,
                                                               monkeypatch):
     import errno

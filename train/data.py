@@ -112,6 +112,7 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
             return clips
     clips = _decode_train(cfg)
     if fingerprint is not None:
+        _remove_stale_temporaries(Path(cache))
         try:
             clips.save(cache, fingerprint)
         except OSError as err:  # the cache only saves time: the run goes on without it
@@ -119,6 +120,28 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
         else:
             log.info("data.in_memory: decoded clips cached in %s", cache)
     return clips
+
+
+def _remove_stale_temporaries(cache: Path, older_than_s: float = 600.0) -> int:
+    """Remove the temporary files that writers of ``cache`` killed mid-write left behind
+    (``.<name>.*.tmp``, each as large as the cache), once untouched for ``older_than_s``
+    seconds - a live writer's file is being written to, so it is newer. Each removal is
+    logged by name; returns how many were removed."""
+    import time
+
+    removed = 0
+    for tmp in cache.parent.glob(f".{cache.name}.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime < older_than_s:
+                continue
+            size = tmp.stat().st_size
+            tmp.unlink()
+        except FileNotFoundError:  # another process removed or renamed it first
+            continue
+        removed += 1
+        log.warning("data.in_memory: removed %s (%.0f MB), left by a cache writer that was "
+                    "stopped mid-write", tmp, size / 2**20)
+    return removed
 
 
 def _decode_train(cfg: TrainConfig):
