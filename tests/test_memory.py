@@ -242,28 +242,15 @@ def test_resume_with_gradient_accumulation_skips_every_consumed_batch(shards, tm
 
 
 def _boxes_per_frame(batch):
-    """The reference: one frame at a time, as batch_object_boxes was first written."""
-    metas, video = batch["meta"], batch["video"]
-    h, w = video.shape[-2:]
-    t = video.shape[-4]
-    m_max = max(len(f) for m in metas for f in (m.get("boxes") or [[]]))
-    boxes = torch.zeros(len(metas), t, max(m_max, 1), 4)
-    mask = torch.zeros(len(metas), t, max(m_max, 1), dtype=torch.bool)
-    for b, meta in enumerate(metas):
-        per_frame = meta.get("boxes")
-        if not per_frame:
-            continue
-        size = meta.get("frame_size") or (w, h)
-        frames = meta.get("frame_indices") or list(range(min(t, len(per_frame))))
-        for j, fi in enumerate(frames[:t]):
-            xyxy = torch.tensor(per_frame[fi], dtype=torch.float32).view(-1, 4)
-            k = xyxy.shape[0]
-            boxes[b, j, :k, 0] = (xyxy[:, 0] + xyxy[:, 2]) / 2 / size[0]
-            boxes[b, j, :k, 1] = (xyxy[:, 1] + xyxy[:, 3]) / 2 / size[1]
-            boxes[b, j, :k, 2] = (xyxy[:, 2] - xyxy[:, 0]) / 2 / size[0]
-            boxes[b, j, :k, 3] = (xyxy[:, 3] - xyxy[:, 1]) / 2 / size[1]
-            mask[b, j, :k] = True
-    return boxes, mask
+    """The reference: batch_object_boxes as first written, one frame at a time (kept in the
+    benchmark that measures the two against each other)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_memory_decode", ROOT / "benchmarks" / "bench_memory_decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.boxes_per_frame(batch)
 
 
 def test_object_boxes_equal_the_per_frame_reference_on_ragged_metadata():
