@@ -6,7 +6,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$root/scripts/env.sh" | tail -n 1)
-export PATH="$venv/bin:$PATH"
+# the checkout's interpreter first, then the shared venv's tools (ruff, torchrun, ...)
+export PATH="$venv/bin:$(cat "$venv/dyreg-shared-venv")/bin:$PATH"
 cd "$root"
 cmd=${1:-test}
 shift || true
