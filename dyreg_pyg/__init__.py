@@ -1,5 +1,6 @@
 """dyreg_pyg: DyReg-GNN (Duta et al., NeurIPS 2021) on PyTorch Geometric."""
 
+from ._pyg import torch_geometric  # noqa: F401  (first: PyG without its jit warning)
 from .graph import build_graph_batch, complete_edge_index
 from .kernels import pool_nodes, region_kernels, regions_to_boxes, remap_nodes
 from .module import DyRegBlock, DyRegConfig, DyRegDetails, DyRegGNN

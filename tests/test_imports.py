@@ -184,3 +184,16 @@ def test_the_private_import_check_sees_relative_and_absolute_imports(tmp_path, m
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert private_imports(("pkg",)) == ["pkg/a.py:2: from .b import _hidden",
                                          "pkg/c.py:2: from pkg.b import _late"]
+
+
+def test_importing_the_package_prints_no_pyg_warning_and_keeps_the_users_filters():
+    """PyG's import-time ``torch.jit.script`` calls warned on every command (torch >= 2.10);
+    dyreg_pyg imports PyG inside ``catch_warnings``: silent, and the filters are unchanged."""
+    import subprocess
+
+    code = ("import warnings; before = list(warnings.filters); import dyreg_pyg; "
+            "assert warnings.filters == before, 'filters changed'")
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "jit.script" not in out.stderr and "FutureWarning" not in out.stderr, out.stderr
