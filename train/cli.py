@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from .logs import PROGRESS_SETTINGS
+
 __all__ = ["main", "build_parser", "run"]
 
 log = logging.getLogger("train")
@@ -71,7 +73,7 @@ def _cmd_export_graphs(args: argparse.Namespace) -> int:
 
     s = export_graphs(args.checkpoint, args.data, args.out, args.block, args.batch_size,
                       args.num_workers, args.device, args.chunk, args.set,
-                      progress=not args.no_progress)
+                      progress="off" if args.no_progress else args.progress)
     print(f"{s['videos']} graphs in {s['out']} (block {s['block']}, {s['written']} new), "
           f"{s['skipped']} videos skipped" + (f" {s['skip_reasons']}" if s["skipped"] else ""))
     return 0
@@ -199,7 +201,9 @@ def _add_export_graphs(sub) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--chunk", type=int, default=256, help="graphs per committed chunk")
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--progress", choices=PROGRESS_SETTINGS, default="auto",
+                   help="progress bar: auto (only on a terminal; else log lines), on, off")
+    p.add_argument("--no-progress", action="store_true", help="= --progress off")
     _add_set(p)
     p.set_defaults(func=_cmd_export_graphs)
 

@@ -22,6 +22,7 @@ from dyreg_pyg.data import make_clip_loader
 from dyreg_pyg.export import RegionGraphWriter, record_region_graphs
 
 from .data import external_regions, normalise, read_split_size
+from .logs import progress_bar_wanted
 from .loop import load_trained
 from .predict import class_names_for, pick_device
 
@@ -34,11 +35,14 @@ class _Progress:
     """tqdm when installed, else a log line every ``every`` videos (default: a tenth of the
     total, at most 500)."""
 
-    def __init__(self, total: int | None, initial: int, every: int | None = None) -> None:
+    def __init__(self, total: int | None, initial: int, bar: str | bool = "auto",
+                 every: int | None = None) -> None:
         if every is None:  # about ten lines per run when the total is known
             every = max(1, min(500, (total or 5000) // 10))
         self.n, self.every, self.total, self.bar = initial, every, total, None
         self.t0, self.last = time.time(), initial
+        if not progress_bar_wanted(bar):
+            return
         try:
             from tqdm import tqdm
         except ImportError:
@@ -65,12 +69,14 @@ class _Progress:
 def export_graphs(checkpoint: str, data: str, out: str, block: str | None = None,
                   batch_size: int = 8, num_workers: int = 0, device: str = "auto",
                   chunk: int = 256, overrides: list[str] | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: str | bool = "auto") -> dict[str, Any]:
     """Write the region graphs of DyReg ``block`` (default: the model's first) for every video
     of the labelled shards ``data`` into ``out`` (see :mod:`dyreg_pyg.export` for the layout).
 
     Clips are sampled as the evaluation samples them (one clip of segment centres, centre
-    crop). Returns ``{"out", "videos", "written", "skipped", "skip_reasons", "block"}``.
+    crop). ``progress``: a tqdm bar ``"on"``/``"off"``, or ``"auto"`` (only on a terminal;
+    otherwise about ten log lines). Returns ``{"out", "videos", "written", "skipped",
+    "skip_reasons", "block"}``.
     """
     model, cfg, num_classes = load_trained(checkpoint, data, 1, 1, overrides)
     name, blk = _pick_block(model, checkpoint, block)
@@ -91,7 +97,7 @@ def export_graphs(checkpoint: str, data: str, out: str, block: str | None = None
         data, split="val", num_frames=cfg.data.num_frames, batch_size=batch_size,
         num_workers=num_workers, crop_size=cfg.data.crop_size, dataset=cfg.data.dataset,
         num_clips=1, num_crops=1, num_classes=num_classes, rank=0, world_size=1)
-    bar = _Progress(_split_size(data), resume_from) if progress else None
+    bar = _Progress(_split_size(data), resume_from, progress)
     recorder = _Recorder(model, blk, cfg, dev,
                          bool(getattr(model, "needs_regions", lambda: False)()))
     try:

@@ -5,11 +5,36 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from pathlib import Path
+from typing import TextIO
 
-__all__ = ["ScalarLog"]
+__all__ = ["ScalarLog", "progress_bar_wanted", "PROGRESS_SETTINGS"]
+
+PROGRESS_SETTINGS = ("auto", "on", "off")
 
 log = logging.getLogger("train")
+
+
+def progress_bar_wanted(setting: str | bool | None = "auto",
+                        stream: TextIO | None = None) -> bool:
+    """Whether to draw a tqdm bar: ``"on"`` / ``"off"``, or ``"auto"`` - only when the stream
+    the bar is written to (stderr, tqdm's default) is a terminal. A batch job's log (SLURM's
+    ``slurm-*.out``, ``nohup``, a pipe) is no terminal: there a bar is thousands of ``\\r``
+    redraws, and the periodic log lines say the same. ``True`` / ``False`` mean on / off and
+    ``None`` auto (the config key ``progress``, where YAML reads ``on`` / ``off`` as booleans)."""
+    if isinstance(setting, bool):
+        return setting
+    if setting is None:
+        setting = "auto"
+    if setting not in PROGRESS_SETTINGS:
+        raise ValueError(f"progress: expected one of {', '.join(PROGRESS_SETTINGS)}, "
+                         f"got {setting!r}")
+    if setting != "auto":
+        return setting == "on"
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
 
 
 class ScalarLog:

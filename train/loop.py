@@ -35,7 +35,7 @@ from .data import (
     read_split_size,
 )
 from .dist import DistEnv, all_reduce_sum, barrier, gather_objects, setup_distributed
-from .logs import ScalarLog
+from .logs import ScalarLog, progress_bar_wanted
 from .model import build_model, freeze_partial_bn, load_teachers, load_trained
 from .optim import PlateauSchedule, Schedules, make_optimizer
 from .step import NonFiniteLossError, train_step
@@ -251,7 +251,7 @@ def _train_epoch(run: _Run) -> tuple[Any, _EpochMeter]:
         restore_rng(run.rng_state)
         run.rng_state = None
     meter = _EpochMeter(t0=time.time())
-    progress = _progress(run.env, run.steps_per_epoch, state)
+    progress = _progress(run.env, run.steps_per_epoch, state, run.cfg.progress)
     while state.epoch_step < run.steps_per_epoch:
         if cfg.max_steps and state.step >= cfg.max_steps:  # resumed a finished run
             run.stop = True
@@ -395,8 +395,8 @@ def _agree(flag: bool, env: DistEnv) -> bool:
     return all_reduce_sum([float(flag)], env.device)[0] > 0
 
 
-def _progress(env: DistEnv, total: int, state: _State):
-    if not env.is_main:
+def _progress(env: DistEnv, total: int, state: _State, setting: str):
+    if not env.is_main or not progress_bar_wanted(setting):
         return None
     try:
         from tqdm import tqdm
