@@ -173,3 +173,20 @@ def test_scalar_log_carries_the_accuracy_since_the_last_log_and_resets_it():
     meter.recent_seen, meter.recent_correct = 4, 3
     _report_step(run, meter, None)
     assert len(logged) == 1 and (meter.recent_seen, meter.recent_correct) == (4, 3)
+
+
+def test_the_something_debug_preset_is_laptop_sized_and_runs():
+    """ssv2_debug: the SSv2 pipeline without the dozen --sets it took to fit on a laptop."""
+    from train.model import build_model
+
+    cfg = load_config("ssv2_debug")
+    big = load_config("ssv2_tsm_r50_dyreg")
+    assert cfg.data.dataset == big.data.dataset == "something"
+    assert (cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size) == (8, 112, 2)
+    assert cfg.model.pretrained_file is None and cfg.data.epoch_size is None
+    assert cfg.data.num_clips == cfg.data.num_crops == 1
+    model = build_model(cfg, 174)
+    assert model.num_frames == 8
+    with torch.no_grad():
+        logits = model.eval()(torch.randn(1, 8, 3, 112, 112))
+    assert logits.shape == (1, 174) and torch.isfinite(logits).all()
