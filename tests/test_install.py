@@ -27,6 +27,8 @@ from train.cli import build_parser
 from train.console import BUILDERS, PROG, main
 
 ROOT = Path(__file__).resolve().parents[1]
+APP = "dyreg_pyg_train"
+"""The import name of the application (train/ in the checkout) inside the wheel."""
 DEPENDENCIES = ("torch", "torchvision", "torch_geometric", "timm", "webdataset", "numpy", "PIL",
                 "yaml", "sklearn", "pip", "setuptools")
 
@@ -144,13 +146,21 @@ def test_the_wheel_installs_the_command_and_runs_outside_the_checkout(tmp_path):
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names
                             if n.endswith(".dist-info/entry_points.txt"))
+        metadata = next(z.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
     presets = sorted(p.name for p in (ROOT / "train" / "configs").glob("*.yaml"))
-    assert presets and {f"train/configs/{p}" for p in presets} <= names
-    assert {"dyreg_pyg/data/builders.py", "train/console.py", "train/cli.py",
+    assert presets and {f"{APP}/configs/{p}" for p in presets} <= names
+    assert {"dyreg_pyg/data/builders.py", f"{APP}/console.py", f"{APP}/cli.py",
             "dyreg_pyg/__init__.py"} <= names
-    assert not any(n.startswith(("datasets/", "tests/", "benchmarks/", "study/")) for n in names)
+    # nothing at top level but the library and the namespaced app: no `train` to shadow a
+    # user's train.py, no datasets/ (Hugging Face's name), tests, benchmarks or study
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"dyreg_pyg", APP}, top
     assert "[console_scripts]" in entry_points
-    assert "dyreg-pyg = train.console:main" in entry_points
+    assert f"dyreg-pyg = {APP}.console:main" in entry_points
+    assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "Requires-Dist: av>=12" in metadata
+    assert 'Requires-Dist: scikit-learn>=1.3; extra == "digits"' in metadata
 
     # 2. a fresh venv that reuses the installed dependencies, and the wheel installed into it
     venv = tmp_path / "venv"
@@ -182,15 +192,31 @@ def test_the_wheel_installs_the_command_and_runs_outside_the_checkout(tmp_path):
     assert manifest["num_samples"] == 4
 
     # 4. the modules are the wheel's, not the checkout's; the presets are packaged
-    probe = ("import json, dyreg_pyg, train, train.console, dyreg_pyg.data.builders as b\n"
-             "from train.config import CONFIG_DIR, load_config\n"
+    probe = (f"import importlib.util, json, dyreg_pyg, {APP} as app, {APP}.console\n"
+             "import dyreg_pyg.data.builders as b\n"
+             f"from {APP}.config import CONFIG_DIR, load_config\n"
              "cfg = load_config('syncmnist_demo', [])\n"
-             "print(json.dumps({'files': [dyreg_pyg.__file__, train.__file__, "
-             "train.console.__file__, b.__file__], 'configs': str(CONFIG_DIR), "
+             "print(json.dumps({'files': [dyreg_pyg.__file__, app.__file__, "
+             "app.console.__file__, b.__file__], 'configs': str(CONFIG_DIR), "
              "'presets': sorted(p.name for p in CONFIG_DIR.glob('*.yaml')), "
-             "'loaded': type(cfg).__name__}))\n")
+             "'loaded': type(cfg).__name__, "
+             "'train': importlib.util.find_spec('train') is not None}))\n")
     found = json.loads(_run([str(python), "-c", probe], cwd=work, env=env).stdout)
     for f in [*found["files"], found["configs"]]:
         assert Path(f).resolve().is_relative_to(purelib.resolve()), f
         assert not Path(f).resolve().is_relative_to(ROOT), f
     assert found["presets"] == presets
+    assert found["train"] is False   # the wheel installs nothing importable as `train`
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    """pyproject.toml lists the packages by hand (the app is renamed in the wheel, which
+    setuptools' package finder cannot do): a new sub-package must be added there."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "dyreg_pyg").rglob("__init__.py")}
+    assert found - listed == set(), f"add to [tool.setuptools] packages: {found - listed}"
+    assert listed - found == {APP}

