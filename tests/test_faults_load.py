@@ -182,3 +182,22 @@ def test_fp16_on_the_cpu_warns_that_it_runs_fp32(caplog):
         assert warn_precision(cfg, torch.device("cpu"))
     assert "precision=fp16 needs CUDA; on the cpu this run computes in fp32" in caplog.text
     assert not warn_precision(load_config(None, ["precision=bf16"]), torch.device("cpu"))
+
+
+def test_multiview_checks_the_model_logits_not_the_averaged_log_scores():
+    from train.validate import forward_views
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, rows):
+            super().__init__()
+            self.rows = torch.tensor(rows)
+
+        def forward(self, clip):
+            return self.rows[: clip.shape[0]]
+
+    video = torch.zeros(2, 2, 1, 1, 2, 2)  # [B=2, V=2, T, C, H, W]
+    # a class with softmax 0 in every view gives log(0) = -inf: legitimate, not refused
+    far = forward_views(Fixed([[0.0, 2000.0]] * 4), video, keys=["a", "b"])
+    assert far[:, 0].isneginf().all() and far[:, 1].eq(0).all()
+    with pytest.raises(NonFiniteError, match=r"1 sample\(s\), e.g. \['b'\]"):
+        forward_views(Fixed([[0.0, 1.0]] * 3 + [[float("nan"), 1.0]]), video, keys=["a", "b"])

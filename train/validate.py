@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dyreg_pyg._checks import check_finite_logits
+from dyreg_pyg._checks import NonFiniteError, check_finite_logits
 from dyreg_pyg.data import EmptyDataError, explain_skips
 from dyreg_pyg.metrics import DistanceMeter, confusion_matrix, topk_correct
 from dyreg_pyg.regions import reference_points
@@ -95,6 +95,8 @@ def validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv,
     Raises:
         EmptyDataError: no labelled sample was read (on every rank); the message says why
             (empty or unreadable shards, no labels, labels outside the class map, ...).
+        NonFiniteError: the model's logits held NaN or inf (on any rank: every rank stops
+            reading and raises); no metric is returned.
     """
     with torch.random.fork_rng(devices=[]):
         model.eval()
@@ -105,6 +107,8 @@ def validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv,
         regions_in = needs_regions(model)
         for batch in loader:
             _add_batch(tally, model, batch, cfg, env, regions_in)
+            if tally.nonfinite:
+                break  # raised in _summarise, on every rank at once
             if blocks and record_regions:
                 _add_region_distances(tally, batch, blocks)
         for blk in blocks.values():
@@ -125,6 +129,7 @@ class _Tally:
     top5: int = 0
     loss_sum: float = 0.0
     single_view: bool = True
+    nonfinite: str = ""  # why the last batch's logits were refused (NaN / inf)
 
 
 def _add_batch(tally: _Tally, model: nn.Module, batch: dict, cfg: TrainConfig, env: DistEnv,
@@ -132,8 +137,12 @@ def _add_batch(tally: _Tally, model: nn.Module, batch: dict, cfg: TrainConfig, e
     video = normalise(batch["video"].to(env.device, non_blocking=True), cfg)
     label = batch["label"].to(env.device)
     regions = external_regions(batch).to(env.device) if regions_in else None
-    with autocast(cfg, env.device):
-        logits = forward_views(model, video, regions, list(batch["key"])).float()
+    try:
+        with autocast(cfg, env.device):
+            logits = forward_views(model, video, regions, list(batch["key"])).float()
+    except NonFiniteError as exn:
+        tally.nonfinite = str(exn)
+        return
     tally.loss_sum += float(F.nll_loss(logits.log_softmax(-1), label, reduction="sum"))
     tally.top5 += topk_correct(logits, label, (1, 5))[5]
     tally.keys += list(batch["key"])
@@ -171,7 +180,11 @@ def _predict_hint(reasons: dict[str, int]) -> str:
 def _summarise(tally: _Tally, loader, cfg: TrainConfig, env: DistEnv,
                num_classes: int) -> dict[str, Any]:
     """The metrics over every rank (collectives: every rank calls this)."""
-    parts = gather_objects({"keys": tally.keys, "preds": tally.preds, "labels": tally.labels})
+    parts = gather_objects({"keys": tally.keys, "preds": tally.preds, "labels": tally.labels,
+                            "nonfinite": tally.nonfinite})
+    refused = [p["nonfinite"] for p in parts if p["nonfinite"]]
+    if refused:
+        raise NonFiniteError(refused[0])
     all_keys = [k for p in parts for k in p["keys"]]
     all_preds = torch.tensor([x for p in parts for x in p["preds"]], dtype=torch.long)
     all_labels = torch.tensor([x for p in parts for x in p["labels"]], dtype=torch.long)
