@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_finite, not_a_file
 from .data.decode import VIDEO_EXTS
 from .data.shards import ShardWriter
 
@@ -115,7 +116,8 @@ def pack_videos(paths: Sequence[str | Path], folder: str | Path) -> tuple[str, d
                                  f"({', '.join('.' + e for e in VIDEO_EXTS)}) or a frame folder")
             items.append((key, path, None))
         else:
-            raise ValueError(f"video: {path} does not exist")
+            raise ValueError(f"video: {path} {not_a_file(path) or 'is not a regular file'}"
+                             "; expected a video file or a frame folder")
     keys: dict[str, Path] = {}
     with ShardWriter(folder, "predict", maxcount=len(items) + 1) as writer:
         for key, path, _ in items:
@@ -249,18 +251,28 @@ def save_weights(model: nn.Module, path: str | Path, info: dict[str, Any]) -> Pa
 def load_weights(path: str | Path, device: str | torch.device = "cpu"
                  ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model described in a :func:`save_weights` file and load its weights
-    (strict); returns ``(model in eval mode, info)``."""
+    (strict); returns ``(model in eval mode, info)``.
+
+    Raises:
+        ValueError: naming the file: it is not a regular file, not safetensors, or not
+            written by :func:`save_weights`; its tensors do not fit the preset (each shape
+            mismatch listed as ``key (file shape) -> model (model shape)``, missing and
+            unexpected keys); or a weight is NaN or inf
+            (:class:`~dyreg_pyg._checks.NonFiniteError`, naming the first such key).
+    """
     st = _safetensors()
     from safetensors import safe_open
 
     from .models import build_preset
 
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights: {path} does not exist")
+    problem = not_a_file(path)
+    if problem:
+        raise ValueError(f"weights: {path} {problem}")
     try:
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as exn:
         raise ValueError(f"weights: {path} is not a readable safetensors file: {exn!r}") from exn
     if WEIGHTS_META_KEY not in meta:
@@ -268,8 +280,16 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu"
                          "dyreg_pyg.inference.save_weights)")
     info = json.loads(meta[WEIGHTS_META_KEY])
     model = build_preset(info["preset"], **info["preset_kwargs"])
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [f"{k} {shapes[k]} -> model {own[k]}" for k in sorted(own.keys() & shapes.keys())
+             if shapes[k] != own[k]]
+    if wrong:
+        raise ValueError(f"weights: {path} does not match preset {info['preset']!r}: shape "
+                         f"mismatches ({len(wrong)}): {wrong[:8]}"
+                         + (f" ... (+{len(wrong) - 8})" if len(wrong) > 8 else ""))
     missing, unexpected = st.load_model(model, str(path), strict=False, device=str(device))
     if missing or unexpected:
         raise ValueError(f"weights: {path} does not match preset {info['preset']!r}: missing "
                          f"{sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+    check_finite(model.state_dict(), f"weights: {path}")
     return model.eval(), info

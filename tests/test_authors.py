@@ -111,6 +111,44 @@ def test_converter_lists_what_does_not_fit():
     convert_official(_block(32, 14, init="grid"), grid)  # their grid anchors = ours
 
 
+def test_only_singleton_dimensions_are_reshaped():
+    """Equal element counts are not a layout: a transposed or permuted tensor is refused with
+    its key and both shapes; squeezed / unsqueezed singletons (LayerNorm2D scale, 1 x 1 conv
+    <-> linear) still load."""
+    from dyreg_pyg.compat import same_layout
+
+    assert same_layout((1, 64, 1, 1), (64,)) and same_layout((1, 1, 1, 9), (9,))
+    assert same_layout((64, 32, 1, 1), (64, 32)) and same_layout((64, 32), (64, 32, 1, 1))
+    assert not same_layout((2048, 174), (174, 2048))
+    assert not same_layout((3, 64, 7, 7), (64, 3, 7, 7))
+    assert not same_layout((4, 32), (32, 4, 1))
+    gen = torch.Generator().manual_seed(3)
+    ours = _block(32, 14)
+    good = _their_block_state(32, 32, 14, project=False, gen=gen)
+    key = "dynamic_graph.offset_pred.weight"  # [4, 128] -> regions.out.weight [4, 128]
+    with pytest.raises(ValueError, match=r"shape mismatches \(1\): \['dynamic_graph.offset_pred"
+                                         r".weight \(128, 4\) -> .*regions.out.weight \(4, 128\)"):
+        convert_official(ours, dict(good, **{key: good[key].T.contiguous()}))
+    # a 1 x 1 conv's weight for a linear layer loads (the same values)
+    lin = "dynamic_graph.rstg.att_q.weight"  # [N, N] -> spatial.0.lin_query.weight
+    state = convert_official(ours, dict(good, **{lin: good[lin][..., None, None]}))
+    assert torch.equal(state["gnn.authors.spatial.0.lin_query.weight"], good[lin])
+
+
+def test_whole_model_refuses_a_transposed_classifier_and_a_permuted_stem():
+    from dyreg_pyg.models import build_preset
+
+    model = build_preset("tsm_r50_dyreg_authors", num_classes=174)
+    theirs = {"module.new_fc.weight": torch.randn(2048, 174),
+              "module.base_model.conv1.weight": torch.randn(3, 64, 7, 7)}
+    with pytest.raises(ValueError) as err:
+        load_official(model, {"state_dict": theirs})
+    assert "module.new_fc.weight (2048, 174) -> fc.weight (174, 2048)" in str(err.value)
+    assert ("module.base_model.conv1.weight (3, 64, 7, 7) -> backbone.conv1.weight "
+            "(64, 3, 7, 7)") in str(err.value)
+    assert "shape mismatches (2)" in str(err.value)
+
+
 def test_official_key_names_of_their_tsn():
     assert official_key("module.base_model.conv1.weight") == "backbone.conv1.weight"
     assert official_key("module.base_model.layer1.0.conv1.net.weight") == \
@@ -160,6 +198,11 @@ def test_load_official_whole_preset(tmp_path):
     run_model, cfg, classes = load_official_run(path, "tsm_r50_dyreg_authors", "val-{0..1}.tar")
     assert classes == 174 and cfg.data.val == "val-{0..1}.tar"
     assert torch.equal(run_model.fc.weight, theirs["module.new_fc.weight"])
+    # the same checkpoint with its classifier transposed (same element count) is refused
+    bad = dict(theirs, **{"module.new_fc.weight": theirs["module.new_fc.weight"].T.contiguous()})
+    with pytest.raises(ValueError, match=r"does not fit the model: shape mismatches \(1\): "
+                       r"\['module.new_fc.weight \(2048, 174\) -> fc.weight \(174, 2048\)'\]$"):
+        load_official(model, {"state_dict": bad})
     del theirs["module.new_fc.bias"]
     with pytest.raises(ValueError, match="fc.bias"):
         load_official(model, {"state_dict": theirs})

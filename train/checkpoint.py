@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from dyreg_pyg._checks import load_error, nonfinite_entry, not_a_file
 from dyreg_pyg._io import write_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
@@ -30,19 +31,31 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a truncated/corrupt file raises
-    :class:`CheckpointError` naming the file."""
+    """Load a checkpoint with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: naming the file: it is not a regular file (missing, a folder, a
+            fifo), is truncated or corrupt, holds a pickle ``weights_only=True`` refuses, has
+            no ``model`` entry, or a model weight is NaN or inf (the first such key named).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint: {path} does not exist")
+    problem = not_a_file(path)
+    if problem:
+        raise CheckpointError(f"checkpoint: {path} {problem}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, bad pickle opcodes, ...
-        raise CheckpointError(
-            f"checkpoint: {path} is unreadable (truncated or corrupt?): {err}"
-        ) from err
+        raise CheckpointError(f"checkpoint: {load_error(path, err)}") from err
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint: {path} has no 'model' entry")
+    if isinstance(state["model"], dict):
+        found = nonfinite_entry(state["model"])
+        if found is not None:
+            key, bad, total = found
+            raise CheckpointError(
+                f"checkpoint: {path} has non-finite weights (NaN or inf): {key!r} has {bad} of "
+                f"{total} values non-finite; refusing to load a model that would give "
+                "meaningless scores")
     return state
 
 

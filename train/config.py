@@ -94,7 +94,8 @@ class TrainConfig:
     max_minutes: float | None = None    # stop (and validate) after this much wall time
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda
-    precision: str = "fp32"             # fp32 | bf16 (CUDA or CPU autocast) | fp16 (CUDA)
+    precision: str = "fp32"             # fp32 | bf16 (CUDA or CPU autocast) | fp16 (CUDA;
+                                        # on the CPU: fp32, with a warning)
     sync_bn: bool = False
     partial_bn: bool = False            # TSM: freeze all BatchNorm but the first
     ckpt_every: int = 200               # steps between `last` checkpoints
@@ -269,12 +270,31 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ValueError(f"--config: {path!s} not found; presets in train/configs: {presets}")
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The settings of a YAML config file: a mapping at its top level (empty: ``{}``). A
+    syntax error names the file, line and column; another top level names the file and what
+    it holds."""
+    try:
+        with open(path) as fh:
+            values = yaml.safe_load(fh)
+    except yaml.YAMLError as exn:
+        mark = getattr(exn, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exn, "problem", None) or str(exn).splitlines()[0]
+        raise ValueError(f"--config: {path}: YAML syntax error{where}: {what}") from exn
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"--config: {path}: expected a mapping of settings (key: value) at the "
+                         f"top level, got a {type(values).__name__}")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Load a YAML preset (or defaults), apply ``--set`` overrides, validate."""
     values: dict[str, Any] = {}
     if path is not None:
-        with open(resolve_config_path(path)) as fh:
-            values = yaml.safe_load(fh) or {}
+        values = _read_yaml(resolve_config_path(path))
     values = apply_overrides(values, overrides or [])
     cfg = config_from_dict(values)
     validate(cfg)

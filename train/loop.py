@@ -38,7 +38,7 @@ from .dist import DistEnv, all_reduce_sum, barrier, gather_objects, setup_distri
 from .logs import ScalarLog, progress_bar_wanted
 from .model import build_model, freeze_partial_bn, load_teachers, load_trained
 from .optim import PlateauSchedule, Schedules, make_optimizer
-from .step import NonFiniteLossError, train_step
+from .step import NonFiniteLossError, train_step, warn_precision
 from .validate import evaluate, skip_counts, skip_scalars, skip_text, validate
 
 __all__ = ["fit", "evaluate", "validate", "build_model", "load_trained", "skip_counts",
@@ -129,6 +129,8 @@ def fit(cfg: TrainConfig, resume: str | None = None,
     env = setup_distributed(cfg.device, timeout=cfg.dist_timeout)
     if cfg.threads and env.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
+    if env.is_main:
+        warn_precision(cfg, env.device)
     run = _build(cfg, env, train_clips)
     _resume(run, resume)
     _wrap(run)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from dyreg_pyg._checks import check_finite_logits
 from dyreg_pyg.data import load_manifest, make_clip_loader, normalize_clip
 from dyreg_pyg.inference import (
     ExportError,
@@ -151,7 +152,8 @@ def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips
 
     Raises:
         ValueError: a path that does not exist or is not a video; every video failed to
-            decode (the message names each).
+            decode (the message names each); a checkpoint with NaN or inf weights, or a model
+            whose logits are NaN or inf (``NonFiniteError``: nothing is reported).
     """
     pred = load_predictor(checkpoint, classes)
     dev = pick_device(device)
@@ -205,12 +207,10 @@ def _batch_probs(model: torch.nn.Module, pred: Predictor, batch: dict[str, Any],
     if blk is not None:
         blk.record = True
     try:
-        if x.dim() == 6:
-            b, v = x.shape[:2]
-            probs = model(x.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1)
-            views = v
-        else:
-            probs, views = model(x).float().softmax(-1), 1
+        b, views = x.shape[0], x.shape[1] if x.dim() == 6 else 1
+        logits = model(x.flatten(0, 1) if x.dim() == 6 else x).float()
+        check_finite_logits(logits.view(b, -1), f"predict: {pred.source}", list(batch["key"]))
+        probs = logits.softmax(-1).view(b, views, -1).mean(1)
         recorded = blk.last.regions.cpu() if blk is not None else None
     finally:
         if blk is not None:

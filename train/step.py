@@ -4,6 +4,7 @@ accumulated micro-batches, gradient clipping, optimiser step."""
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,10 @@ from .data import external_regions, normalise
 from .dist import DistEnv
 from .model import ddp_of, dyreg_blocks, needs_regions
 
-__all__ = ["NonFiniteLossError", "autocast", "train_step", "distill_loss"]
+__all__ = ["NonFiniteLossError", "autocast", "warn_precision", "train_step", "distill_loss"]
+
+
+log = logging.getLogger("train")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -24,11 +28,24 @@ class NonFiniteLossError(RuntimeError):
 def autocast(cfg: TrainConfig, device: torch.device):
     """Mixed precision: fp16/bf16 autocast on CUDA, bf16 on CPU (oneDNN; 1.4-1.7x faster
     training on AVX512-BF16 cores, see benchmarks/bench_train_speed.py). DyReg's regions and
-    kernels stay float32 either way."""
+    kernels stay float32 either way. fp16 on the CPU is fp32 (:func:`warn_precision` says
+    so once, at the start of ``fit`` and ``evaluate``)."""
     if cfg.precision == "fp32" or (device.type == "cpu" and cfg.precision != "bf16"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def warn_precision(cfg: TrainConfig, device: torch.device) -> bool:
+    """Log a warning when ``cfg.precision`` cannot be honoured on ``device``: fp16 autocast is
+    CUDA-only, so on the CPU the run computes in fp32 (bf16 is the CPU's mixed precision).
+    Returns whether it warned."""
+    if cfg.precision == "fp16" and device.type != "cuda":
+        log.warning(
+            "precision=fp16 needs CUDA; on the %s this run computes in fp32 (set "
+            "precision=bf16 for mixed precision on the CPU)", device.type)
+        return True
+    return False
 
 
 def train_step(model, micro, cfg: TrainConfig, env: DistEnv, optimizer, scaler,

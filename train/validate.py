@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dyreg_pyg._checks import NonFiniteError, check_finite_logits
 from dyreg_pyg.data import EmptyDataError, explain_skips
 from dyreg_pyg.metrics import DistanceMeter, confusion_matrix, topk_correct
 from dyreg_pyg.regions import reference_points
@@ -23,7 +24,7 @@ from .config import TrainConfig
 from .data import batch_object_centres, external_regions, make_loader, normalise
 from .dist import DistEnv, all_reduce_sum, gather_objects, setup_distributed
 from .model import dyreg_blocks, load_trained, needs_regions
-from .step import autocast
+from .step import autocast, warn_precision
 
 __all__ = ["validate", "evaluate", "forward_views", "skip_counts", "skip_scalars", "skip_text"]
 
@@ -31,15 +32,24 @@ log = logging.getLogger("train")
 
 
 def forward_views(model: nn.Module, video: torch.Tensor,
-                  regions: torch.Tensor | None = None) -> torch.Tensor:
+                  regions: torch.Tensor | None = None,
+                  keys: list[str] | None = None) -> torch.Tensor:
     """Logits averaged over views for ``[B, V, T, C, H, W]`` (softmax scores averaged),
-    plain logits for ``[B, T, C, H, W]``. ``regions`` (external-region models) are single-view."""
+    plain logits for ``[B, T, C, H, W]``. ``regions`` (external-region models) are single-view.
+
+    Raises:
+        NonFiniteError: the model's logits hold NaN or inf (``keys``: the batch's sample
+            keys, the first bad ones are named), before they become a loss or a top-5.
+    """
     if video.dim() == 5:
-        return model(video) if regions is None else model(video, regions=regions)
+        logits = model(video) if regions is None else model(video, regions=regions)
+        check_finite_logits(logits, "validation", keys)
+        return logits
     if regions is not None:
         raise ValueError("regions='external': multi-view evaluation is not supported")
     b, v = video.shape[:2]
     logits = model(video.flatten(0, 1))
+    check_finite_logits(logits.view(b, -1), "validation", keys)
     return logits.float().softmax(-1).view(b, v, -1).mean(1).log()
 
 
@@ -85,6 +95,8 @@ def validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv,
     Raises:
         EmptyDataError: no labelled sample was read (on every rank); the message says why
             (empty or unreadable shards, no labels, labels outside the class map, ...).
+        NonFiniteError: the model's logits held NaN or inf (on any rank: every rank stops
+            reading and raises); no metric is returned.
     """
     with torch.random.fork_rng(devices=[]):
         model.eval()
@@ -95,6 +107,8 @@ def validate(model: nn.Module, loader, cfg: TrainConfig, env: DistEnv,
         regions_in = needs_regions(model)
         for batch in loader:
             _add_batch(tally, model, batch, cfg, env, regions_in)
+            if tally.nonfinite:
+                break  # raised in _summarise, on every rank at once
             if blocks and record_regions:
                 _add_region_distances(tally, batch, blocks)
         for blk in blocks.values():
@@ -115,6 +129,7 @@ class _Tally:
     top5: int = 0
     loss_sum: float = 0.0
     single_view: bool = True
+    nonfinite: str = ""  # why the last batch's logits were refused (NaN / inf)
 
 
 def _add_batch(tally: _Tally, model: nn.Module, batch: dict, cfg: TrainConfig, env: DistEnv,
@@ -122,8 +137,12 @@ def _add_batch(tally: _Tally, model: nn.Module, batch: dict, cfg: TrainConfig, e
     video = normalise(batch["video"].to(env.device, non_blocking=True), cfg)
     label = batch["label"].to(env.device)
     regions = external_regions(batch).to(env.device) if regions_in else None
-    with autocast(cfg, env.device):
-        logits = forward_views(model, video, regions).float()
+    try:
+        with autocast(cfg, env.device):
+            logits = forward_views(model, video, regions, list(batch["key"])).float()
+    except NonFiniteError as exn:
+        tally.nonfinite = str(exn)
+        return
     tally.loss_sum += float(F.nll_loss(logits.log_softmax(-1), label, reduction="sum"))
     tally.top5 += topk_correct(logits, label, (1, 5))[5]
     tally.keys += list(batch["key"])
@@ -161,7 +180,11 @@ def _predict_hint(reasons: dict[str, int]) -> str:
 def _summarise(tally: _Tally, loader, cfg: TrainConfig, env: DistEnv,
                num_classes: int) -> dict[str, Any]:
     """The metrics over every rank (collectives: every rank calls this)."""
-    parts = gather_objects({"keys": tally.keys, "preds": tally.preds, "labels": tally.labels})
+    parts = gather_objects({"keys": tally.keys, "preds": tally.preds, "labels": tally.labels,
+                            "nonfinite": tally.nonfinite})
+    refused = [p["nonfinite"] for p in parts if p["nonfinite"]]
+    if refused:
+        raise NonFiniteError(refused[0])
     all_keys = [k for p in parts for k in p["keys"]]
     all_preds = torch.tensor([x for p in parts for x in p["preds"]], dtype=torch.long)
     all_labels = torch.tensor([x for p in parts for x in p["labels"]], dtype=torch.long)
@@ -216,6 +239,7 @@ def evaluate(checkpoint: str, data: str, num_clips: int = 1, num_crops: int = 1,
                                                overrides)
     if batch_size:
         cfg.data.eval_batch_size = batch_size
+    warn_precision(cfg, env.device)
     model.to(env.device)
     loader = make_loader(cfg, "val", epoch=0)
     metrics = validate(model, loader, cfg, env, num_classes)

@@ -13,7 +13,6 @@ their names to ours; :func:`convert_official` maps a whole state dict and checks
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_finite, load_error, not_a_file
+
 __all__ = ["official_key", "convert_official", "load_official", "read_official_checkpoint",
-           "OFFICIAL_CONSTANTS"]
+           "same_layout", "OFFICIAL_CONSTANTS"]
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +120,31 @@ def _affine(leaf: str) -> str:
 
 def read_official_checkpoint(checkpoint: str | Path | Mapping[str, Any]) -> dict[str, Tensor]:
     """Their state dict from a ``.pth.tar`` path (loaded with ``weights_only=True``), a
-    checkpoint dict (``{"state_dict": ...}``) or a state dict."""
+    checkpoint dict (``{"state_dict": ...}``) or a state dict.
+
+    Raises:
+        ValueError: naming the file: it is not a regular file, is truncated or corrupt, holds
+            a pickle ``weights_only=True`` refuses, is not a state dict, or a tensor holds NaN
+            or inf (:class:`~dyreg_pyg._checks.NonFiniteError`, naming the first such key).
+    """
+    source = "checkpoint"
     if isinstance(checkpoint, (str, Path)):
         path = Path(checkpoint)
-        if not path.is_file():
-            raise ValueError(f"checkpoint: no such file {str(path)!r}")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        source = f"checkpoint {path}"
+        problem = not_a_file(path)
+        if problem:
+            raise ValueError(f"checkpoint: {path} {problem}")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated zip, refused pickle opcodes, ...
+            raise ValueError(f"checkpoint: {load_error(path, err)}") from err
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"checkpoint: expected a state dict, got {type(checkpoint).__name__}")
+        raise ValueError(f"{source}: expected a state dict, got {type(checkpoint).__name__}")
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError("checkpoint: expected a mapping of names to tensors (or "
+        raise ValueError(f"{source}: expected a mapping of names to tensors (or "
                          "{'state_dict': ...})")
+    check_finite(state, source)
     return dict(state)
 
 
@@ -167,22 +181,40 @@ _FAKE_THEIRS = "base_model.layer0.0.conv2.1."
 _FAKE_OURS = "backbone.layer0.0.conv2.dyreg_after.dyreg."
 
 
+def same_layout(theirs: torch.Size | tuple[int, ...], ours: torch.Size | tuple[int, ...]
+                ) -> bool:
+    """Whether a tensor of shape ``theirs`` may be reshaped to ``ours``: only when the two
+    differ by singleton dimensions, i.e. the sizes other than 1 are the same, in the same
+    order (their ``LayerNorm2D`` scale ``[1, C, 1, 1]`` -> ``[C]``, their ``att_bias``
+    ``[1, 1, 1, N]`` -> ``[N]``, a 1 x 1 conv ``[O, I, 1, 1]`` <-> a linear ``[O, I]``). Equal
+    element counts are not enough: ``[2048, 174]`` is not ``[174, 2048]`` transposed in
+    memory, nor ``[3, 64, 7, 7]`` a ``[64, 3, 7, 7]`` conv."""
+    return [s for s in theirs if s != 1] == [s for s in ours if s != 1]
+
+
 def convert_official(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Their state dict -> ours for ``model`` (every entry of both accounted for).
 
     ``model`` is a whole model (their ``TSN`` keys) or one ``flavor="authors"``
     :class:`~dyreg_pyg.DyRegBlock` (the keys of one of their ``DynamicGraphWrapper``).
 
+    A tensor is reshaped only across singleton dimensions (:func:`same_layout`); any other
+    shape difference is a mismatch, even with the same number of elements (a transposed
+    classifier, a permuted conv).
+
     Raises:
         ValueError: listing their keys without a counterpart, our keys they do not provide,
-            tensors whose shapes disagree, and constants that differ (e.g. ``init``).
+            tensors whose shapes disagree (their key and shape, ours and our shape), and
+            constants that differ (e.g. ``init``); a tensor with NaN or inf.
     """
     from ..module import DyRegBlock
 
+    check_finite(state, "checkpoint")
     key_of = _block_key if isinstance(model, DyRegBlock) else official_key
     target = model.state_dict()
     out: dict[str, Tensor] = {}
     unmapped, mismatched, constants = [], [], []
+    provided: set[str] = set()  # ours that came with the wrong shape (not also "missing")
     for key, value in state.items():
         ours = key_of(key)
         if ours is None:
@@ -203,21 +235,20 @@ def convert_official(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str,
             continue
         want = target[ours]
         if value.shape != want.shape:
-            if value.numel() == want.numel() and math.prod(
-                    s for s in value.shape if s != 1) == math.prod(s for s in want.shape if s != 1):
-                value = value.reshape(want.shape)  # LayerNorm scale [1, C, 1, 1] -> [C]
-            else:
+            if not same_layout(value.shape, want.shape):
                 mismatched.append(f"{key} {tuple(value.shape)} -> {ours} {tuple(want.shape)}")
+                provided.add(ours)
                 continue
+            value = value.reshape(want.shape)  # LayerNorm scale [1, C, 1, 1] -> [C]
         out[ours] = value.to(want.dtype)
-    missing = sorted(set(target) - set(out))
+    missing = sorted(set(target) - set(out) - provided)
     problems = []
+    if mismatched:  # first: a long list of missing keys would hide them
+        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
     if unmapped:
         problems.append(f"their keys without a counterpart ({len(unmapped)}): {unmapped}")
     if missing:
         problems.append(f"our keys not in the checkpoint ({len(missing)}): {missing}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
     if constants:
         problems.append(f"constants that differ (regions init / map size?): {constants}")
     if problems:
@@ -236,7 +267,8 @@ def load_official(model: nn.Module, checkpoint: str | Path | Mapping[str, Any]) 
             loaded dict, or a state dict.
 
     Raises:
-        ValueError: see :func:`convert_official`.
+        ValueError: see :func:`read_official_checkpoint` (the file) and
+            :func:`convert_official` (the fit to ``model``).
     """
     state = convert_official(model, read_official_checkpoint(checkpoint))
     model.load_state_dict(state, strict=True)
