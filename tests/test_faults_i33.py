@@ -208,3 +208,177 @@ def test_class_map_file_remaps_the_labels_that_are_scored(tmp_path, capsys):
     with pytest.raises(ClassMapError, match="data label 0 maps to class 3, the model has "
                                             "classes 0..2"):
         evaluate(ckpt, data, out=str(out), class_map=str(bad))
+
+
+# ------------------------------------------------------------------ items 6, 12: export-graphs
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    """12 MultiSyncMNIST videos (32 x 32, 6 frames) and two checkpoints of the same untrained
+    4-frame model with other weights (seeds 0 and 1)."""
+    from dyreg_pyg.data import write_syncmnist_shards
+    from train.checkpoint import save_checkpoint
+    from train.config import config_to_dict, load_config
+    from train.loop import build_model
+
+    root = tmp_path_factory.mktemp("graphs33")
+    write_syncmnist_shards(root / "shards", "train", 12, seed=1, size=32, shard_size=12,
+                           frames=6)
+    data = str(root / "shards" / "train-000000.tar")
+    cfg = load_config("syncmnist_demo", [
+        f"data.train={data}", f"data.val={data}", "data.num_frames=4", "data.num_workers=0",
+        "model.overrides.num_frames=4", "model.overrides.input_size=32"])
+    ckpts = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model(cfg, 56)
+        path = root / f"seed{seed}.pt"
+        save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg),
+                         "num_classes": 56}, path)
+        ckpts.append(path.read_bytes())
+    return {"root": root, "data": data, "ckpts": ckpts}
+
+
+def _interrupted_export(graphs, tmp_path, monkeypatch) -> tuple:
+    """An export of seed 0's ``best.pt`` stopped after its first chunk of 4 graphs."""
+    import train.export_graphs as eg
+    from train.export_graphs import export_graphs
+
+    best = tmp_path / "best.pt"
+    best.write_bytes(graphs["ckpts"][0])
+    real, calls = eg.record_region_graphs, {"n": 0}
+
+    def stop_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    out = tmp_path / "export"
+    monkeypatch.setattr(eg, "record_region_graphs", stop_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        export_graphs(str(best), graphs["data"], str(out), batch_size=4, chunk=4,
+                      progress=False)
+    monkeypatch.setattr(eg, "record_region_graphs", real)
+    return best, out
+
+
+def test_export_refuses_to_resume_from_a_replaced_checkpoint(graphs, tmp_path, monkeypatch):
+    from dyreg_pyg.export import RegionGraphDataset, file_sha256
+    from train.export_graphs import export_graphs
+
+    best, out = _interrupted_export(graphs, tmp_path, monkeypatch)
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["checkpoint_sha256"] == file_sha256(best) and len(RegionGraphDataset(out)) == 4
+    best.write_bytes(graphs["ckpts"][1])  # a running fit replaced best.pt
+    with pytest.raises(ValueError) as err:
+        export_graphs(str(best), graphs["data"], str(out), batch_size=4, chunk=4,
+                      progress=False)
+    msg = str(err.value)
+    assert f"cannot resume {out}" in msg and "the file was replaced" in msg
+    assert meta["checkpoint_sha256"][:12] in msg and "mix the graphs of two models" in msg
+    assert len(RegionGraphDataset(out)) == 4  # nothing written
+    best.write_bytes(graphs["ckpts"][0])  # the same content again (a new mtime): resumes
+    s = export_graphs(str(best), graphs["data"], str(out), batch_size=4, chunk=4,
+                      progress=False)
+    assert s["videos"] == 12 and s["written"] == 8
+
+
+def test_a_second_export_into_the_same_folder_is_told_another_is_running(graphs, tmp_path,
+                                                                         monkeypatch, capsys):
+    import dyreg_pyg.export as ex
+    from dyreg_pyg.export import ExportBusyError, RegionGraphDataset, RegionGraphWriter
+    from train.cli import main
+    from train.export_graphs import export_graphs
+
+    best, out = _interrupted_export(graphs, tmp_path, monkeypatch)
+    meta = json.loads((out / "export.json").read_text())
+    first = RegionGraphWriter(out, meta)  # a running export holds the folder
+    try:
+        with pytest.raises(ExportBusyError, match=f"another export is running into {out}"):
+            export_graphs(str(best), graphs["data"], str(out), progress=False)
+        rc = main(["export-graphs", "--checkpoint", str(best), "--data", graphs["data"],
+                   "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "another export is running into" in err and "Traceback" not in err
+    finally:
+        first.close()
+    # where locks do not work (a network file system): the UNIQUE failure is explained
+    monkeypatch.setattr(ex, "_lock_folder", lambda root: None)
+    a, b = RegionGraphWriter(out, meta), RegionGraphWriter(out, meta)
+    try:
+        some = [RegionGraphDataset(out)[i] for i in range(2)]
+        a.append(some, {})
+        with pytest.raises(ExportBusyError, match="another export is writing into .*graph #4 "
+                                                  "was committed by another process"):
+            b.append(some, {})
+    finally:
+        a.close()
+        b.close()
+    assert len(RegionGraphDataset(out)) == 6  # a's two graphs, nothing of b's
+
+
+# ------------------------------------------------------------------ item 13: export-model
+def _encode(path, frames: np.ndarray):
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=12)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path
+
+
+def test_export_model_at_the_trained_crop_ships_its_preprocessing(tmp_path):
+    """A model trained at 48 px (the preset says 64) exports a program that takes 48 px
+    clips, and run_exported (dyreg_pyg alone) gives predict's probabilities on a video."""
+    from PIL import Image
+
+    from dyreg_pyg.inference import load_program, run_exported
+    from train.checkpoint import save_checkpoint
+    from train.config import config_to_dict, load_config
+    from train.loop import build_model
+    from train.predict import export_model, predict
+
+    cfg = load_config("syncmnist_demo", ["data.num_frames=4", "data.crop_size=48"])
+    assert cfg.model.preset == "syncmnist_r18_dyreg"  # input_size 64
+    torch.manual_seed(0)
+    model = build_model(cfg, 56)
+    assert tuple(model.input_size) == (64, 64)
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg),
+                     "num_classes": 56}, ckpt)
+    report = export_model(ckpt, tmp_path / "exp")
+    assert "program_error" not in report, report
+    info = json.loads((tmp_path / "exp" / "model.json").read_text())
+    assert info["input_size"] == [48, 48]
+    pre = info["preprocessing"]
+    assert pre["crop"] == 48 and pre["size"] == [48, 48] and pre["num_frames"] == 4
+    assert pre["resize_short_side"] == round(48 * 256 / 224) and pre["in_chans"] == 1
+    assert pre["mean"] == cfg.data.mean and pre["std"] == cfg.data.std
+    program = load_program(tmp_path / "exp" / "model.pt2")
+    clip = torch.randn(3, 4, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(program(clip), model.eval()(clip), atol=1e-4)
+    # a video file and the same frames as an array, through the shipped preprocessing
+    rng = np.random.default_rng(0)
+    frames = np.full((9, 40, 56, 3), 16, np.uint8)
+    for i in range(9):
+        frames[i, 5 + 2 * i:17 + 2 * i, 4 * i:12 + 4 * i] = rng.integers(120, 255, 3)
+    video = _encode(tmp_path / "clip.mp4", frames)
+    probs = run_exported(tmp_path / "exp", video, program)
+    top = predict(ckpt, [str(video)], top_k=3)["predictions"][0]["top"]
+    assert probs.shape == (56,) and probs.topk(3).indices.tolist() == [c for c, _, _ in top]
+    assert np.allclose(probs.topk(3).values.tolist(), [p for _, _, p in top], atol=1e-4)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames):  # lossless: the array's own frames
+        Image.fromarray(f).save(folder / f"{i:02d}.png")
+    top = predict(ckpt, [str(folder)], top_k=3)["predictions"][0]["top"]
+    probs = run_exported(tmp_path / "exp", frames, program)
+    assert np.allclose(probs.topk(3).values.tolist(), [p for _, _, p in top], atol=1e-4)
+    with pytest.raises(ValueError, match=r"expected uint8 frames \[T, H, W\]"):
+        run_exported(tmp_path / "exp", frames.astype(np.float32), program)
