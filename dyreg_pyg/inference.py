@@ -333,7 +333,14 @@ def preprocess_video(video: str | Path | np.ndarray, spec: dict[str, Any]) -> Te
     import tempfile
 
     from .data import make_clip_loader, normalize_clip
+    from .data.loader import DATASETS
 
+    crop, short = spec["crop"], spec["resize_short_side"]
+    default = DATASETS[spec["dataset"]]["resize_size"] or (
+        round(crop * 256 / 224) if crop else None)
+    # the loader's own default when it is the same size, so that everything else it derives
+    # from the setting (the JPEG draft size) is the evaluation's too
+    resize = None if short == default else short
     with tempfile.TemporaryDirectory(prefix="dyreg-run-") as tmp:
         if isinstance(video, np.ndarray):
             shard = _frames_shard(video, Path(tmp))
@@ -341,8 +348,8 @@ def preprocess_video(video: str | Path | np.ndarray, spec: dict[str, Any]) -> Te
             shard, _ = pack_videos([video], tmp)
         loader = make_clip_loader(
             shard, split="test", num_frames=spec["num_frames"], batch_size=1, num_workers=0,
-            crop_size=spec["crop"], dataset=spec["dataset"],
-            resize_size=spec["resize_short_side"], rank=0, world_size=1)
+            crop_size=crop, dataset=spec["dataset"], resize_size=resize, rank=0,
+            world_size=1)
         batches = list(loader)
         if not batches:
             why = "; ".join(f"{r}: {d[:200]}" for _, r, d in loader.epoch_skips.examples)
