@@ -21,13 +21,17 @@ Layout of an export folder ``DIR``::
     DIR/progress.json              videos written, skipped (with reasons), complete or not;
                                    replaced atomically after every committed chunk
     DIR/processed/sqlite.db        the graphs (table ``RegionGraphDataset``, row id = index)
+    DIR/export.lock                held (``flock``) by the one process writing the export
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,12 +45,46 @@ from .graph import build_graph_batch
 from .kernels import regions_to_boxes
 
 __all__ = ["RegionGraphDataset", "RegionGraphWriter", "video_region_graphs",
-           "record_region_graphs", "write_json_atomic", "EXPORT_FORMAT"]
+           "record_region_graphs", "write_json_atomic", "EXPORT_FORMAT", "ExportBusyError",
+           "file_sha256"]
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "dyreg-pyg region graphs v1"
 """``format`` entry of ``export.json``."""
+
+
+class ExportBusyError(RuntimeError):
+    """Another process is writing into the same export folder."""
+
+
+def file_sha256(path: str | os.PathLike, block: int = 8 << 20) -> str:
+    """The SHA-256 of a file's content, as hex (read in ``block``-byte pieces: about 1 GB/s,
+    so a few hundred MB of checkpoint cost well under a second next to an export's minutes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _lock_folder(root: Path) -> Any:
+    """Hold an exclusive ``flock`` on ``root/export.lock`` (released when the returned file is
+    closed, or by the kernel when the process dies); :class:`ExportBusyError` when another
+    process holds it. ``None`` where ``flock`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        return None
+    fh = open(root / "export.lock", "a+")  # noqa: SIM115 - held open while writing
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exn:
+        fh.close()
+        raise ExportBusyError(
+            f"--out: another export is running into {root} (it holds {root / 'export.lock'}); "
+            "wait for it to finish or choose another folder") from exn
+    return fh
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -225,6 +263,14 @@ class RegionGraphWriter:
                  identity: Sequence[str] = ()) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_folder(self.root)
+        try:
+            self._open(meta, identity)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self, meta: dict[str, Any], identity: Sequence[str]) -> None:
         meta = {"format": EXPORT_FORMAT, **meta}
         meta_path = self.root / "export.json"
         if meta_path.is_file():
@@ -253,7 +299,15 @@ class RegionGraphWriter:
     def append(self, graphs: Sequence[Data], skipped: dict[str, Any]) -> None:
         """Commit ``graphs`` (one transaction), then record the progress."""
         if graphs:
-            self.dataset.extend(list(graphs))
+            try:
+                self.dataset.extend(list(graphs))
+            except sqlite3.IntegrityError as exn:  # rows of these indices exist: not ours
+                self.dataset.db.connection.rollback()
+                raise ExportBusyError(
+                    f"--out: another export is writing into {self.root}: graph #{self.done} "
+                    "was committed by another process since this one opened the folder; let "
+                    "one export finish (then run again to check it) or choose another "
+                    "folder") from exn
             self.done += len(graphs)
             self.last_key = str(graphs[-1].video_id)
         self.write_progress(skipped, complete=False)
@@ -266,5 +320,14 @@ class RegionGraphWriter:
         write_json_atomic(self.root / "progress.json", self.progress)
 
     def close(self) -> None:
-        self.dataset.close()
+        try:
+            self.dataset.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            with contextlib.suppress(OSError):
+                self._lock.close()
+            self._lock = None
 

@@ -9,6 +9,10 @@
   weights as safetensors with what rebuilding the model needs in the file's metadata (the
   preset name and its arguments, the clip size, the normalisation and the class names), so a
   model loads with ``dyreg_pyg`` alone, without the training code or its YAML files.
+* :func:`preprocessing_spec` describes how the evaluation turns a video into the model's
+  clip (frame sampling, resize, crop, channels, normalisation); ``export-model`` ships it in
+  ``model.json``, and :func:`run_exported` applies it and runs the exported program on a
+  video file or a uint8 frame array.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from .data.decode import VIDEO_EXTS
 from .data.shards import ShardWriter
 
 __all__ = ["IMAGE_EXTS", "pack_videos", "match_channels", "match_size", "export_program",
-           "load_program", "save_weights", "load_weights", "WEIGHTS_META_KEY", "ExportError"]
+           "load_program", "save_weights", "load_weights", "WEIGHTS_META_KEY", "ExportError",
+           "preprocessing_spec", "preprocess_video", "run_exported"]
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +298,114 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu"
                          f"{sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
     check_finite(model.state_dict(), f"weights: {path}")
     return model.eval(), info
+
+
+def preprocessing_spec(num_frames: int, crop_size: int | None, dataset: str,
+                       mean: Sequence[float], std: Sequence[float], in_chans: int,
+                       input_size: Sequence[int]) -> dict[str, Any]:
+    """How the evaluation turns a video into a model clip, as JSON-able data (what
+    ``export-model`` ships in ``model.json`` under ``"preprocessing"``):
+
+    * ``num_frames`` frames at the segment centres: frame ``floor((k + 0.5) * n / T)`` of a
+      video of ``n`` frames, ``k = 0 .. T-1``;
+    * with a ``crop`` (the crop the model was trained at): the short side resized to
+      ``resize_short_side`` (bilinear, antialiased), then the centre ``crop x crop``;
+      without one: every frame resized to ``size``;
+    * ``in_chans`` channels (RGB to luma, ITU-R 601, for a 1-channel model);
+    * ``(x / 255 - mean) / std`` per channel, as float32 ``[B, T, C, H, W]``.
+
+    ``size`` is the ``(H, W)`` the exported program takes."""
+    from .data.loader import DATASETS
+
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {dataset!r}")
+    short = None
+    if crop_size:
+        short = DATASETS[dataset]["resize_size"] or round(crop_size * 256 / 224)
+    return {"num_frames": int(num_frames), "sampling": "segment centres",
+            "resize_short_side": short, "crop": int(crop_size) if crop_size else None,
+            "size": [int(x) for x in input_size], "in_chans": int(in_chans),
+            "mean": [float(x) for x in mean], "std": [float(x) for x in std],
+            "dataset": dataset, "layout": "[B, T, C, H, W] float32"}
+
+
+def _frames_shard(frames: np.ndarray, folder: Path) -> str:
+    """A uint8 frame array ``[T, H, W]`` or ``[T, H, W, C]`` as a one-sample shard."""
+    if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or len(frames) == 0 or (
+            frames.ndim == 4 and frames.shape[-1] not in (1, 3)):
+        raise ValueError(f"video: expected uint8 frames [T, H, W] or [T, H, W, 1|3], got "
+                         f"{frames.dtype} {tuple(frames.shape)}")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(frames), allow_pickle=False)
+    with ShardWriter(folder, "frames", maxcount=2) as writer:
+        writer.write("frames", {"frames.npy": buf.getvalue()})
+    return str(writer.shard_path(0))
+
+
+def preprocess_video(video: str | Path | np.ndarray, spec: dict[str, Any]) -> Tensor:
+    """The normalised clip ``[1, T, C, H, W]`` of a video file / frame folder or a uint8
+    frame array ``[T, H, W(, C)]``, made as :func:`preprocessing_spec` ``spec`` says, by the
+    evaluation's own loader (:func:`~dyreg_pyg.data.make_clip_loader`).
+
+    Raises:
+        ValueError: a path that is no video, a bad array, or a video that cannot be decoded
+            (the message says why)."""
+    import tempfile
+
+    from .data import make_clip_loader, normalize_clip
+    from .data.loader import DATASETS
+
+    crop, short = spec["crop"], spec["resize_short_side"]
+    default = DATASETS[spec["dataset"]]["resize_size"] or (
+        round(crop * 256 / 224) if crop else None)
+    # the loader's own default when it is the same size, so that everything else it derives
+    # from the setting (the JPEG draft size) is the evaluation's too
+    resize = None if short == default else short
+    with tempfile.TemporaryDirectory(prefix="dyreg-run-") as tmp:
+        if isinstance(video, np.ndarray):
+            shard = _frames_shard(video, Path(tmp))
+        else:
+            shard, _ = pack_videos([video], tmp)
+        loader = make_clip_loader(
+            shard, split="test", num_frames=spec["num_frames"], batch_size=1, num_workers=0,
+            crop_size=crop, dataset=spec["dataset"], resize_size=resize, rank=0,
+            world_size=1)
+        batches = list(loader)
+        if not batches:
+            why = "; ".join(f"{r}: {d[:200]}" for _, r, d in loader.epoch_skips.examples)
+            raise ValueError(f"video: {video if not isinstance(video, np.ndarray) else 'array'}"
+                             f" could not be used ({why or 'no frames'})")
+    clip = match_channels(batches[0]["video"], spec["in_chans"])
+    clip = match_size(clip, tuple(spec["size"]))  # no-op after a crop to that size
+    return normalize_clip(clip, spec["mean"], spec["std"])
+
+
+def run_exported(folder: str | Path, video: str | Path | np.ndarray,
+                 program: nn.Module | None = None) -> Tensor:
+    """Class probabilities ``[num_classes]`` of one video from an ``export-model`` folder
+    (``model.json`` and ``model.pt2``), without the training code::
+
+        probs = run_exported("export/", "clip.webm")
+        names = json.load(open("export/model.json"))["class_names"]
+
+    Args:
+        folder: the folder ``python -m train export-model --out`` wrote.
+        video: a video file (webm, mp4, ...), a frame folder, or uint8 frames
+            ``[T, H, W]`` / ``[T, H, W, C]`` (RGB).
+        program: the loaded program (:func:`load_program`), to run many videos without
+            loading it each time; default: ``folder/model.pt2``.
+    """
+    folder = Path(folder)
+    info_path = folder / "model.json"
+    if not info_path.is_file():
+        raise ValueError(f"export: {folder} has no model.json (not written by "
+                         "`python -m train export-model`?)")
+    spec = json.loads(info_path.read_text()).get("preprocessing")
+    if not isinstance(spec, dict):
+        raise ValueError(f"export: {info_path} has no 'preprocessing' entry (exported by an "
+                         "older version: export the checkpoint again)")
+    if program is None:
+        program = load_program(folder / "model.pt2")
+    clip = preprocess_video(video, spec)
+    with torch.no_grad():
+        return program(clip).float().softmax(-1)[0]

@@ -88,6 +88,28 @@ def _heat(img: Image.Image, kernels: Tensor) -> Image.Image:
     return Image.blend(img, heat, 0.6)
 
 
+def _gt_for_frames(gt_boxes: Sequence | None, frame_indices: Sequence[int] | None,
+                   t: int) -> list | None:
+    """The ground-truth boxes of each of the ``t`` clip positions: ``gt_boxes`` is indexed by
+    the video's frame number (as stored), so clip position ``k`` shows frame
+    ``frame_indices[k]`` (the metric, ``train.data.batch_object_boxes``, does the same);
+    without ``frame_indices`` position ``k`` is frame ``k``."""
+    if gt_boxes is None:
+        return None
+    if frame_indices is None:
+        frame_indices = range(t)
+    frame_indices = [int(i) for i in frame_indices]
+    if len(frame_indices) < t:
+        raise ValueError(f"frame_indices: expected one video frame per clip position ({t}), "
+                         f"got {len(frame_indices)}")
+    n = len(gt_boxes)
+    bad = [i for i in frame_indices[:t] if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"frame_indices: frame {bad[0]} has no ground-truth boxes "
+                         f"(gt_boxes holds {n} frames)")
+    return [gt_boxes[i] for i in frame_indices[:t]]
+
+
 def draw_regions(
     frames: Tensor,
     regions: Tensor,
@@ -96,6 +118,7 @@ def draw_regions(
     gt_size: tuple[int, int] | None = None,
     scale: int = 4,
     max_frames: int = 10,
+    frame_indices: Sequence[int] | None = None,
 ) -> Image.Image:
     """Frames with every node's region drawn, and optionally a row of kernel heat maps.
 
@@ -103,11 +126,15 @@ def draw_regions(
         frames: ``[T, C, H, W]`` (uint8 or float).
         regions: ``[T, N, 4]`` ``(cx, cy, w, h)`` normalised (what ``DyRegDetails`` holds).
         kernels: ``[T, N, h, w]`` kernels, or ``None`` for no heat-map row.
-        gt_boxes: per frame a list of ground-truth ``(x0, y0, x1, y1)`` in pixels of
+        gt_boxes: per video frame a list of ground-truth ``(x0, y0, x1, y1)`` in pixels of
             ``gt_size`` = ``(width, height)``; drawn in white, clipped to the frame (boxes
             with no area inside it, e.g. objects outside the centre crop, are left out).
         scale: upscaling of each frame.
         max_frames: at most this many frames, evenly spaced.
+        frame_indices: the video frame shown at each clip position (the loader's
+            ``meta["frame_indices"]``): clip position ``k`` is drawn with
+            ``gt_boxes[frame_indices[k]]``. ``None``: ``gt_boxes`` has one entry per clip
+            position.
 
     Returns:
         An RGB image ``(min(T, max_frames) * W * scale) x (rows * H * scale)``.
@@ -119,6 +146,7 @@ def draw_regions(
             f"regions: expected [T={frames.shape[0]}, N, 4], got {tuple(regions.shape)}"
         )
     t = frames.shape[0]
+    gt_boxes = _gt_for_frames(gt_boxes, frame_indices, t)
     idx = torch.linspace(0, t - 1, min(t, max_frames)).round().long().tolist()
     tiles_top, tiles_bottom = [], []
     for j in idx:
@@ -139,8 +167,11 @@ def draw_regions(
 
 def save_regions_gif(path: str | Path, frames: Tensor, regions: Tensor,
                      gt_boxes: Sequence | None = None, gt_size: tuple[int, int] | None = None,
-                     scale: int = 4, duration_ms: int = 200) -> Path:
-    """An animated GIF of the frames with the regions drawn."""
+                     scale: int = 4, duration_ms: int = 200,
+                     frame_indices: Sequence[int] | None = None) -> Path:
+    """An animated GIF of the frames with the regions drawn (``gt_boxes`` and
+    ``frame_indices`` as in :func:`draw_regions`)."""
+    gt_boxes = _gt_for_frames(gt_boxes, frame_indices, frames.shape[0])
     images = []
     for j in range(frames.shape[0]):
         img = _frame_rgb(frames[j], scale)

@@ -47,7 +47,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         evaluate(args.checkpoint, args.data, args.num_clips, args.num_crops, args.out,
-                 args.batch_size, args.device, args.set, official=args.official)
+                 args.batch_size, args.device, args.set, official=args.official,
+                 class_map=args.class_map)
     finally:
         cleanup_distributed()
     return 0
@@ -158,6 +159,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--official", default=None, metavar="CONFIG",
                    help="the checkpoint is the authors' (github bit-ml/DyReg-GNN .pth.tar); "
                         "CONFIG (e.g. tsm_r50_dyreg_authors) builds the model it loads into")
+    p.add_argument("--class-map", default=None, metavar="FILE",
+                   help="JSON: the data's class names (a list, looked up among the "
+                        "checkpoint's) or {\"<data label>\": <checkpoint class>}; without it "
+                        "the shards' manifest must have the checkpoint's classes")
     p.set_defaults(func=_cmd_evaluate)
 
 

@@ -7,11 +7,15 @@ graphs are committed in chunks (one SQLite transaction each) and ``progress.json
 replaced atomically after each, so a run interrupted at any point continues with
 ``--out`` the same folder. On resume the loader reads the shards again from the start (the
 evaluation stream is deterministic) and only the videos not yet written go through the model;
-the key of the last written video is checked, so data that changed in between is an error.
+the key of the last written video is checked, so data that changed in between is an error,
+and so is a checkpoint with other content (its SHA-256 is recorded in ``export.json``: a
+``best.pt`` replaced by a running fit would otherwise add graphs of another model). One
+process writes a folder at a time (a second one is told that another export is running).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -78,12 +82,15 @@ def export_graphs(checkpoint: str, data: str, out: str, block: str | None = None
     otherwise about ten log lines). Returns ``{"out", "videos", "written", "skipped",
     "skip_reasons", "block"}``.
     """
-    model, cfg, num_classes = load_trained(checkpoint, data, 1, 1, overrides)
+    (model, cfg, num_classes), sha256 = _checkpoint_digest(
+        checkpoint, lambda: load_trained(checkpoint, data, 1, 1, overrides))
     name, blk = _pick_block(model, checkpoint, block)
     dev = pick_device(device)
     model.to(dev).eval()
-    writer = RegionGraphWriter(out, _meta(checkpoint, data, name, blk, cfg, num_classes),
-                               identity=("checkpoint", "data", "block", "num_frames"))
+    meta = {**_meta(checkpoint, data, name, blk, cfg, num_classes), "checkpoint_sha256": sha256}
+    _check_same_checkpoint(out, meta)
+    writer = RegionGraphWriter(out, meta, identity=("checkpoint", "checkpoint_sha256", "data",
+                                                    "block", "num_frames"))
     if writer.complete:
         log.info("export-graphs: %s is complete (%d graphs, %d videos skipped); nothing to do",
                  out, writer.done, writer.progress.get("skipped", 0))
@@ -111,6 +118,49 @@ def export_graphs(checkpoint: str, data: str, out: str, block: str | None = None
              out, written, summary["skipped"],
              f" ({summary['skip_reasons']})" if summary["skipped"] else "")
     return summary
+
+
+def _checkpoint_digest(checkpoint: str, load: Any) -> tuple[Any, str]:
+    """``(load(), sha256 of the checkpoint's content)``, checking that the file did not change
+    while it was hashed and loaded (a ``best.pt`` that a running fit replaces): the hash must
+    describe the weights that were loaded. The whole file is hashed (about 1 GB/s, well under
+    a second for a few hundred MB, small next to the export itself); size + mtime + step
+    would miss a file rewritten within the clock's resolution and cost the same read."""
+    from dyreg_pyg.export import file_sha256
+
+    def stamp() -> tuple[int, int, int]:
+        st = Path(checkpoint).stat()
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    before = stamp() if Path(checkpoint).is_file() else None
+    loaded = load()  # says what is wrong with a missing or unreadable checkpoint
+    sha256 = file_sha256(checkpoint)
+    if stamp() != before:
+        raise ValueError(f"export-graphs: {checkpoint} changed while it was read (replaced by "
+                         "a running fit?); run again once it is stable")
+    return loaded, sha256
+
+
+def _check_same_checkpoint(out: str, meta: dict[str, Any]) -> None:
+    """Refuse to resume an export of ``out`` made from other weights than ``meta``'s: graphs
+    of two models in one dataset would look like one export."""
+    path = Path(out) / "export.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return  # the writer reports the folder as it is
+    if old.get("checkpoint_sha256") == meta["checkpoint_sha256"]:
+        return
+    if old.get("checkpoint_sha256") is None:
+        why = "it records no checkpoint hash (written by an older version)"
+    else:
+        why = (f"it was made from {old.get('checkpoint')} with sha256 "
+               f"{old['checkpoint_sha256'][:12]}..., {meta['checkpoint']} now has "
+               f"{meta['checkpoint_sha256'][:12]}... (the file was replaced or retrained)")
+    raise ValueError(f"export-graphs: cannot resume {out}: {why}; resuming would mix the "
+                     "graphs of two models: use another --out or delete it")
 
 
 def _pick_block(model, checkpoint: str, block: str | None) -> tuple[str, Any]:

@@ -21,6 +21,7 @@ from dyreg_pyg.inference import (
     match_channels,
     match_size,
     pack_videos,
+    preprocessing_spec,
     save_weights,
 )
 
@@ -284,12 +285,17 @@ def export_model(checkpoint: str | Path, out: str | Path, batch_size: int = 2,
     kwargs.pop("pretrained_file", None)
     kwargs["num_frames"] = pred.num_frames
     kwargs["num_classes"] = pred.num_classes
-    size = tuple(getattr(model, "input_size", (pred.crop_size or 224,) * 2))
+    # the trained crop (the checkpoint's config), not the preset's size: the program takes
+    # clips of exactly this size; without a crop, predict resizes frames to the model's size
+    size = ((pred.crop_size,) * 2 if pred.crop_size
+            else tuple(getattr(model, "input_size", (224, 224))))
+    in_chans = int(getattr(model, "in_chans", 3))
     info = {"preset": pred.info["preset"], "preset_kwargs": kwargs, "num_frames": pred.num_frames,
             "crop_size": pred.crop_size, "dataset": pred.dataset, "mean": pred.mean,
             "std": pred.std, "num_classes": pred.num_classes, "class_names": pred.class_names,
-            "input_size": list(size), "in_chans": int(getattr(model, "in_chans", 3)),
-            "source": str(checkpoint)}
+            "input_size": list(size), "in_chans": in_chans, "source": str(checkpoint),
+            "preprocessing": preprocessing_spec(pred.num_frames, pred.crop_size, pred.dataset,
+                                                pred.mean, pred.std, in_chans, size)}
     out = Path(out)
     report: dict[str, Any] = {"weights": str(save_weights(model, out / "model.safetensors", info))}
     example = torch.randn(batch_size, pred.num_frames, info["in_chans"], *size,

@@ -225,26 +225,34 @@ def _summarise(tally: _Tally, loader, cfg: TrainConfig, env: DistEnv,
 def evaluate(checkpoint: str, data: str, num_clips: int = 1, num_crops: int = 1,
              out: str | None = None, batch_size: int | None = None,
              device: str = "auto", overrides: list[str] | None = None,
-             official: str | None = None) -> dict[str, Any]:
+             official: str | None = None, class_map: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on shards; writes ``metrics.json`` (rank 0). ``official``: the
-    checkpoint is the authors' (``.pth.tar``) and this config names the model."""
+    checkpoint is the authors' (``.pth.tar``) and this config names the model. The
+    checkpoint's classes must be the shards' (:mod:`train.classmap`: a ``ClassMapError``
+    says what differs), unless ``class_map`` (a ``--class-map`` JSON file) maps them."""
+    from .classmap import ModelClasses, RemappedLoader, checkpoint_classes, class_map_for
+
     env = setup_distributed(device)
     if official:
         from .official import load_official_run
 
         model, cfg, num_classes = load_official_run(checkpoint, official, data, num_clips,
                                                     num_crops, overrides)
+        classes = ModelClasses(num_classes, None, cfg.data.dataset)
     else:
         model, cfg, num_classes = load_trained(checkpoint, data, num_clips, num_crops,
                                                overrides)
+        classes = checkpoint_classes(checkpoint)
+    mapping = class_map_for(classes, data, class_map, cfg.data.read_timeout)
     if batch_size:
         cfg.data.eval_batch_size = batch_size
     warn_precision(cfg, env.device)
     model.to(env.device)
-    loader = make_loader(cfg, "val", epoch=0)
+    loader = RemappedLoader(make_loader(cfg, "val", epoch=0), num_classes, mapping)
     metrics = validate(model, loader, cfg, env, num_classes)
     metrics.update(checkpoint=str(checkpoint), data=data, num_clips=num_clips,
-                   num_crops=num_crops)
+                   num_crops=num_crops,
+                   **({"class_map": {str(k): v for k, v in mapping.items()}} if mapping else {}))
     if env.is_main:
         path = Path(out) if out else Path(checkpoint).parent / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)

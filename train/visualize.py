@@ -77,13 +77,16 @@ def visualize(checkpoint: str, data: str, out: str, num: int = 4, block: str | N
     for i, s in enumerate(samples):
         boxes = s["meta"].get("boxes") if isinstance(s["meta"], dict) else None
         size = (s["frames"].shape[-1], s["frames"].shape[-2])
-        img = draw_regions(s["frames"], s["regions"], s["kernels"], boxes, size)
+        # boxes are stored per video frame; the clip shows the sampled ones
+        fidx = s["meta"].get("frame_indices") if boxes else None
+        img = draw_regions(s["frames"], s["regions"], s["kernels"], boxes, size,
+                           frame_indices=fidx)
         p = folder / f"regions_{i}.png"
         img.save(p)
         paths.append(p)
         if gif:
             paths.append(save_regions_gif(folder / f"regions_{i}.gif", s["frames"], s["regions"],
-                                          boxes, size))
+                                          boxes, size, frame_indices=fidx))
     if export:
         paths.append(export_regions(export, [s["key"] for s in samples],
                                     torch.stack([s["regions"] for s in samples]), name))
