@@ -58,6 +58,15 @@ def test_fit_evaluate_and_multiclip(shards, tmp_path):
     assert m1["samples"] == m6["samples"] == 18
     assert json.loads((tmp_path / "m6.json").read_text())["num_crops"] == 3
     assert sum(map(sum, m6["confusion_matrix"])) == 18
+    # the region-object distance: measured on one view, and said why not on 2 x 3 views
+    from train.validate import distance_text
+
+    assert m1["region_object_distance"]["layer2"] is not None
+    assert m1["region_object_distance_note"] is None
+    assert distance_text(m1).startswith("region-object distance layer2 0.")
+    assert all(v is None for v in m6["region_object_distance"].values())
+    assert "2 clips x 3 crops" in m6["region_object_distance_note"]
+    assert "--num-clips 1 --num-crops 1" in distance_text(m6)
 
 
 def test_multiclip_scores_are_the_average_of_views():

@@ -39,7 +39,7 @@ from .logs import ScalarLog, progress_bar_wanted
 from .model import build_model, freeze_partial_bn, load_teachers, load_trained
 from .optim import PlateauSchedule, Schedules, make_optimizer
 from .step import NonFiniteLossError, train_step, warn_precision
-from .validate import evaluate, skip_counts, skip_scalars, skip_text, validate
+from .validate import distance_text, evaluate, skip_counts, skip_scalars, skip_text, validate
 
 __all__ = ["fit", "evaluate", "validate", "build_model", "load_trained", "skip_counts",
            "freeze_partial_bn", "PlateauSchedule", "NonFiniteLossError"]
@@ -356,14 +356,11 @@ def _validate_epoch(run: _Run, epoch_done: bool) -> None:
     run.metrics = metrics
     if not env.is_main:
         return
-    d = metrics["region_object_distance"]
-    log.info("val: top1 %.4f top5 %.4f (%d samples, %s) region-object distance %s",
-             metrics["top1"], metrics["top5"], metrics["samples"],
-             skip_text(metrics["skipped"]),
-             {k: None if v is None else round(v, 4) for k, v in d.items()})
+    log.info("val: top1 %.4f top5 %.4f (%d samples, %s) %s", metrics["top1"], metrics["top5"],
+             metrics["samples"], skip_text(metrics["skipped"]), distance_text(metrics))
     run.logger.scalars(state.step, {
         "val/top1": metrics["top1"], "val/top5": metrics["top5"], "val/loss": metrics["loss"],
-        **{f"val/dist/{k}": v for k, v in d.items()},
+        **{f"val/dist/{k}": v for k, v in metrics["region_object_distance"].items()},
         **skip_scalars("val", metrics["skipped"])})
     if metrics["top1"] > state.best_top1:
         state.best_top1 = metrics["top1"]

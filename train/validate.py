@@ -26,7 +26,8 @@ from .dist import DistEnv, all_reduce_sum, gather_objects, setup_distributed
 from .model import dyreg_blocks, load_trained, needs_regions
 from .step import autocast, warn_precision
 
-__all__ = ["validate", "evaluate", "forward_views", "skip_counts", "skip_scalars", "skip_text"]
+__all__ = ["validate", "evaluate", "forward_views", "skip_counts", "skip_scalars", "skip_text",
+           "distance_text", "distance_note"]
 
 log = logging.getLogger("train")
 
@@ -130,6 +131,7 @@ class _Tally:
     loss_sum: float = 0.0
     single_view: bool = True
     nonfinite: str = ""  # why the last batch's logits were refused (NaN / inf)
+    boxes_seen: bool = False  # a single-view batch carried object boxes
 
 
 def _add_batch(tally: _Tally, model: nn.Module, batch: dict, cfg: TrainConfig, env: DistEnv,
@@ -159,6 +161,7 @@ def _add_region_distances(tally: _Tally, batch: dict, blocks: dict[str, nn.Modul
     centres, mask = batch_object_centres(batch)
     if centres is None:
         return
+    tally.boxes_seen = True
     for name, blk in blocks.items():
         reg = blk.last.regions[..., :2].cpu()  # [B, T, N, 2]
         tally.meters[name].update(reg.flatten(0, 1), centres.flatten(0, 1), mask.flatten(0, 1))
@@ -167,6 +170,29 @@ def _add_region_distances(tally: _Tally, batch: dict, blocks: dict[str, nn.Modul
     if side * side == n:
         grid = reference_points(n, "grid").expand(centres.shape[0] * centres.shape[1], n, 2)
         tally.grid.update(grid, centres.flatten(0, 1), mask.flatten(0, 1))
+
+
+def distance_note(tally: _Tally, cfg: TrainConfig) -> str:
+    """Why no region-object distance was measured (it was ``None`` without a word)."""
+    if not tally.meters:
+        return "not measured: the model has no DyReg block"
+    if not tally.single_view:
+        return (f"not measured: {cfg.data.num_clips} clips x {cfg.data.num_crops} crops per "
+                "video - the regions of several views have no single ground-truth frame; "
+                "evaluate with --num-clips 1 --num-crops 1 to measure it")
+    if not tally.boxes_seen:
+        return "not measured: the shards hold no object boxes (e.g. Something-Else annotations)"
+    return "not measured: no box was visible in the sampled frames"
+
+
+def distance_text(metrics: dict[str, Any]) -> str:
+    """The region-object distance of each block (and the fixed grid's), or why there is none."""
+    d = metrics["region_object_distance"]
+    if all(v is None for v in d.values()):
+        return "region-object distance " + (metrics.get("region_object_distance_note")
+                                            or "not measured")
+    return "region-object distance " + ", ".join(
+        f"{k} {v:.4f}" for k, v in d.items() if v is not None)
 
 
 def _predict_hint(reasons: dict[str, int]) -> str:
@@ -213,6 +239,8 @@ def _summarise(tally: _Tally, loader, cfg: TrainConfig, env: DistEnv,
     return {
         "samples": n,
         "top1": float((all_preds == all_labels).float().mean()),
+        "region_object_distance_note": (None if any(v is not None for v in distances.values())
+                                        else distance_note(tally, cfg)),
         "top5": sums[1] / n,
         "loss": sums[0] / n,
         "per_class_accuracy": per_class,
@@ -257,6 +285,7 @@ def evaluate(checkpoint: str, data: str, num_clips: int = 1, num_crops: int = 1,
         path = Path(out) if out else Path(checkpoint).parent / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=1))
-        log.info("top1 %.4f top5 %.4f on %d samples (%s) -> %s", metrics["top1"],
-                 metrics["top5"], metrics["samples"], skip_text(metrics["skipped"]), path)
+        log.info("top1 %.4f top5 %.4f on %d samples (%s), %s -> %s", metrics["top1"],
+                 metrics["top5"], metrics["samples"], skip_text(metrics["skipped"]),
+                 distance_text(metrics), path)
     return metrics
