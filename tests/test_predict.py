@@ -209,6 +209,29 @@ def test_cli_predict_output_and_exit_codes(files):
     assert "error: predict: no video could be used:" in r.stderr and "broken.webm" in r.stderr
 
 
+def test_predict_writes_json_and_csv_for_scripts(files, capsys):
+    import csv
+    import io
+
+    from train.cli import main
+
+    args = ["predict", "--checkpoint", str(files["ckpt"]), str(files["webm"]),
+            str(files["corrupt"]), "--top-k", "3"]
+    assert main([*args, "--json"]) == 2             # 2: one video skipped, as in text mode
+    out, err = capsys.readouterr()
+    doc = json.loads(out)                           # stdout is one JSON document, nothing else
+    (p,) = doc["predictions"]
+    assert p["video"] == str(files["webm"]) and [t["rank"] for t in p["top"]] == [1, 2, 3]
+    probs = [t["probability"] for t in p["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert doc["skipped"][0]["reason"] == "corrupt_video" and "skipped 1 of 2" in err
+    assert main([*args, "--format", "csv"]) == 2
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["rank"], r["name"]) for r in rows] == [(str(t["rank"]), t["name"])
+                                                      for t in p["top"]]
+    assert np.allclose([float(r["probability"]) for r in rows], probs, atol=1e-6)
+
+
 def test_export_model_torch_export_and_safetensors(files, tmp_path):
     report = export_model(files["ckpt"], tmp_path / "exp")
     assert "program_error" not in report

@@ -89,12 +89,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     logging.getLogger("dyreg_pyg.data.loader").setLevel(logging.WARNING)  # no per-epoch line
     r = predict(args.checkpoint, args.videos, args.top_k, args.num_clips, args.num_crops,
                 args.regions, args.block, args.classes, args.device)
-    for p in r["predictions"]:
-        print(f"{p['video']}:")
-        for rank, (_, name, prob) in enumerate(p["top"], 1):
-            print(f"  {rank}. {prob:6.4f}  {name}")
-        if p.get("regions_gif"):
-            print(f"  regions: {p['regions_gif']}")
+    fmt = "json" if args.json else args.format
+    if fmt == "text":
+        for p in r["predictions"]:
+            print(f"{p['video']}:")
+            for rank, (_, name, prob) in enumerate(p["top"], 1):
+                print(f"  {rank}. {prob:6.4f}  {name}")
+            if p.get("regions_gif"):
+                print(f"  regions: {p['regions_gif']}")
+    else:
+        from .predict import write_predictions
+
+        write_predictions(r, fmt, sys.stdout)
     if r["skipped"]:
         print(f"skipped {len(r['skipped'])} of {len(args.videos)} videos: " + "; ".join(
             f"{s['video']} ({s['reason']})" for s in r["skipped"]), file=sys.stderr)
@@ -230,6 +236,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--classes", default=None,
                    help="class names: a manifest JSON or one name per line")
     p.add_argument("--device", default="auto")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                   help="stdout: text, one JSON document, or CSV rows "
+                        "(video,rank,class,name,probability); skipped videos stay on stderr")
+    p.add_argument("--json", action="store_true", help="= --format json")
     p.set_defaults(func=_cmd_predict)
 
 

@@ -3,12 +3,13 @@ model for inference without the training code (``torch.export`` + safetensors)."
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -25,8 +26,8 @@ from dyreg_pyg.inference import (
     save_weights,
 )
 
-__all__ = ["predict", "export_model", "load_predictor", "Predictor", "class_names_for",
-           "pick_device"]
+__all__ = ["predict", "write_predictions", "export_model", "load_predictor", "Predictor",
+           "class_names_for", "pick_device"]
 
 log = logging.getLogger("train")
 
@@ -135,6 +136,27 @@ def _read_classes(path: str, num_classes: int) -> list[str]:
 
 
 @torch.no_grad()
+def write_predictions(result: dict[str, Any], fmt: str, stream: TextIO) -> None:
+    """:func:`predict`'s result as ``fmt`` ``"json"`` (one document: ``predictions`` with
+    ``top`` as ``{"rank", "class", "name", "probability"}`` objects, and ``skipped``) or
+    ``"csv"`` (a header, then ``video,rank,class,name,probability`` rows), for scripts."""
+    if fmt == "json":
+        doc = {"predictions": [{**p, "top": [{"rank": r, "class": c, "name": n, "probability": q}
+                                             for r, (c, n, q) in enumerate(p["top"], 1)]}
+                               for p in result["predictions"]],
+               "skipped": result["skipped"]}
+        json.dump(doc, stream, indent=1)
+        stream.write("\n")
+    elif fmt == "csv":
+        out = csv.writer(stream, lineterminator="\n")
+        out.writerow(["video", "rank", "class", "name", "probability"])
+        for p in result["predictions"]:
+            for r, (c, n, q) in enumerate(p["top"], 1):
+                out.writerow([p["video"], r, c, n, f"{q:.6f}"])
+    else:
+        raise ValueError(f"format: expected 'json' or 'csv', got {fmt!r}")
+
+
 def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips: int = 1,
             num_crops: int = 1, regions: str | None = None, block: str | None = None,
             classes: str | None = None, device: str = "auto", batch_size: int = 4
