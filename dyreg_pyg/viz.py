@@ -119,6 +119,7 @@ def draw_regions(
     scale: int = 4,
     max_frames: int = 10,
     frame_indices: Sequence[int] | None = None,
+    caption: str | None = None,
 ) -> Image.Image:
     """Frames with every node's region drawn, and optionally a row of kernel heat maps.
 
@@ -135,9 +136,12 @@ def draw_regions(
             ``meta["frame_indices"]``): clip position ``k`` is drawn with
             ``gt_boxes[frame_indices[k]]``. ``None``: ``gt_boxes`` has one entry per clip
             position.
+        caption: a line of text drawn in a strip above the frames (e.g. the true class and
+            the prediction), or ``None``.
 
     Returns:
-        An RGB image ``(min(T, max_frames) * W * scale) x (rows * H * scale)``.
+        An RGB image ``(min(T, max_frames) * W * scale) x (rows * H * scale)``, plus a
+        ``CAPTION_HEIGHT``-pixel strip on top when there is a caption.
     """
     if frames.dim() != 4:
         raise ValueError(f"frames: expected [T, C, H, W], got {tuple(frames.shape)}")
@@ -162,7 +166,18 @@ def draw_regions(
         canvas.paste(tile, (k * tw, 0))
     for k, tile in enumerate(tiles_bottom):
         canvas.paste(tile, (k * tw, th))
-    return canvas
+    return canvas if caption is None else _with_caption(canvas, caption)
+
+
+CAPTION_HEIGHT = 14
+"""Pixels of the text strip that :func:`draw_regions` adds above the frames for a caption."""
+
+
+def _with_caption(img: Image.Image, text: str) -> Image.Image:
+    out = Image.new("RGB", (img.width, img.height + CAPTION_HEIGHT))
+    out.paste(img, (0, CAPTION_HEIGHT))
+    ImageDraw.Draw(out).text((2, 1), text, fill=(255, 255, 255))
+    return out
 
 
 def save_regions_gif(path: str | Path, frames: Tensor, regions: Tensor,

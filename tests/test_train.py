@@ -67,6 +67,32 @@ def test_fit_evaluate_and_multiclip(shards, tmp_path):
     assert all(v is None for v in m6["region_object_distance"].values())
     assert "2 clips x 3 crops" in m6["region_object_distance_note"]
     assert "--num-clips 1 --num-crops 1" in distance_text(m6)
+    # each validation also put the regions of 2 clips into TensorBoard, captioned
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"regions/0", "regions/1"} <= set(events.Tags()["images"])
+    shot = events.Images("regions/0")[-1]
+    assert shot.step == 4 and shot.height == 2 * 32 * 4 + 14  # frames + heat maps + caption
+
+
+def test_region_pictures_carry_the_true_and_predicted_class():
+    from train.visualize import caption, region_pictures
+
+    t, n = 3, 4
+    sample = {"frames": torch.zeros(t, 1, 8, 8, dtype=torch.uint8),
+              "regions": torch.full((t, n, 4), 0.25), "kernels": torch.rand(t, n, 8, 8),
+              "key": "v7", "meta": {}, "pred": 1, "prob": 0.8342, "label": 0}
+    assert caption(sample, ["push", "pull"]) == "v7  true: push  pred: pull (p 0.83) WRONG"
+    assert caption({**sample, "label": 1}, None) == "v7  true: 1  pred: 1 (p 0.83) ok"
+    unlabelled = caption({**sample, "label": None}, ["push", "pull"])
+    assert unlabelled.startswith("v7  true: ?  pred: pull")
+    (img,) = region_pictures([sample], ["push", "pull"])
+    assert img.size == (t * 8 * 4, 2 * 8 * 4 + 14)
+    strip = torch.tensor(list(img.crop((0, 0, img.width, 14)).getdata())).float()
+    assert strip.max() > 200  # the caption's white text is drawn in the (black) strip
 
 
 def test_multiclip_scores_are_the_average_of_views():

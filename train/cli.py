@@ -58,7 +58,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from .visualize import visualize
 
     paths = visualize(args.checkpoint, args.data, args.out, args.num, args.block, args.export,
-                      args.gif)
+                      args.gif, args.tensorboard)
     for p in paths:
         print(p)
     return 0
@@ -181,6 +181,8 @@ def _add_visualize(sub) -> None:
     p.add_argument("--block", default=None, help="DyReg block name (default: first)")
     p.add_argument("--export", default=None, help="also write per-frame boxes to this JSON")
     p.add_argument("--gif", action="store_true", help="also write one GIF per clip")
+    p.add_argument("--tensorboard", default=None, metavar="LOGDIR",
+                   help="also write the pictures as TensorBoard images into LOGDIR")
     p.set_defaults(func=_cmd_visualize)
 
 

@@ -100,6 +100,8 @@ class TrainConfig:
     partial_bn: bool = False            # TSM: freeze all BatchNorm but the first
     ckpt_every: int = 200               # steps between `last` checkpoints
     log_every: int = 10
+    tb_regions: int = 2                 # validation clips whose region pictures (true and
+                                        # predicted class on them) go to TensorBoard; 0: none
     progress: bool | None = None        # progress bar: null = only when stderr is a terminal,
                                         # true / false (YAML's on / off too) = always / never
     eval_every: int = 1                 # epochs

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -362,9 +362,27 @@ def _validate_epoch(run: _Run, epoch_done: bool) -> None:
         "val/top1": metrics["top1"], "val/top5": metrics["top5"], "val/loss": metrics["loss"],
         **{f"val/dist/{k}": v for k, v in metrics["region_object_distance"].items()},
         **skip_scalars("val", metrics["skipped"])})
+    _log_region_pictures(run)
     if metrics["top1"] > state.best_top1:
         state.best_top1 = metrics["top1"]
         run.save("best.pt")
+
+
+def _log_region_pictures(run: _Run) -> None:
+    """The regions of the first ``cfg.tb_regions`` validation clips, with their true and
+    predicted classes, as TensorBoard images ``regions/<i>`` (rank 0, TensorBoard installed,
+    a model with DyReg blocks). One clip x one crop each; the RNG is left as it was."""
+    tb = run.logger.tb if run.logger is not None else None
+    blocks = getattr(run.model, "dyreg_blocks", dict)()
+    if tb is None or run.cfg.tb_regions <= 0 or not blocks:
+        return
+    from .visualize import add_to_tensorboard, collect_regions, region_pictures
+
+    data = replace(run.cfg.data, num_clips=1, num_crops=1, num_workers=0)
+    cfg = replace(run.cfg, data=data)
+    with torch.random.fork_rng(devices=[]):
+        _, samples = collect_regions(run.model, make_loader(cfg, "val"), cfg, cfg.tb_regions)
+    add_to_tensorboard(tb, region_pictures(samples, run.class_names), run.state.step)
 
 
 def _finish(run: _Run) -> dict[str, Any]:
