@@ -140,6 +140,39 @@ def test_pipe_commands_read_stall_and_fail_with_their_error(shards):
     assert "exited with status 3" in failed and "NoSuchKey" in failed
 
 
+def test_pipe_of_concatenated_archives_yields_every_archive(shards):
+    """tarfile stops at the first end-of-archive block: the zero blocks between archives are
+    skipped and every archive of the stream is read (also compressed as one stream)."""
+    a, b = shards / "train-000000.tar", shards / "train-000001.tar"
+    want = sorted(_keys(make_clip_loader([str(a), str(b)], "val", num_frames=4, batch_size=4)))
+    assert len(want) == 16
+    for cmd in (f"pipe:cat {a} {b}", f"pipe:cat {a} {b} | gzip -c",
+                f"pipe:gzip -c {a}; gzip -c {b}"):
+        loader = make_clip_loader(cmd, "val", num_frames=4, batch_size=4)
+        assert sorted(_keys(loader)) == want, cmd
+        assert loader.skips.count == 0, (cmd, loader.skips.summary())
+
+
+def test_pipe_that_exits_non_zero_after_its_data_is_a_named_shard_error(shards, caplog):
+    cmd = f"pipe:cat {shards}/train-000000.tar; exit 5"
+    loader = make_clip_loader(cmd, "val", num_frames=4, batch_size=4)
+    with caplog.at_level("WARNING"):
+        keys = _keys(loader)
+    assert len(keys) == 8  # the archive itself was whole
+    assert loader.skips.reasons == {"shard_error": 1}
+    key, reason, detail = loader.skips.examples[0]
+    assert key == f"<shard {cmd}>" and "exited with status 5" in detail
+    assert f"shard {cmd}: shard error" in caplog.text
+
+
+def test_data_after_an_archive_that_is_not_a_tar_is_a_shard_error(shards, tmp_path):
+    path = tmp_path / "x.tar"
+    path.write_bytes((shards / "train-000000.tar").read_bytes() + b"garbage!" * 64)
+    loader = make_clip_loader(str(path), "val", num_frames=4, batch_size=4)
+    assert len(_keys(loader)) == 8
+    assert loader.skips.reasons == {"shard_error": 1}
+
+
 def test_open_shard_stall_is_not_a_timeout_error():
     # the loader lets TimeoutError (a stop from outside) propagate; a stall is a data error
     assert issubclass(ShardStalledError, OSError)

@@ -11,9 +11,11 @@ unreadable shard) are skipped, logged with their key and counted; the counts tra
 batches to the main process, where :class:`ClipLoader` accumulates them in a
 :class:`SkipCounter` and logs a summary at the end of every epoch.
 
-The tar stage reads each shard to its end-of-archive marker: a shard that cannot be opened,
-is not a tar, or ends early (a read error or a missing end marker: a truncated file) is a
-``shard_error`` named by its URL; where the shards' manifest lists a shard's sample count, a
+The tar stage reads each shard stream to its end - every archive of a stream of concatenated
+archives (``pipe:cat a.tar b.tar``) - and then a ``pipe:`` command's exit status: a shard that
+cannot be opened, is not a tar, ends early (a read error or a missing end marker: a truncated
+file) or comes from a command that exits with a non-zero status is a ``shard_error`` named by
+its URL; where the shards' manifest lists a shard's sample count, a
 shard that yields fewer samples is reported with the shortfall. Only such data errors are
 caught; anything else (``TimeoutError``, ``KeyboardInterrupt``, a bug) propagates. A training
 stream that yields no usable sample in :data:`MAX_EMPTY_PASSES` passes over its shards raises
@@ -516,13 +518,123 @@ class _ShardReadError(Exception):
         self.what, self.samples = what, samples
 
 
-def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict[str, Any]]:
-    """The samples of one tar shard (members grouped by key, in order), read as a stream.
+#: How far back :class:`_Rewindable` can step: more than tarfile reads ahead of the archive's
+#: logical position (one record, 10 KiB).
+_REWIND_WINDOW = 1 << 18
+#: Marks the end of one tar archive in :func:`_stream_members` (more may follow).
+_ARCHIVE_END = object()
 
-    Raises :class:`_ShardReadError` when the shard cannot be opened or read, or ends before
-    its end-of-archive marker (a truncated file); the sample being read then may be incomplete
-    (a file cut between two members of a sample looks like one cut between two samples) and is
-    not yielded. Members whose names hold no extension or start with ``__`` are ignored.
+
+class _Rewindable:
+    """A forward-only byte stream (``read(n)``) that can step back over the last
+    :data:`_REWIND_WINDOW` bytes it handed out: tarfile reads ahead of the end of an archive,
+    and the next archive of a concatenated stream starts in what it read."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.pos = 0                   # bytes handed out so far
+        self.tail = bytearray()        # the last bytes handed out, ending at ``pos``
+        self.pending = b""             # stepped back over: handed out again first
+
+    def read(self, n: int = -1) -> bytes:
+        if self.pending:
+            size = len(self.pending) if n is None or n < 0 else n
+            data, self.pending = self.pending[:size], self.pending[size:]
+        else:
+            data = self.raw.read(n)
+        self.pos += len(data)
+        self.tail += data
+        if len(self.tail) > 2 * _REWIND_WINDOW:
+            del self.tail[:len(self.tail) - _REWIND_WINDOW]
+        return data
+
+    def read_exact(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at the end of the stream."""
+        chunks, got = [], 0
+        while got < n:
+            data = self.read(n - got)
+            if not data:
+                break
+            chunks.append(data)
+            got += len(data)
+        return b"".join(chunks)
+
+    def rewind(self, pos: int) -> None:
+        """Step back to the absolute position ``pos`` (``<= self.pos``)."""
+        back = self.pos - pos
+        if back < 0 or back > len(self.tail):
+            raise tarfile.ReadError(f"cannot step back to byte {pos} of the stream (at "
+                                    f"{self.pos}, {len(self.tail)} bytes kept)")
+        if back:
+            self.pending = bytes(self.tail[len(self.tail) - back:]) + self.pending
+            del self.tail[len(self.tail) - back:]
+        self.pos = pos
+
+
+def _decompressed(raw: Any) -> _Rewindable:
+    """The tar bytes of ``raw``: as they are, or decompressed when they start with a gzip,
+    bzip2 or xz signature (each decompressor also reads concatenated compressed streams)."""
+    src = _Rewindable(raw)
+    head = src.read_exact(6)
+    src.rewind(0)
+    if head.startswith(b"\x1f\x8b"):
+        import gzip
+
+        return _Rewindable(gzip.GzipFile(fileobj=src, mode="rb"))
+    if head.startswith(b"BZh"):
+        import bz2
+
+        return _Rewindable(bz2.BZ2File(src))
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return _Rewindable(lzma.LZMAFile(src))
+    return src
+
+
+def _stream_members(raw: Any) -> Iterator[tuple[str, Any] | object]:
+    """``(name, read)`` of the regular-file members (``read()``: the member's bytes, to call
+    before the next item) of every tar archive in the byte stream
+    ``raw``, and :data:`_ARCHIVE_END` after each archive.
+
+    A stream may hold several archives back to back (``cat a.tar b.tar``): tarfile stops at
+    the first end-of-archive block, so the zero blocks after it are skipped here and reading
+    goes on with the next archive, to the end of the stream (which is also when a ``pipe:``
+    command's exit status is checked). An archive must end with a zero block: a stream that
+    ends without one (truncated), or holds data that is not a tar header where tarfile
+    stopped, raises ``tarfile.ReadError``."""
+    src = _decompressed(raw)
+    start = 0
+    while True:
+        tar = tarfile.open(fileobj=src, mode="r|")
+        for info in tar:
+            if info.isreg():
+                yield info.name, tar.extractfile(info).read
+            tar.members = []  # a stream keeps every header read: forget them
+        end = start + tar.offset  # where tarfile stopped: the end-of-archive block
+        src.rewind(end)
+        block = src.read_exact(tarfile.BLOCKSIZE)
+        if not block:
+            raise tarfile.ReadError(f"unexpected end of data at byte {end}: no end-of-archive "
+                                    "marker (truncated shard)")
+        if len(block) < tarfile.BLOCKSIZE or any(block):
+            raise tarfile.ReadError(f"invalid or truncated tar header at byte {end}")
+        yield _ARCHIVE_END
+        while not any(block):  # the zero blocks between two archives, or at the end
+            block = src.read_exact(tarfile.BLOCKSIZE)
+            if not block:
+                return
+        start = src.pos - len(block)  # the next archive starts here
+        src.rewind(start)
+
+
+def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict[str, Any]]:
+    """The samples of one tar shard (members grouped by key, in order), read as a stream to
+    its end: every archive of a stream of concatenated archives (:func:`_stream_members`).
+
+    Raises :class:`_ShardReadError` when the shard cannot be opened or read, ends before an
+    end-of-archive marker (a truncated file) or, for a ``pipe:`` command, exits with a
+    non-zero status once its output is read; the sample being read then may be incomplete
+    (a file cut between two members of a sample looks like one cut between two samples) and
+    is not yielded. Members whose names hold no extension or start with ``__`` are ignored.
     """
     n = 0
     current: dict[str, Any] | None = None
@@ -534,12 +646,16 @@ def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dic
         raise _ShardReadError(f"cannot open: {exn!r}", 0) from exn
     try:
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|*")
-            for info in tar:
-                if not info.isreg():
+            for item in _stream_members(stream):
+                if item is _ARCHIVE_END:  # the sample being read is complete
+                    if current is not None:
+                        n += 1
+                        yield current
+                    current = None
                     continue
-                parts = _split_name(info.name)
-                if parts is None or info.name.rpartition("/")[2].startswith("__"):
+                name, read = item
+                parts = _split_name(name)
+                if parts is None or name.rpartition("/")[2].startswith("__"):
                     continue
                 key, ext = parts
                 if current is None or current["__key__"] != key:
@@ -547,25 +663,17 @@ def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dic
                         n += 1
                         yield current
                     current = {"__key__": key, "__url__": url}
-                data = tar.extractfile(info).read()
-                tar.members = []  # a stream keeps every header read: forget them
+                data = read()
                 if ext in current:
                     log.warning("shard %s: duplicate member %s (the first one is kept)", url,
-                                info.name)
+                                name)
                     continue
                 current[ext] = data
-            # A complete archive ends with zero blocks; tarfile stops silently at a missing
-            # one (a file cut at a member boundary), so check that it read a whole end block.
-            if tar.fileobj.tell() < tar.offset + tarfile.BLOCKSIZE:
-                raise tarfile.ReadError("unexpected end of file: no end-of-archive marker "
-                                        "(truncated shard)")
         except _NOT_DATA_ERRORS:
             raise
         except _SHARD_ERRORS as exn:
             lost = f" (sample {current['__key__']!r} incomplete)" if current else ""
             raise _ShardReadError(f"{exn!r}{lost}", n) from exn
-        if current is not None:
-            yield current
     finally:
         close = getattr(stream, "close", None)
         if close is not None:
