@@ -93,8 +93,11 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
     written from the same data (:func:`train_fingerprint`), memory-mapped so that runs side
     by side share one copy; otherwise they are decoded and the file is (re)written. The file
     must only ever be replaced whole (as this function does): changing it in place under a
-    run that maps it crashes that run. Shards that are not local files are always decoded;
-    a cache that cannot be written (full disk, read-only folder) is skipped with a warning."""
+    run that maps it crashes that run. A cache whose content does not match the checksum
+    written with it, or that holds a label outside ``[0, num_classes)`` (``data.num_classes``
+    or the manifest's), is decoded again with a warning naming the reason. Shards that are
+    not local files are always decoded; a cache that cannot be written (full disk: torch
+    raises ``OSError`` or ``RuntimeError``; read-only folder) is skipped with a warning."""
     from dyreg_pyg.data import InMemoryClips
 
     fingerprint = train_fingerprint(cfg) if cache is not None else None
@@ -102,7 +105,7 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
         log.info("data.in_memory: no cache: the training shards are not all local files")
     if fingerprint is not None:
         try:
-            clips = InMemoryClips.load(cache, fingerprint)
+            clips = InMemoryClips.load(cache, fingerprint, num_classes=_num_classes(cfg))
         except ValueError as err:
             if Path(cache).exists():
                 log.warning("data.in_memory: cache not used, decoding again: %s", err)
@@ -115,11 +118,24 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
         _remove_stale_temporaries(Path(cache))
         try:
             clips.save(cache, fingerprint)
-        except OSError as err:  # the cache only saves time: the run goes on without it
-            log.warning("data.in_memory: could not write the cache %s: %s", cache, err)
+        # the cache only saves time: the run goes on without it. torch.save reports a full
+        # disk as a RuntimeError ("PytorchStreamWriter failed writing file ...")
+        except (OSError, RuntimeError) as err:
+            log.warning("data.in_memory: could not write the cache %s (the run goes on "
+                        "without it): %s", cache, err)
         else:
             log.info("data.in_memory: decoded clips cached in %s", cache)
     return clips
+
+
+def _num_classes(cfg: TrainConfig) -> int | None:
+    """``data.num_classes``, else the (local) training manifest's, else ``None``."""
+    from dyreg_pyg.data import load_manifest
+
+    if cfg.data.num_classes:
+        return int(cfg.data.num_classes)
+    value = (load_manifest(cfg.data.train) or {}).get("num_classes")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _remove_stale_temporaries(cache: Path, older_than_s: float = 600.0) -> int:
