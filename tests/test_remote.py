@@ -173,6 +173,62 @@ def test_data_after_an_archive_that_is_not_a_tar_is_a_shard_error(shards, tmp_pa
     assert loader.skips.reasons == {"shard_error": 1}
 
 
+@pytest.fixture
+def silent_server():
+    """An HTTP address that accepts connections and never answers; ``.accepted`` counts
+    them (one per request attempt)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.settimeout(0.2)
+    conns, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conns.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    srv = type("Silent", (), {})()
+    srv.url, srv.accepted = f"http://127.0.0.1:{sock.getsockname()[1]}", conns
+    yield srv
+    stop.set()
+    thread.join(5)
+    for c in conns:
+        c.close()
+    sock.close()
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_manifest_reads_of_a_run_wait_read_timeout_not_60_s(silent_server, tmp_path,
+                                                            monkeypatch, known):
+    """data.read_timeout bounds every manifest fetch of a run; with data.num_classes and
+    data.epoch_size set, the run itself fetches none (only the loader's, for the per-shard
+    counts: OPEN_RETRIES + 1 attempts)."""
+    from test_faults_data import bounded
+
+    from train.config import load_config
+    from train.loop import fit
+
+    monkeypatch.setattr(remote_mod, "_BACKOFF", 0.01)
+    sets = [f"data.train={silent_server.url}/train-{{000000..000001}}.tar",
+            f"data.val={silent_server.url}/val-000000.tar", f"out_dir={tmp_path / 'run'}",
+            "data.read_timeout=1", "data.num_workers=0", "data.num_frames=4",
+            "model.overrides.num_frames=4", "model.overrides.input_size=32", "threads=1"]
+    if known:
+        sets += ["data.num_classes=56", "data.epoch_size=16"]
+    t0 = time.time()
+    with bounded(40), pytest.raises(OSError, match="no response in 1 s"):
+        fit(load_config("syncmnist_demo", sets))
+    assert time.time() - t0 < 30
+    assert len(silent_server.accepted) == remote_mod.OPEN_RETRIES + 1
+
+
 def test_open_shard_stall_is_not_a_timeout_error():
     # the loader lets TimeoutError (a stop from outside) propagate; a stall is a data error
     assert issubclass(ShardStalledError, OSError)

@@ -195,13 +195,14 @@ def normalise(video: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return normalize_clip(video, cfg.data.mean, cfg.data.std)
 
 
-def read_num_classes(pattern: str) -> int:
+def read_num_classes(pattern: str, timeout: float = 60.0) -> int:
     """Number of classes from the shards' manifest (:func:`~dyreg_pyg.data.load_manifest`:
-    a local folder or an HTTP(S) server; a corrupt one raises ``ValueError``); set
-    ``data.num_classes`` if there is none."""
+    a local folder or an HTTP(S) server, each read bounded by ``timeout`` seconds, as
+    ``data.read_timeout``; a corrupt one raises ``ValueError``, a server that cannot be
+    reached or does not answer ``OSError``); set ``data.num_classes`` if there is none."""
     from dyreg_pyg.data import load_manifest
 
-    m = load_manifest(pattern)
+    m = load_manifest(pattern, timeout)
     if not m or "num_classes" not in m:
         raise ValueError(
             f"data.num_classes: not set and no manifest with 'num_classes' next to {pattern!r}"
@@ -209,14 +210,23 @@ def read_num_classes(pattern: str) -> int:
     return int(m["num_classes"])
 
 
-def read_class_names(pattern: str, num_classes: int) -> list[str] | None:
+def read_class_names(pattern: str, num_classes: int, timeout: float = 60.0,
+                     fetch: bool = True) -> list[str] | None:
     """The ``class_names`` of the shards' manifest, if it lists ``num_classes`` of them;
     ``None`` otherwise (no manifest, none listed, another count: names are a convenience).
     A corrupt manifest (not a JSON object) raises ``ValueError`` naming it, as it does for
-    the loader (:func:`~dyreg_pyg.data.load_manifest`)."""
+    the loader (:func:`~dyreg_pyg.data.load_manifest`; reads bounded by ``timeout``
+    seconds). ``fetch=False``: a manifest that would come over HTTP(S) is not fetched
+    (``None``; a run with ``data.num_classes`` and ``data.epoch_size`` set needs none)."""
     from dyreg_pyg.data import load_manifest
+    from dyreg_pyg.data.remote import is_http
+    from dyreg_pyg.data.shards import expand_shard_urls
 
-    m = load_manifest(pattern)
+    if not fetch and is_http(expand_shard_urls(pattern)[0]):
+        log.info("no class names: data.num_classes and data.epoch_size are set, so the "
+                 "manifest next to %r is not fetched", pattern)
+        return None
+    m = load_manifest(pattern, timeout)
     names = (m or {}).get("class_names")
     if not isinstance(names, list) or not names:
         return None
@@ -227,11 +237,12 @@ def read_class_names(pattern: str, num_classes: int) -> list[str] | None:
     return [str(n) for n in names]
 
 
-def read_split_size(pattern: str) -> int:
-    """Number of samples of a split from its manifest; set ``data.epoch_size`` otherwise."""
+def read_split_size(pattern: str, timeout: float = 60.0) -> int:
+    """Number of samples of a split from its manifest (reads bounded by ``timeout``
+    seconds, see :func:`read_num_classes`); set ``data.epoch_size`` otherwise."""
     from dyreg_pyg.data import load_manifest
 
-    m = load_manifest(pattern)
+    m = load_manifest(pattern, timeout)
     if not m:
         raise ValueError(f"data.epoch_size: not set and no manifest next to {pattern!r}")
     for key in ("num_samples", "count", "total"):

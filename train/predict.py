@@ -50,7 +50,7 @@ def class_names_for(cfg, num_classes: int, checkpoint: dict[str, Any] | None = N
         return [str(n) for n in names]
     for pattern in (cfg.data.val, cfg.data.train):
         try:
-            m = load_manifest(pattern)
+            m = load_manifest(pattern, cfg.data.read_timeout)
         except OSError as exn:
             log.warning("no class names from the manifest next to %r: %s", pattern, exn)
             continue
