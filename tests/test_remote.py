@@ -229,6 +229,37 @@ def test_manifest_reads_of_a_run_wait_read_timeout_not_60_s(silent_server, tmp_p
     assert len(silent_server.accepted) == remote_mod.OPEN_RETRIES + 1
 
 
+@pytest.mark.parametrize("train_shards", ["resample", "split"])
+def test_a_cut_shard_read_again_in_an_epoch_counts_its_loss_once(server, caplog,
+                                                                  train_shards):
+    """Shards re-read in one epoch (to fill the shuffle buffer; split mode's padding) lose
+    the same samples again: each is counted once; the epoch line counts the batches
+    handed out, the last one included."""
+    names = ["train-000000.tar", "train-000001.tar"]
+    for name in names:
+        server.faults[name] = "drop"
+    urls = f"{server.url}/train-{{000000..000001}}.tar"
+    # one plain pass: what the cut shards lose (per the manifest: 8 samples each)
+    once = make_clip_loader(urls, "val", num_frames=4, batch_size=4)
+    read = len(_keys(once))
+    lost = once.skips.count
+    assert 0 < read < 16 and lost == 16 - read and once.skips.reasons == {"shard_error": lost}
+    loader = make_clip_loader(urls, "train", num_frames=4, batch_size=2, epoch_size=16,
+                              shuffle_buffer=32, train_shards=train_shards, seed=1)
+    before = len(server.requests)
+    with caplog.at_level("INFO", logger="dyreg_pyg.data.loader"):
+        for epoch in range(2):
+            it = iter(loader)
+            batches = [next(it) for _ in range(len(loader))]  # as the training loop reads
+            del it
+            assert len(batches) == 8
+            assert loader.epoch_skips.count == lost, loader.epoch_skips.summary()
+            assert loader.epoch_skips.reasons == {"shard_error": lost}
+            assert f"epoch {epoch}: 8 batches, {lost} samples skipped" in caplog.text
+    assert len(server.requests) - before > 2 * len(names)  # the shards were read again
+    assert loader.skips.count == 2 * lost  # once per epoch
+
+
 def test_open_shard_stall_is_not_a_timeout_error():
     # the loader lets TimeoutError (a stop from outside) propagate; a stall is a data error
     assert issubclass(ShardStalledError, OSError)

@@ -259,11 +259,15 @@ class ClipDataset(IterableDataset):
         p = self.p
         log.debug("rank %d worker %d: its share of the epoch is read; padding with resampled "
                   "shards", p.rank, worker)
-        samples = _tar_samples(self._resampled(rng), skipped, p.shard_counts, watch,
+        # the padding's shards belong to some reader's share, which counts their losses: a
+        # loss seen again here is not counted again (neither a shard's nor a sample's)
+        samples = _tar_samples(self._resampled(rng), None, p.shard_counts, watch,
                                p.read_timeout)
         if p.shuffle_buffer > 1:
             samples = _shuffle(samples, p.shuffle_buffer, rng)
-        yield from samples
+        for sample in samples:
+            sample["__padding__"] = True
+            yield sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         p = self.p
@@ -290,7 +294,8 @@ class ClipDataset(IterableDataset):
             try:
                 batch.append(self.make_clip(sample, nrng))
             except CorruptSample as exn:
-                self._skip(skipped, key, exn.reason, exn.detail)
+                self._skip(None if sample.get("__padding__") else skipped, key, exn.reason,
+                           exn.detail)
                 if watch is not None:
                     watch.failed(exn.reason)
                 continue
@@ -309,9 +314,10 @@ class ClipDataset(IterableDataset):
             yield {"skipped": _take(skipped)}
 
     @staticmethod
-    def _skip(records: list, key: str, reason: str, detail: str) -> None:
+    def _skip(records: list | None, key: str, reason: str, detail: str) -> None:
         log.warning("skipping sample %s: %s %s", key, reason, detail[:200])
-        records.append((key, reason, detail[:300]))
+        if records is not None:
+            records.append((key, reason, detail[:300]))
 
     # ------------------------------------------------------------------ one sample
     def make_clip(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -789,13 +795,40 @@ def _as_built(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+class _OncePerEpoch:
+    """The skip records of one epoch, less the losses already counted in it: a shard read
+    again (resampled, e.g. while the shuffle buffer fills) that loses the same samples adds
+    nothing (a shard's lost samples are its tail: only a longer loss adds the difference),
+    and a sample skipped again (same key and reason) is not counted again."""
+
+    def __init__(self) -> None:
+        self.shards: dict[str, int] = {}
+        self.samples: set[tuple[str, str]] = set()
+
+    def new(self, records: Iterable[tuple]) -> list[tuple]:
+        out = []
+        for rec in records:
+            key, reason, detail = rec[:3]
+            n = rec[3] if len(rec) > 3 else 1
+            if reason in ("shard_error", "shard_short"):
+                before = self.shards.get(key, 0)
+                if n > before:
+                    self.shards[key] = n
+                    out.append((key, reason, detail, n - before))
+            elif (key, reason) not in self.samples:
+                self.samples.add((key, reason))
+                out.append(rec)
+        return out
+
+
 class ClipLoader:
     """Iterable over batches; wraps a :class:`torch.utils.data.DataLoader` over a
     :class:`ClipDataset`.
 
     Attributes:
         skips: :class:`SkipCounter` of all epochs so far.
-        epoch_skips: :class:`SkipCounter` of the current (or last) epoch.
+        epoch_skips: :class:`SkipCounter` of the current (or last) epoch; each lost sample
+            is counted once per epoch, however often its shard is read in it.
         num_batches: Batches per epoch on this rank, ``None`` when the stream decides
             (evaluation: one pass; training without ``epoch_size``: endless).
         epoch: Number of epochs started (each ``iter()`` starts one and reseeds the workers).
@@ -830,18 +863,19 @@ class ClipLoader:
 
     def _run(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         n = 0
+        once = _OncePerEpoch()
         try:
             if self.num_batches == 0:
                 return
             for batch in loader:
-                records = batch.pop("skipped", [])
+                records = once.new(batch.pop("skipped", []))
                 if records:
                     self.skips.merge(records)
                     self.epoch_skips.merge(records)
                 if "video" not in batch:
                     continue
+                n += 1  # counted when handed out: the consumer may stop at its last batch
                 yield batch
-                n += 1
                 if self.num_batches is not None and n >= self.num_batches:
                     break
         finally:
