@@ -82,7 +82,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     logging.getLogger("dyreg_pyg.data.loader").setLevel(logging.WARNING)  # no per-epoch line
     r = predict(args.checkpoint, args.videos, args.top_k, args.num_clips, args.num_crops,
-                args.regions, args.block, args.classes, args.device)
+                args.regions, args.block, args.classes, args.device,
+                max_side=args.max_side or None)
     for p in r["predictions"]:
         print(f"{p['video']}:")
         for rank, (_, name, prob) in enumerate(p["top"], 1):
@@ -218,6 +219,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--classes", default=None,
                    help="class names: a manifest JSON or one name per line")
     p.add_argument("--device", default="auto")
+    p.add_argument("--max-side", type=int, default=1024, metavar="PX",
+                   help="frames of a frame folder larger than PX on their longer side are "
+                        "decoded at reduced size and shrunk to it, so huge pictures keep "
+                        "memory bounded (0: no limit; default 1024)")
     p.set_defaults(func=_cmd_predict)
 
 

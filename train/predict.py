@@ -14,6 +14,7 @@ import torch
 
 from dyreg_pyg.data import load_manifest, make_clip_loader, normalize_clip
 from dyreg_pyg.inference import (
+    MAX_SIDE,
     ExportError,
     export_program,
     load_weights,
@@ -135,11 +136,16 @@ def _read_classes(path: str, num_classes: int) -> list[str]:
 @torch.no_grad()
 def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips: int = 1,
             num_crops: int = 1, regions: str | None = None, block: str | None = None,
-            classes: str | None = None, device: str = "auto", batch_size: int = 4
-            ) -> dict[str, Any]:
+            classes: str | None = None, device: str = "auto", batch_size: int = 4,
+            max_side: int | None = MAX_SIDE) -> dict[str, Any]:
     """Top-k classes of each video (files or frame folders), clips sampled as the evaluation
     samples them (segment-centre frames; centre crop, or ``num_clips x num_crops`` views whose
     softmax scores are averaged).
+
+    ``max_side``: frames of a frame folder whose longer side is larger are decoded at a
+    reduced size and shrunk to it (aspect kept), so that huge pictures (8000 x 6000 JPEGs)
+    do not fill the memory (:func:`~dyreg_pyg.inference.pack_videos`); ``None`` or 0: no
+    limit. The clip's own resize and crop follow as usual.
 
     ``regions``: write a GIF of the predicted regions (DyReg ``block``, default the first) on
     the frames the model saw: that path for one video, ``<stem>_<key><suffix>`` beside it for
@@ -150,8 +156,9 @@ def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips
         "regions_gif"}], "skipped": [{"video", "reason", "detail"}]}``.
 
     Raises:
-        ValueError: a path that does not exist or is not a video; every video failed to
-            decode (the message names each).
+        ValueError: a path that does not exist, is not a regular file or folder (a fifo:
+            named as such) or is not a video; every video failed to decode (the message
+            names each).
     """
     pred = load_predictor(checkpoint, classes)
     dev = pick_device(device)
@@ -163,7 +170,7 @@ def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips
     k = min(top_k, pred.num_classes)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dyreg-predict-") as tmp:
-        shard, keys = pack_videos(videos, tmp)
+        shard, keys = pack_videos(videos, tmp, max_side)
         loader = make_clip_loader(  # without a crop, videos of different sizes: one a batch
             shard, split="test", num_frames=pred.num_frames,
             batch_size=batch_size if pred.crop_size else 1,
