@@ -194,6 +194,25 @@ def _videos_offset(cache) -> tuple[int, int]:
     return info.header_offset + 30 + name_len + extra_len, info.file_size
 
 
+def test_cache_mismatch_names_the_first_differing_manifest_entry(shards, tmp_path, caplog):
+    import shutil
+
+    d = tmp_path / "data"
+    shutil.copytree(shards, d)
+    cfg = _cache_cfg(d)
+    cache = tmp_path / "clips.pt"
+    load_train_in_memory(cfg, cache)
+    manifest = json.loads((d / "train-manifest.json").read_text())
+    old = manifest["class_names"][5]
+    manifest["class_names"][5] = "renamed"
+    (d / "train-manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="train"):
+        load_train_in_memory(cfg, cache)
+    line = next(r.getMessage() for r in caplog.records if "other data" in r.getMessage())
+    assert f"manifest.class_names[5] is {old!r} in the cache, 'renamed' now" in line
+    assert len(line) < 200 + len(str(cache))  # one entry, not two whole manifests
+
+
 def test_cache_with_flipped_bytes_is_decoded_again_with_a_warning(shards, tmp_path, caplog):
     cfg = _cache_cfg(shards)
     cache = tmp_path / "clips.pt"

@@ -187,25 +187,42 @@ class InMemoryClips:
 
 
 def _first_difference(cached: Any, now: str) -> str:
-    """The first entry in which two JSON fingerprints differ, e.g. one shard's size or time."""
+    """The first entry in which two JSON fingerprints differ, e.g. one shard's size or time,
+    or one entry of the shards' manifest (``manifest.class_names[3] is ...``), never two
+    whole manifests."""
     import json
 
     try:
         a, b = json.loads(cached), json.loads(now)
     except (TypeError, ValueError):
         return f"fingerprint {str(cached)[:80]!r} in the cache, {now[:80]!r} now"
+    where, x, y = _diff(a, b, "")
+    return f"{where or 'fingerprint'} is {_short(x)} in the cache, {_short(y)} now"
+
+
+def _diff(a: Any, b: Any, where: str) -> tuple[str, Any, Any]:
+    """``(path, a's value, b's value)`` of the first difference of two JSON values (``a !=
+    b``): the deepest entry where they differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b), key=str):
-            x, y = a.get(key), b.get(key)
-            if x == y:
-                continue
-            if isinstance(x, list) and isinstance(y, list):
-                for i, (u, v) in enumerate(zip(x, y)):
-                    if u != v:
-                        return f"{key}[{i}] is {u!r} in the cache, {v!r} now"
-                return f"{key}: {len(x)} entries in the cache, {len(y)} now"
-            return f"{key} is {x!r} in the cache, {y!r} now"
-    return "fingerprints differ"
+            if key not in a or key not in b:
+                return (f"{where}.{key}" if where else str(key)), a.get(key, "<absent>"), \
+                    b.get(key, "<absent>")
+            if a[key] != b[key]:
+                return _diff(a[key], b[key], f"{where}.{key}" if where else str(key))
+    if isinstance(a, list) and isinstance(b, list):
+        for i, (u, v) in enumerate(zip(a, b)):
+            if u != v:  # a list's entry is shown whole (a shard's [path, size, time])
+                return _diff(u, v, f"{where}[{i}]") if isinstance(u, dict) else \
+                    (f"{where}[{i}]", u, v)
+        return f"{where} (length)", f"{len(a)} entries", f"{len(b)} entries"
+    return where, a, b
+
+
+def _short(value: Any, limit: int = 240) -> str:
+    marker = isinstance(value, str) and (value == "<absent>" or value.endswith(" entries"))
+    text = value if marker else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class InMemoryLoader:
