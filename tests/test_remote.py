@@ -260,6 +260,43 @@ def test_a_cut_shard_read_again_in_an_epoch_counts_its_loss_once(server, caplog,
     assert loader.skips.count == 2 * lost  # once per epoch
 
 
+def test_losses_seen_on_several_ranks_in_one_epoch_count_once(monkeypatch):
+    """Resampled shards: two ranks that read the same cut shard in one epoch lost the same
+    samples; the epoch's count (train.validate.skip_counts, gathered over ranks) has them
+    once."""
+    import types
+
+    import train.validate as validate_mod
+    from dyreg_pyg.data.loader import EpochLosses, SkipCounter
+
+    def rank(records):
+        losses, skips = EpochLosses(), SkipCounter()
+        skips.merge(losses.new(records))
+        return types.SimpleNamespace(epoch_losses=losses, epoch_skips=skips)
+
+    a = "<shard http://h/train-000000.tar>"
+    r0 = rank([(a, "shard_error", "cut", 4), (a, "shard_error", "cut", 4),
+               ("k1", "corrupt_npy", "")])
+    r1 = rank([(a, "shard_error", "cut", 5), ("<shard http://h/train-000001.tar>",
+                                                 "shard_short", "", 2),
+               ("k1", "corrupt_npy", ""), ("k2", "corrupt_npy", "")])
+    assert r0.epoch_skips.count == 5 and r1.epoch_skips.count == 9  # once per rank already
+    gathered = [None]
+    real = validate_mod.gather_objects
+
+    def two_ranks(local):
+        gathered[0] = local
+        other = {"reasons": dict(r1.epoch_skips.reasons), "shards": [],
+                 "losses": r1.epoch_losses.state()}
+        return [real(local)[0], other]
+
+    monkeypatch.setattr(validate_mod, "gather_objects", two_ranks)
+    got = validate_mod.skip_counts(r0)
+    # shard 0: its largest loss (5), shard 1: 2, samples k1 and k2 once each
+    assert got["reasons"] == {"corrupt_npy": 2, "shard_error": 5, "shard_short": 2}
+    assert got["count"] == 9  # summing the ranks would say 14
+
+
 def test_open_shard_stall_is_not_a_timeout_error():
     # the loader lets TimeoutError (a stop from outside) propagate; a stall is a data error
     assert issubclass(ShardStalledError, OSError)

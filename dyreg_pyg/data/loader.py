@@ -66,8 +66,8 @@ from .transforms import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SkipCounter", "ClipDataset", "ClipLoader", "make_clip_loader", "collate_clips",
-           "DATASETS"]
+__all__ = ["SkipCounter", "EpochLosses", "ClipDataset", "ClipLoader", "make_clip_loader",
+           "collate_clips", "DATASETS"]
 
 #: Known ``dataset`` values and their defaults.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -795,30 +795,57 @@ def _as_built(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-class _OncePerEpoch:
-    """The skip records of one epoch, less the losses already counted in it: a shard read
-    again (resampled, e.g. while the shuffle buffer fills) that loses the same samples adds
-    nothing (a shard's lost samples are its tail: only a longer loss adds the difference),
-    and a sample skipped again (same key and reason) is not counted again."""
+class EpochLosses:
+    """The losses counted in one epoch, by identity, so that each is counted once: a shard
+    read again (resampled, e.g. while the shuffle buffer fills) that loses the same samples
+    adds nothing (a shard's lost samples are its tail: only a longer loss adds the
+    difference), and a sample skipped again (same key and reason) is not counted again.
+    :meth:`new` filters a reader's skip records; :meth:`union` counts the losses of several
+    ranks' epochs once (a shard lost on two ranks is one loss)."""
 
     def __init__(self) -> None:
-        self.shards: dict[str, int] = {}
-        self.samples: set[tuple[str, str]] = set()
+        self.shards: dict[str, dict[str, int]] = {}  # shard key -> {reason: samples lost}
+        self.samples: set[tuple[str, str]] = set()    # (sample key, reason)
 
     def new(self, records: Iterable[tuple]) -> list[tuple]:
+        """The records of ``records`` (``(key, reason, detail[, n])``) not counted yet, a
+        shard's record with its ``n`` reduced to what it lost beyond its earlier reads."""
         out = []
         for rec in records:
             key, reason, detail = rec[:3]
             n = rec[3] if len(rec) > 3 else 1
             if reason in ("shard_error", "shard_short"):
-                before = self.shards.get(key, 0)
-                if n > before:
-                    self.shards[key] = n
-                    out.append((key, reason, detail, n - before))
+                seen = self.shards.setdefault(key, {})
+                more = n - sum(seen.values())
+                if more > 0:
+                    seen[reason] = seen.get(reason, 0) + more
+                    out.append((key, reason, detail, more))
             elif (key, reason) not in self.samples:
                 self.samples.add((key, reason))
                 out.append(rec)
         return out
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready (and picklable) contents, for :meth:`union`."""
+        return {"shards": {k: dict(v) for k, v in self.shards.items()},
+                "samples": sorted(self.samples)}
+
+    @staticmethod
+    def union(states: Sequence[dict[str, Any]]) -> dict[str, int]:
+        """Reason -> samples lost over several :meth:`state` s, each loss once: a shard's
+        largest loss on any of them, each skipped sample once."""
+        shards: dict[str, dict[str, int]] = {}
+        samples: set[tuple[str, str]] = set()
+        for st in states:
+            for key, lost in st["shards"].items():
+                if sum(lost.values()) > sum(shards.get(key, {}).values()):
+                    shards[key] = lost
+            samples.update((k, r) for k, r in st["samples"])
+        reasons: Counter = Counter()
+        for lost in shards.values():
+            reasons.update(lost)
+        reasons.update(r for _, r in samples)
+        return dict(sorted(reasons.items()))
 
 
 class ClipLoader:
@@ -829,6 +856,8 @@ class ClipLoader:
         skips: :class:`SkipCounter` of all epochs so far.
         epoch_skips: :class:`SkipCounter` of the current (or last) epoch; each lost sample
             is counted once per epoch, however often its shard is read in it.
+        epoch_losses: :class:`EpochLosses` of the current (or last) epoch (what counting
+            the epoch's losses once over several ranks needs).
         num_batches: Batches per epoch on this rank, ``None`` when the stream decides
             (evaluation: one pass; training without ``epoch_size``: endless).
         epoch: Number of epochs started (each ``iter()`` starts one and reseeds the workers).
@@ -843,6 +872,7 @@ class ClipLoader:
         self.prefetch_factor = prefetch_factor
         self.skips = SkipCounter()
         self.epoch_skips = SkipCounter()
+        self.epoch_losses = EpochLosses()
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -859,11 +889,12 @@ class ClipLoader:
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, collate_fn=_as_built, **kw)
         self.epoch_skips = SkipCounter()
+        self.epoch_losses = EpochLosses()
         return self._run(loader)
 
     def _run(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         n = 0
-        once = _OncePerEpoch()
+        once = self.epoch_losses
         try:
             if self.num_batches == 0:
                 return
