@@ -161,6 +161,9 @@ def test_a_fifo_is_named_as_such_not_missing(files, tmp_path):
     with pytest.raises(ValueError, match=r"clip\.mp4 is a fifo \(named pipe\), not a regular "
                                          r"file or a folder"):
         predict(files["ckpt"], [str(files["webm"]), str(fifo)])
+    with pytest.raises(ValueError, match=r"--classes: .*names\.fifo is not a regular file"):
+        os.mkfifo(tmp_path / "names.fifo")
+        predict(files["ckpt"], [str(files["webm"])], classes=str(tmp_path / "names.fifo"))
 
 
 def test_huge_jpegs_are_decoded_at_a_bounded_size(files, tmp_path, monkeypatch):

@@ -121,6 +121,11 @@ def load_predictor(checkpoint: str | Path, classes: str | None = None) -> Predic
 
 
 def _read_classes(path: str, num_classes: int) -> list[str]:
+    if not Path(path).is_file():  # reading a fifo would wait for a writer forever
+        what = "is not a regular file (a fifo, a folder?)" if Path(path).exists() else \
+            "does not exist"
+        raise ValueError(f"--classes: {path} {what}; expected a manifest JSON or a text file "
+                         "with one class name per line")
     text = Path(path).read_text()
     try:
         names = json.loads(text)

@@ -989,13 +989,17 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     Skipped samples (corrupt data, missing ``.cls``, label outside ``[0, num_classes)``, bad
     JSON, unreadable shard) are logged with their key and counted in ``loader.skips`` /
     ``loader.epoch_skips`` (:class:`SkipCounter`); a summary is logged at the end of each epoch.
-    A shard that cannot be read to its end (missing, not a tar, truncated) is a
-    ``shard_error`` under ``<shard URL>``; where the manifest next to the shards lists their
-    sample counts, the samples a shard lost are counted (``shard_error``, or ``shard_short``
-    for a shard that reads cleanly but holds fewer samples than listed). A training stream
+    A shard stream is read to its end, every archive of concatenated ones (``pipe:cat a.tar
+    b.tar``); one that cannot be (missing, not a tar, truncated, a ``pipe:`` command that
+    exits non-zero) is a ``shard_error`` under ``<shard URL>``; where the manifest next to
+    the shards lists their sample counts, the samples a shard lost are counted
+    (``shard_error``, or ``shard_short`` for a shard that reads cleanly but holds fewer
+    samples than listed). A training stream
     that produces no usable sample in :data:`MAX_EMPTY_PASSES` passes over its shards raises
     :class:`EmptyDataError` naming them; an evaluation pass simply ends (the caller checks
-    that it read something).
+    that it read something). Each lost sample is counted once per epoch, however often its
+    shard is read in it (resampled to fill the shuffle buffer; ``"split"``'s padding counts
+    nothing: the shard's owner does), see :class:`EpochLosses`.
 
     Args:
         urls: Shards (see above).
