@@ -223,10 +223,14 @@ def test_manifest_reads_of_a_run_wait_read_timeout_not_60_s(silent_server, tmp_p
     if known:
         sets += ["data.num_classes=56", "data.epoch_size=16"]
     t0 = time.time()
-    with bounded(40), pytest.raises(OSError, match="no response in 1 s"):
+    with bounded(40), pytest.raises(OSError, match="no response in 1 s") as info:
         fit(load_config("syncmnist_demo", sets))
     assert time.time() - t0 < 30
     assert len(silent_server.accepted) == remote_mod.OPEN_RETRIES + 1
+    where = {entry.name for entry in info.traceback}
+    # who fetched: the run (the number of classes), or only the loader once both are set
+    assert ("make_clip_loader" in where) == known and ("read_num_classes" in where) != known
+    assert "read_class_names" not in where
 
 
 @pytest.mark.parametrize("train_shards", ["resample", "split"])
