@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from dyreg_pyg.data import load_manifest, make_clip_loader, normalize_clip
+from dyreg_pyg.data.remote import DEFAULT_READ_TIMEOUT
 from dyreg_pyg.inference import (
     MAX_SIDE,
     ExportError,
@@ -41,7 +42,8 @@ def class_names_for(cfg, num_classes: int, checkpoint: dict[str, Any] | None = N
                     ) -> list[str] | None:
     """Class names of a trained run: the checkpoint's own ``class_names`` if it has them, else
     those of the data manifest next to its validation or training shards (``cfg.data.val``,
-    ``cfg.data.train``, local or HTTP(S): :func:`~dyreg_pyg.data.load_manifest`); ``None``
+    ``cfg.data.train``, local or HTTP(S), each read bounded by ``cfg.data.read_timeout``:
+    :func:`~dyreg_pyg.data.load_manifest`); ``None``
     when there is none (or it lists another number of classes). A corrupt manifest raises
     ``ValueError`` naming it; one that cannot be read (no permission, a server that cannot be
     reached: ``OSError``) is logged and skipped (names are a convenience: predictions then
@@ -51,7 +53,7 @@ def class_names_for(cfg, num_classes: int, checkpoint: dict[str, Any] | None = N
         return [str(n) for n in names]
     for pattern in (cfg.data.val, cfg.data.train):
         try:
-            m = load_manifest(pattern, cfg.data.read_timeout)
+            m = load_manifest(pattern, getattr(cfg.data, "read_timeout", DEFAULT_READ_TIMEOUT))
         except OSError as exn:
             log.warning("no class names from the manifest next to %r: %s", pattern, exn)
             continue
