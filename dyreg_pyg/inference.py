@@ -36,14 +36,16 @@ from ._checks import check_finite, not_a_file
 from .data.decode import VIDEO_EXTS
 from .data.shards import ShardWriter
 
-__all__ = ["IMAGE_EXTS", "pack_videos", "match_channels", "match_size", "export_program",
-           "load_program", "save_weights", "load_weights", "WEIGHTS_META_KEY", "ExportError",
-           "preprocessing_spec", "preprocess_video", "run_exported"]
+__all__ = ["IMAGE_EXTS", "MAX_SIDE", "pack_videos", "match_channels", "match_size",
+           "export_program", "load_program", "save_weights", "load_weights", "WEIGHTS_META_KEY",
+           "ExportError", "preprocessing_spec", "preprocess_video", "run_exported"]
 
 log = logging.getLogger(__name__)
 
 #: Frame files a frame folder may hold (sorted by the numbers in their names).
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "webp")
+#: Frames whose longer side is larger are decoded at a reduced size (see :func:`pack_videos`).
+MAX_SIDE = 1024
 #: The safetensors metadata entry that holds the model's description (JSON).
 WEIGHTS_META_KEY = "dyreg_pyg"
 
@@ -62,25 +64,52 @@ def _sample_key(index: int, path: Path) -> str:
     return f"v{index:04d}-{stem}"
 
 
-def _frame_folder_members(folder: Path) -> dict[str, bytes]:
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from an image file's header (nothing decoded); ``None`` if PIL
+    cannot read it (the loader then counts the frame as corrupt)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # PIL raises many types for a bad file
+        return None
+
+
+def _read_frame(path: Path, max_side: int | None) -> np.ndarray:
+    """RGB ``[H, W, 3]`` of an image file, its longer side at most ``max_side``: a JPEG is
+    decoded by libjpeg directly at 1/2, 1/4 or 1/8 scale (the full-size picture is never
+    held in memory), then resized (aspect kept)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if max_side and max(img.size) > max_side:
+                img.draft("RGB", (max_side, max_side))  # JPEG only; others decode whole
+                rgb = img.convert("RGB")
+                rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+            else:
+                rgb = img.convert("RGB")
+            return np.asarray(rgb)
+    except Exception as exn:  # PIL raises many types for a bad file
+        raise ValueError(f"video: frame {path} cannot be read: {exn!r}") from exn
+
+
+def _frame_folder_members(folder: Path, max_side: int | None = MAX_SIDE) -> dict[str, bytes]:
     files = sorted((p for p in folder.iterdir()
                     if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTS),
                    key=lambda p: _natural_key(p.name))
     if not files:
         raise ValueError(f"video: {folder} is a folder with no frame image "
                          f"({', '.join(IMAGE_EXTS)})")
-    if all(p.suffix.lower() in (".jpg", ".jpeg") for p in files):
+    small = not max_side or all(max(_image_size(p) or (0,)) <= max_side for p in files)
+    if small and all(p.suffix.lower() in (".jpg", ".jpeg") for p in files):
         # As the Something-Something shards store frames: decoded by the loader itself.
         return {f"{i:06d}.jpg": p.read_bytes() for i, p in enumerate(files)}
-    from PIL import Image
-
-    frames = []
-    for p in files:
-        try:
-            with Image.open(p) as img:
-                frames.append(np.asarray(img.convert("RGB")))
-        except Exception as exn:  # PIL raises many types for a bad file
-            raise ValueError(f"video: frame {p} cannot be read: {exn!r}") from exn
+    if not small:
+        log.info("video: %s: frames larger than %d px are decoded at reduced size "
+                 "(max_side)", folder, max_side)
+    frames = [_read_frame(p, max_side) for p in files]
     if len({f.shape for f in frames}) != 1:
         raise ValueError(f"video: the frames in {folder} differ in size")
     buf = io.BytesIO()
@@ -88,21 +117,27 @@ def _frame_folder_members(folder: Path) -> dict[str, bytes]:
     return {"frames.npy": buf.getvalue()}
 
 
-def pack_videos(paths: Sequence[str | Path], folder: str | Path) -> tuple[str, dict[str, Path]]:
+def pack_videos(paths: Sequence[str | Path], folder: str | Path,
+                max_side: int | None = MAX_SIDE) -> tuple[str, dict[str, Path]]:
     """Write the videos ``paths`` into one tar shard in ``folder`` for
     :func:`~dyreg_pyg.data.make_clip_loader` (use an evaluation split: ``"test"`` when there
     are no labels).
 
     A path is an encoded video (``.webm``, ``.mp4``, ``.mkv``, ``.avi``, ``.mov``: the bytes
     are stored as they are and decoded by PyAV in the loader) or a folder of frames (JPEGs are
-    stored as they are; other images are decoded once into a lossless ``frames.npy``).
+    stored as they are; other images are decoded once into a lossless ``frames.npy``). A
+    folder with a frame whose longer side exceeds ``max_side`` pixels (``None`` or 0: no
+    limit) is decoded here, every frame shrunk to fit ``max_side`` (aspect kept; a JPEG is
+    decoded by libjpeg at 1/2 to 1/8 scale, so a huge picture never exists at full size in
+    memory), into ``frames.npy``: memory stays bounded whatever the pictures' size.
 
     Returns:
         ``(shard path, {sample key: video path})``.
 
     Raises:
-        ValueError: a path that does not exist, has an extension no decoder reads, or is a
-            folder without frames (checked for every path before anything is written). The
+        ValueError: a path that does not exist, is neither a regular file nor a folder (a
+            fifo, a socket, a device: named as such), has an extension no decoder reads, or is
+            a folder without frames (checked for every path before anything is written). The
             content of a video file is only checked when it is decoded: a corrupt file is a
             skipped sample (reason ``corrupt_video``) of the loader.
     """
@@ -120,6 +155,9 @@ def pack_videos(paths: Sequence[str | Path], folder: str | Path) -> tuple[str, d
                 raise ValueError(f"video: {path} has extension {path.suffix!r}; expected a video "
                                  f"({', '.join('.' + e for e in VIDEO_EXTS)}) or a frame folder")
             items.append((key, path, None))
+        elif path.exists():
+            raise ValueError(f"video: {path} is {_file_kind(path)}, not a regular file or a "
+                             "folder; expected a video file or a frame folder")
         else:
             raise ValueError(f"video: {path} {not_a_file(path) or 'is not a regular file'}"
                              "; expected a video file or a frame folder")
@@ -127,12 +165,24 @@ def pack_videos(paths: Sequence[str | Path], folder: str | Path) -> tuple[str, d
     with ShardWriter(folder, "predict", maxcount=len(items) + 1) as writer:
         for key, path, _ in items:
             if path.is_dir():
-                members = _frame_folder_members(path)
+                members = _frame_folder_members(path, max_side)
             else:
                 members = {path.suffix.lower().lstrip("."): path.read_bytes()}
             writer.write(key, members)
             keys[key] = path
     return str(writer.shard_path(0)), keys
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, in words."""
+    import stat
+
+    mode = path.stat().st_mode
+    for test, name in ((stat.S_ISFIFO, "a fifo (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def match_channels(video: Tensor, in_chans: int) -> Tensor:

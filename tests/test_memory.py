@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dyreg_pyg.data import InMemoryClips, SkipCounter, make_clip_loader, write_syncmnist_shards
+from dyreg_pyg.data.memory import CACHE_FORMAT
 from train.checkpoint import load_checkpoint
 from train.config import load_config
 from train.data import load_train_in_memory, train_fingerprint
@@ -117,7 +118,7 @@ def test_cache_is_reused_only_for_the_same_shards_and_garbage_is_rebuilt(shards,
     with pytest.raises(ValueError, match="other data"):
         InMemoryClips.load(cache, fingerprint="something else")
     # a readable file that is not a whole cache: decoded again, not a crash
-    torch.save({"format": 1, "fingerprint": train_fingerprint(cfg)}, cache)
+    torch.save({"format": CACHE_FORMAT, "fingerprint": train_fingerprint(cfg)}, cache)
     caplog.clear()
     with caplog.at_level("WARNING", logger="train"):
         assert torch.equal(load_train_in_memory(cfg, cache).videos, fresh.videos)
@@ -170,6 +171,101 @@ def test_a_cache_that_cannot_be_written_does_not_stop_the_run(shards, tmp_path, 
         clips = load_train_in_memory(cfg, tmp_path / "clips.pt")
     assert len(clips) == 30 and "could not write the cache" in caplog.text
     assert "No space left" in caplog.text and not (tmp_path / "clips.pt").exists()
+
+
+def _cache_cfg(shards):
+    pattern = f"{shards}/train-{{000000..000003}}.tar"
+    return load_config("syncmnist_demo", [f"data.train={pattern}", "data.num_frames=10",
+                                          "data.num_workers=0", "data.in_memory=true"])
+
+
+def _videos_offset(cache) -> tuple[int, int]:
+    """(file offset, size) of the largest stored member of the cache's zip: the frames."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(cache) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    assert info.compress_type == zipfile.ZIP_STORED
+    with open(cache, "rb") as fh:
+        fh.seek(info.header_offset)
+        head = fh.read(30)
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def test_cache_mismatch_names_the_first_differing_manifest_entry(shards, tmp_path, caplog):
+    import shutil
+
+    d = tmp_path / "data"
+    shutil.copytree(shards, d)
+    cfg = _cache_cfg(d)
+    cache = tmp_path / "clips.pt"
+    load_train_in_memory(cfg, cache)
+    manifest = json.loads((d / "train-manifest.json").read_text())
+    old = manifest["class_names"][5]
+    manifest["class_names"][5] = "renamed"
+    (d / "train-manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="train"):
+        load_train_in_memory(cfg, cache)
+    line = next(r.getMessage() for r in caplog.records if "other data" in r.getMessage())
+    assert f"manifest.class_names[5] is {old!r} in the cache, 'renamed' now" in line
+    assert len(line) < 200 + len(str(cache))  # one entry, not two whole manifests
+
+
+def test_cache_with_flipped_bytes_is_decoded_again_with_a_warning(shards, tmp_path, caplog):
+    cfg = _cache_cfg(shards)
+    cache = tmp_path / "clips.pt"
+    fresh = load_train_in_memory(cfg, cache)
+    start, size = _videos_offset(cache)
+    assert size == fresh.videos.numel()
+    data = bytearray(cache.read_bytes())
+    data[start + size // 2] ^= 0xFF  # one frame byte, mid-file: torch's mmap load misses it
+    cache.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="train"):
+        again = load_train_in_memory(cfg, cache)
+    assert "does not match its checksum" in caplog.text and str(cache) in caplog.text
+    assert torch.equal(again.videos, fresh.videos)
+    caplog.clear()  # and the cache was rewritten whole
+    with caplog.at_level("WARNING", logger="train"):
+        assert torch.equal(load_train_in_memory(cfg, cache).videos, fresh.videos)
+    assert caplog.text == ""
+
+
+def test_cache_with_a_label_out_of_range_is_decoded_again(shards, tmp_path, caplog):
+    cfg = _cache_cfg(shards)
+    cache = tmp_path / "clips.pt"
+    fresh = load_train_in_memory(cfg, cache)
+    labels = fresh.labels.clone()
+    labels[3] = 999999  # written with a matching checksum: only the range check catches it
+    InMemoryClips(fresh.videos, labels, fresh.keys, SkipCounter(), fresh.boxes).save(
+        cache, train_fingerprint(cfg))
+    with caplog.at_level("WARNING", logger="train"):
+        again = load_train_in_memory(cfg, cache)
+    assert "labels out of range [0, 56)" in caplog.text and "999999" in caplog.text
+    assert fresh.keys[3] in caplog.text
+    assert torch.equal(again.labels, fresh.labels) and int(again.labels.max()) < 56
+    with pytest.raises(ValueError, match="out of range >= 0"):
+        bad = fresh.labels.clone()
+        bad[0] = -1
+        InMemoryClips(fresh.videos, bad, fresh.keys, SkipCounter()).save(cache, "x")
+        InMemoryClips.load(cache, "x")
+
+
+def test_cache_writer_goes_on_when_torch_save_reports_a_full_disk(shards, tmp_path, caplog,
+                                                                  monkeypatch):
+    cfg = _cache_cfg(shards)
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 2048 "
+                           "vs 1024: No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with caplog.at_level("WARNING", logger="train"):
+        clips = load_train_in_memory(cfg, tmp_path / "clips.pt")
+    assert len(clips) == 30 and "could not write the cache" in caplog.text
+    assert "No space left on device" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # no cache, no temporary left behind
 
 
 def test_in_memory_needs_data_without_augmentation():

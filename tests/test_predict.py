@@ -1,6 +1,7 @@
 """predict on video files (webm, mp4, frame folders; corrupt files; no manifest), --regions
 GIF, and the inference export (torch.export + safetensors, loadable without train/)."""
 
+import io
 import json
 import os
 import shutil
@@ -152,6 +153,64 @@ def test_bad_paths_fail_early(files, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no frame image"):
         pack_videos([tmp_path / "empty"], tmp_path / "shard")
+
+
+def test_a_fifo_is_named_as_such_not_missing(files, tmp_path):
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)  # opening it to read would block: refused before anything is read
+    with pytest.raises(ValueError, match=r"clip\.mp4 is a fifo \(named pipe\), not a regular "
+                                         r"file or a folder"):
+        predict(files["ckpt"], [str(files["webm"]), str(fifo)])
+    with pytest.raises(ValueError, match=r"--classes: .*names\.fifo is not a regular file"):
+        os.mkfifo(tmp_path / "names.fifo")
+        predict(files["ckpt"], [str(files["webm"])], classes=str(tmp_path / "names.fifo"))
+
+
+def test_huge_jpegs_are_decoded_at_a_bounded_size(files, tmp_path, monkeypatch):
+    """8000 x 6000 JPEG frames: libjpeg decodes them at a reduced scale (the full-size
+    picture never exists in memory) and they are shrunk to max_side; predict runs on them."""
+    from PIL import ImageFile
+
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    big = Image.new("L", (8000, 6000), 90)  # flat: a few hundred kB as JPEG
+    big.paste(200, (1000, 1000, 3000, 2500))
+    for i in range(2):
+        big.save(folder / f"{i}.jpg", quality=50)
+    del big
+    decoded = []
+    load = ImageFile.ImageFile.load
+
+    def spy(self):  # the size each picture is actually decoded at
+        decoded.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    shard, _ = pack_videos([folder], tmp_path / "shard", max_side=1024)
+    assert decoded and max(max(s) for s in decoded) <= 2000, decoded  # 1/4 scale, not 8000
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar if m.name.endswith("frames.npy"))
+        frames = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
+    assert frames.shape == (2, 768, 1024, 3)  # aspect kept
+    assert frames[0, 0, 0].tolist() == [90] * 3 and frames[0, 200, 200].tolist() == [200] * 3
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    r = predict(files["ckpt"], [str(folder)], max_side=1024)
+    assert len(r["predictions"]) == 1 and r["skipped"] == []
+
+
+def test_small_jpeg_frames_are_stored_as_they_are(tmp_path):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for i, f in enumerate(_frames(3, 32, 48, 0)):
+        Image.fromarray(f).save(folder / f"{i}.jpg")
+    shard, _ = pack_videos([folder], tmp_path / "shard")
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        names = sorted(m.name.split(".", 1)[1] for m in tar)
+    assert names == ["000000.jpg", "000001.jpg", "000002.jpg"]
 
 
 def test_checkpoint_without_manifest_shows_indices_and_warns(files, caplog, tmp_path):

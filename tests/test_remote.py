@@ -140,6 +140,167 @@ def test_pipe_commands_read_stall_and_fail_with_their_error(shards):
     assert "exited with status 3" in failed and "NoSuchKey" in failed
 
 
+def test_pipe_of_concatenated_archives_yields_every_archive(shards):
+    """tarfile stops at the first end-of-archive block: the zero blocks between archives are
+    skipped and every archive of the stream is read (also compressed as one stream)."""
+    a, b = shards / "train-000000.tar", shards / "train-000001.tar"
+    want = sorted(_keys(make_clip_loader([str(a), str(b)], "val", num_frames=4, batch_size=4)))
+    assert len(want) == 16
+    for cmd in (f"pipe:cat {a} {b}", f"pipe:cat {a} {b} | gzip -c",
+                f"pipe:gzip -c {a}; gzip -c {b}"):
+        loader = make_clip_loader(cmd, "val", num_frames=4, batch_size=4)
+        assert sorted(_keys(loader)) == want, cmd
+        assert loader.skips.count == 0, (cmd, loader.skips.summary())
+
+
+def test_pipe_that_exits_non_zero_after_its_data_is_a_named_shard_error(shards, caplog):
+    cmd = f"pipe:cat {shards}/train-000000.tar; exit 5"
+    loader = make_clip_loader(cmd, "val", num_frames=4, batch_size=4)
+    with caplog.at_level("WARNING"):
+        keys = _keys(loader)
+    assert len(keys) == 8  # the archive itself was whole
+    assert loader.skips.reasons == {"shard_error": 1}
+    key, reason, detail = loader.skips.examples[0]
+    assert key == f"<shard {cmd}>" and "exited with status 5" in detail
+    assert f"shard {cmd}: shard error" in caplog.text
+
+
+def test_data_after_an_archive_that_is_not_a_tar_is_a_shard_error(shards, tmp_path):
+    path = tmp_path / "x.tar"
+    path.write_bytes((shards / "train-000000.tar").read_bytes() + b"garbage!" * 64)
+    loader = make_clip_loader(str(path), "val", num_frames=4, batch_size=4)
+    assert len(_keys(loader)) == 8
+    assert loader.skips.reasons == {"shard_error": 1}
+
+
+@pytest.fixture
+def silent_server():
+    """An HTTP address that accepts connections and never answers; ``.accepted`` counts
+    them (one per request attempt)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.settimeout(0.2)
+    conns, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conns.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    srv = type("Silent", (), {})()
+    srv.url, srv.accepted = f"http://127.0.0.1:{sock.getsockname()[1]}", conns
+    yield srv
+    stop.set()
+    thread.join(5)
+    for c in conns:
+        c.close()
+    sock.close()
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_manifest_reads_of_a_run_wait_read_timeout_not_60_s(silent_server, tmp_path,
+                                                            monkeypatch, known):
+    """data.read_timeout bounds every manifest fetch of a run; with data.num_classes and
+    data.epoch_size set, the run itself fetches none (only the loader's, for the per-shard
+    counts: OPEN_RETRIES + 1 attempts)."""
+    from test_faults_data import bounded
+
+    from train.config import load_config
+    from train.loop import fit
+
+    monkeypatch.setattr(remote_mod, "_BACKOFF", 0.01)
+    sets = [f"data.train={silent_server.url}/train-{{000000..000001}}.tar",
+            f"data.val={silent_server.url}/val-000000.tar", f"out_dir={tmp_path / 'run'}",
+            "data.read_timeout=1", "data.num_workers=0", "data.num_frames=4",
+            "model.overrides.num_frames=4", "model.overrides.input_size=32", "threads=1"]
+    if known:
+        sets += ["data.num_classes=56", "data.epoch_size=16"]
+    t0 = time.time()
+    with bounded(40), pytest.raises(OSError, match="no response in 1 s") as info:
+        fit(load_config("syncmnist_demo", sets))
+    assert time.time() - t0 < 30
+    assert len(silent_server.accepted) == remote_mod.OPEN_RETRIES + 1
+    where = {entry.name for entry in info.traceback}
+    # who fetched: the run (the number of classes), or only the loader once both are set
+    assert ("make_clip_loader" in where) == known and ("read_num_classes" in where) != known
+    assert "read_class_names" not in where
+
+
+@pytest.mark.parametrize("train_shards", ["resample", "split"])
+def test_a_cut_shard_read_again_in_an_epoch_counts_its_loss_once(server, caplog,
+                                                                  train_shards):
+    """Shards re-read in one epoch (to fill the shuffle buffer; split mode's padding) lose
+    the same samples again: each is counted once; the epoch line counts the batches
+    handed out, the last one included."""
+    names = ["train-000000.tar", "train-000001.tar"]
+    for name in names:
+        server.faults[name] = "drop"
+    urls = f"{server.url}/train-{{000000..000001}}.tar"
+    # one plain pass: what the cut shards lose (per the manifest: 8 samples each)
+    once = make_clip_loader(urls, "val", num_frames=4, batch_size=4)
+    read = len(_keys(once))
+    lost = once.skips.count
+    assert 0 < read < 16 and lost == 16 - read and once.skips.reasons == {"shard_error": lost}
+    loader = make_clip_loader(urls, "train", num_frames=4, batch_size=2, epoch_size=16,
+                              shuffle_buffer=32, train_shards=train_shards, seed=1)
+    before = len(server.requests)
+    with caplog.at_level("INFO", logger="dyreg_pyg.data.loader"):
+        for epoch in range(2):
+            it = iter(loader)
+            batches = [next(it) for _ in range(len(loader))]  # as the training loop reads
+            del it
+            assert len(batches) == 8
+            assert loader.epoch_skips.count == lost, loader.epoch_skips.summary()
+            assert loader.epoch_skips.reasons == {"shard_error": lost}
+            assert f"epoch {epoch}: 8 batches, {lost} samples skipped" in caplog.text
+    assert len(server.requests) - before > 2 * len(names)  # the shards were read again
+    assert loader.skips.count == 2 * lost  # once per epoch
+
+
+def test_losses_seen_on_several_ranks_in_one_epoch_count_once(monkeypatch):
+    """Resampled shards: two ranks that read the same cut shard in one epoch lost the same
+    samples; the epoch's count (train.validate.skip_counts, gathered over ranks) has them
+    once."""
+    import types
+
+    import train.validate as validate_mod
+    from dyreg_pyg.data.loader import EpochLosses, SkipCounter
+
+    def rank(records):
+        losses, skips = EpochLosses(), SkipCounter()
+        skips.merge(losses.new(records))
+        return types.SimpleNamespace(epoch_losses=losses, epoch_skips=skips)
+
+    a = "<shard http://h/train-000000.tar>"
+    r0 = rank([(a, "shard_error", "cut", 4), (a, "shard_error", "cut", 4),
+               ("k1", "corrupt_npy", "")])
+    r1 = rank([(a, "shard_error", "cut", 5), ("<shard http://h/train-000001.tar>",
+                                                 "shard_short", "", 2),
+               ("k1", "corrupt_npy", ""), ("k2", "corrupt_npy", "")])
+    assert r0.epoch_skips.count == 5 and r1.epoch_skips.count == 9  # once per rank already
+    gathered = [None]
+    real = validate_mod.gather_objects
+
+    def two_ranks(local):
+        gathered[0] = local
+        other = {"reasons": dict(r1.epoch_skips.reasons), "shards": [],
+                 "losses": r1.epoch_losses.state()}
+        return [real(local)[0], other]
+
+    monkeypatch.setattr(validate_mod, "gather_objects", two_ranks)
+    got = validate_mod.skip_counts(r0)
+    # shard 0: its largest loss (5), shard 1: 2, samples k1 and k2 once each
+    assert got["reasons"] == {"corrupt_npy": 2, "shard_error": 5, "shard_short": 2}
+    assert got["count"] == 9  # summing the ranks would say 14
+
+
 def test_open_shard_stall_is_not_a_timeout_error():
     # the loader lets TimeoutError (a stop from outside) propagate; a stall is a data error
     assert issubclass(ShardStalledError, OSError)

@@ -88,7 +88,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     logging.getLogger("dyreg_pyg.data.loader").setLevel(logging.WARNING)  # no per-epoch line
     r = predict(args.checkpoint, args.videos, args.top_k, args.num_clips, args.num_crops,
-                args.regions, args.block, args.classes, args.device)
+                args.regions, args.block, args.classes, args.device,
+                max_side=args.max_side or None)
     fmt = "json" if args.json else args.format
     if fmt == "text":
         for p in r["predictions"]:
@@ -242,6 +243,10 @@ def _add_predict(sub) -> None:
                    help="stdout: text, one JSON document, or CSV rows "
                         "(video,rank,class,name,probability); skipped videos stay on stderr")
     p.add_argument("--json", action="store_true", help="= --format json")
+    p.add_argument("--max-side", type=int, default=1024, metavar="PX",
+                   help="frames of a frame folder larger than PX on their longer side are "
+                        "decoded at reduced size and shrunk to it, so huge pictures keep "
+                        "memory bounded (0: no limit; default 1024)")
     p.set_defaults(func=_cmd_predict)
 
 

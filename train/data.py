@@ -93,8 +93,11 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
     written from the same data (:func:`train_fingerprint`), memory-mapped so that runs side
     by side share one copy; otherwise they are decoded and the file is (re)written. The file
     must only ever be replaced whole (as this function does): changing it in place under a
-    run that maps it crashes that run. Shards that are not local files are always decoded;
-    a cache that cannot be written (full disk, read-only folder) is skipped with a warning."""
+    run that maps it crashes that run. A cache whose content does not match the checksum
+    written with it, or that holds a label outside ``[0, num_classes)`` (``data.num_classes``
+    or the manifest's), is decoded again with a warning naming the reason. Shards that are
+    not local files are always decoded; a cache that cannot be written (full disk: torch
+    raises ``OSError`` or ``RuntimeError``; read-only folder) is skipped with a warning."""
     from dyreg_pyg.data import InMemoryClips
 
     fingerprint = train_fingerprint(cfg) if cache is not None else None
@@ -102,7 +105,7 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
         log.info("data.in_memory: no cache: the training shards are not all local files")
     if fingerprint is not None:
         try:
-            clips = InMemoryClips.load(cache, fingerprint)
+            clips = InMemoryClips.load(cache, fingerprint, num_classes=_num_classes(cfg))
         except ValueError as err:
             if Path(cache).exists():
                 log.warning("data.in_memory: cache not used, decoding again: %s", err)
@@ -115,11 +118,24 @@ def load_train_in_memory(cfg: TrainConfig, cache: str | Path | None = None):
         _remove_stale_temporaries(Path(cache))
         try:
             clips.save(cache, fingerprint)
-        except OSError as err:  # the cache only saves time: the run goes on without it
-            log.warning("data.in_memory: could not write the cache %s: %s", cache, err)
+        # the cache only saves time: the run goes on without it. torch.save reports a full
+        # disk as a RuntimeError ("PytorchStreamWriter failed writing file ...")
+        except (OSError, RuntimeError) as err:
+            log.warning("data.in_memory: could not write the cache %s (the run goes on "
+                        "without it): %s", cache, err)
         else:
             log.info("data.in_memory: decoded clips cached in %s", cache)
     return clips
+
+
+def _num_classes(cfg: TrainConfig) -> int | None:
+    """``data.num_classes``, else the (local) training manifest's, else ``None``."""
+    from dyreg_pyg.data import load_manifest
+
+    if cfg.data.num_classes:
+        return int(cfg.data.num_classes)
+    value = (load_manifest(cfg.data.train) or {}).get("num_classes")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _remove_stale_temporaries(cache: Path, older_than_s: float = 600.0) -> int:
@@ -179,13 +195,14 @@ def normalise(video: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return normalize_clip(video, cfg.data.mean, cfg.data.std)
 
 
-def read_num_classes(pattern: str) -> int:
+def read_num_classes(pattern: str, timeout: float = 60.0) -> int:
     """Number of classes from the shards' manifest (:func:`~dyreg_pyg.data.load_manifest`:
-    a local folder or an HTTP(S) server; a corrupt one raises ``ValueError``); set
-    ``data.num_classes`` if there is none."""
+    a local folder or an HTTP(S) server, each read bounded by ``timeout`` seconds, as
+    ``data.read_timeout``; a corrupt one raises ``ValueError``, a server that cannot be
+    reached or does not answer ``OSError``); set ``data.num_classes`` if there is none."""
     from dyreg_pyg.data import load_manifest
 
-    m = load_manifest(pattern)
+    m = load_manifest(pattern, timeout)
     if not m or "num_classes" not in m:
         raise ValueError(
             f"data.num_classes: not set and no manifest with 'num_classes' next to {pattern!r}"
@@ -193,14 +210,23 @@ def read_num_classes(pattern: str) -> int:
     return int(m["num_classes"])
 
 
-def read_class_names(pattern: str, num_classes: int) -> list[str] | None:
+def read_class_names(pattern: str, num_classes: int, timeout: float = 60.0,
+                     fetch: bool = True) -> list[str] | None:
     """The ``class_names`` of the shards' manifest, if it lists ``num_classes`` of them;
     ``None`` otherwise (no manifest, none listed, another count: names are a convenience).
     A corrupt manifest (not a JSON object) raises ``ValueError`` naming it, as it does for
-    the loader (:func:`~dyreg_pyg.data.load_manifest`)."""
+    the loader (:func:`~dyreg_pyg.data.load_manifest`; reads bounded by ``timeout``
+    seconds). ``fetch=False``: a manifest that would come over HTTP(S) is not fetched
+    (``None``; a run with ``data.num_classes`` and ``data.epoch_size`` set needs none)."""
     from dyreg_pyg.data import load_manifest
+    from dyreg_pyg.data.remote import is_http
+    from dyreg_pyg.data.shards import expand_shard_urls
 
-    m = load_manifest(pattern)
+    if not fetch and is_http(expand_shard_urls(pattern)[0]):
+        log.info("no class names: data.num_classes and data.epoch_size are set, so the "
+                 "manifest next to %r is not fetched", pattern)
+        return None
+    m = load_manifest(pattern, timeout)
     names = (m or {}).get("class_names")
     if not isinstance(names, list) or not names:
         return None
@@ -211,11 +237,12 @@ def read_class_names(pattern: str, num_classes: int) -> list[str] | None:
     return [str(n) for n in names]
 
 
-def read_split_size(pattern: str) -> int:
-    """Number of samples of a split from its manifest; set ``data.epoch_size`` otherwise."""
+def read_split_size(pattern: str, timeout: float = 60.0) -> int:
+    """Number of samples of a split from its manifest (reads bounded by ``timeout``
+    seconds, see :func:`read_num_classes`); set ``data.epoch_size`` otherwise."""
     from dyreg_pyg.data import load_manifest
 
-    m = load_manifest(pattern)
+    m = load_manifest(pattern, timeout)
     if not m:
         raise ValueError(f"data.epoch_size: not set and no manifest next to {pattern!r}")
     for key in ("num_samples", "count", "total"):

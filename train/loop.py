@@ -151,7 +151,8 @@ def _build(cfg: TrainConfig, env: DistEnv, train_clips: InMemoryClips | None) ->
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     barrier()
-    num_classes = cfg.data.num_classes or read_num_classes(cfg.data.train)
+    d = cfg.data  # a manifest read over HTTP(S) waits data.read_timeout at most
+    num_classes = d.num_classes or read_num_classes(d.train, d.read_timeout)
     torch.manual_seed(cfg.seed)
     model = _model_on_device(cfg, env, num_classes)
     optimizer = make_optimizer(cfg, model)
@@ -162,7 +163,7 @@ def _build(cfg: TrainConfig, env: DistEnv, train_clips: InMemoryClips | None) ->
     memory = train_clips if cfg.data.in_memory else None
     world_batch = cfg.data.batch_size * env.world_size
     train_count = len(memory) if memory is not None else (
-        cfg.data.epoch_size or read_split_size(cfg.data.train))
+        d.epoch_size or read_split_size(d.train, d.read_timeout))
     # the loader yields train_count // world_batch batches per rank and epoch; an optimiser
     # step consumes `accumulate` of them
     steps_per_epoch = max(1, train_count // world_batch // cfg.optim.accumulate)
@@ -173,8 +174,8 @@ def _build(cfg: TrainConfig, env: DistEnv, train_clips: InMemoryClips | None) ->
                 schedules=Schedules(cfg, optimizer, total_steps, steps_per_epoch),
                 # clips held in memory: the samples skipped while decoding them
                 train_skips=Counter(memory.skips.reasons if memory is not None else {}),
-                class_names=read_class_names(cfg.data.train, num_classes) if env.is_main
-                else None)
+                class_names=read_class_names(d.train, num_classes, d.read_timeout, fetch=not (
+                    d.num_classes and d.epoch_size)) if env.is_main else None)
 
 
 def _model_on_device(cfg: TrainConfig, env: DistEnv, num_classes: int) -> nn.Module:

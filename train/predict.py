@@ -15,7 +15,9 @@ import torch
 
 from dyreg_pyg._checks import check_finite_logits
 from dyreg_pyg.data import load_manifest, make_clip_loader, normalize_clip
+from dyreg_pyg.data.remote import DEFAULT_READ_TIMEOUT
 from dyreg_pyg.inference import (
+    MAX_SIDE,
     ExportError,
     export_program,
     load_weights,
@@ -43,7 +45,8 @@ def class_names_for(cfg, num_classes: int, checkpoint: dict[str, Any] | None = N
                     ) -> list[str] | None:
     """Class names of a trained run: the checkpoint's own ``class_names`` if it has them, else
     those of the data manifest next to its validation or training shards (``cfg.data.val``,
-    ``cfg.data.train``, local or HTTP(S): :func:`~dyreg_pyg.data.load_manifest`); ``None``
+    ``cfg.data.train``, local or HTTP(S), each read bounded by ``cfg.data.read_timeout``:
+    :func:`~dyreg_pyg.data.load_manifest`); ``None``
     when there is none (or it lists another number of classes). A corrupt manifest raises
     ``ValueError`` naming it; one that cannot be read (no permission, a server that cannot be
     reached: ``OSError``) is logged and skipped (names are a convenience: predictions then
@@ -53,7 +56,7 @@ def class_names_for(cfg, num_classes: int, checkpoint: dict[str, Any] | None = N
         return [str(n) for n in names]
     for pattern in (cfg.data.val, cfg.data.train):
         try:
-            m = load_manifest(pattern)
+            m = load_manifest(pattern, getattr(cfg.data, "read_timeout", DEFAULT_READ_TIMEOUT))
         except OSError as exn:
             log.warning("no class names from the manifest next to %r: %s", pattern, exn)
             continue
@@ -123,6 +126,11 @@ def load_predictor(checkpoint: str | Path, classes: str | None = None) -> Predic
 
 
 def _read_classes(path: str, num_classes: int) -> list[str]:
+    if not Path(path).is_file():  # reading a fifo would wait for a writer forever
+        what = "is not a regular file (a fifo, a folder?)" if Path(path).exists() else \
+            "does not exist"
+        raise ValueError(f"--classes: {path} {what}; expected a manifest JSON or a text file "
+                         "with one class name per line")
     text = Path(path).read_text()
     try:
         names = json.loads(text)
@@ -159,11 +167,16 @@ def write_predictions(result: dict[str, Any], fmt: str, stream: TextIO) -> None:
 
 def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips: int = 1,
             num_crops: int = 1, regions: str | None = None, block: str | None = None,
-            classes: str | None = None, device: str = "auto", batch_size: int = 4
-            ) -> dict[str, Any]:
+            classes: str | None = None, device: str = "auto", batch_size: int = 4,
+            max_side: int | None = MAX_SIDE) -> dict[str, Any]:
     """Top-k classes of each video (files or frame folders), clips sampled as the evaluation
     samples them (segment-centre frames; centre crop, or ``num_clips x num_crops`` views whose
     softmax scores are averaged).
+
+    ``max_side``: frames of a frame folder whose longer side is larger are decoded at a
+    reduced size and shrunk to it (aspect kept), so that huge pictures (8000 x 6000 JPEGs)
+    do not fill the memory (:func:`~dyreg_pyg.inference.pack_videos`); ``None`` or 0: no
+    limit. The clip's own resize and crop follow as usual.
 
     ``regions``: write a GIF of the predicted regions (DyReg ``block``, default the first) on
     the frames the model saw: that path for one video, ``<stem>_<key><suffix>`` beside it for
@@ -174,9 +187,10 @@ def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips
         "regions_gif"}], "skipped": [{"video", "reason", "detail"}]}``.
 
     Raises:
-        ValueError: a path that does not exist or is not a video; every video failed to
-            decode (the message names each); a checkpoint with NaN or inf weights, or a model
-            whose logits are NaN or inf (``NonFiniteError``: nothing is reported).
+        ValueError: a path that does not exist, is not a regular file or folder (a fifo:
+            named as such) or is not a video; every video failed to decode (the message
+            names each); a checkpoint with NaN or inf weights, or a model whose logits are
+            NaN or inf (``NonFiniteError``: nothing is reported).
     """
     pred = load_predictor(checkpoint, classes)
     dev = pick_device(device)
@@ -188,7 +202,7 @@ def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips
     k = min(top_k, pred.num_classes)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dyreg-predict-") as tmp:
-        shard, keys = pack_videos(videos, tmp)
+        shard, keys = pack_videos(videos, tmp, max_side)
         loader = make_clip_loader(  # without a crop, videos of different sizes: one a batch
             shard, split="test", num_frames=pred.num_frames,
             batch_size=batch_size if pred.crop_size else 1,

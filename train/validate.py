@@ -55,18 +55,27 @@ def forward_views(model: nn.Module, video: torch.Tensor,
 
 
 def skip_counts(loader: Any) -> dict[str, Any]:
-    """The samples ``loader`` skipped in its current (or last) epoch, summed over ranks:
+    """The samples ``loader`` skipped in its current (or last) epoch, over ranks, each lost
+    sample once (:class:`~dyreg_pyg.data.loader.EpochLosses`):
     ``{"count", "reasons": {reason: n}, "shards": [names of shards with errors]}`` (zeros for
     loaders that skip nothing, e.g. clips held in memory). Every rank must call it."""
+    from dyreg_pyg.data.loader import EpochLosses
+
     skips = getattr(loader, "epoch_skips", None)
+    losses = getattr(loader, "epoch_losses", None)
     local = {"reasons": dict(skips.reasons) if skips is not None else {},
              "shards": [k for k, r, _ in (skips.examples if skips is not None else [])
-                        if r in ("shard_error", "shard_short")]}
+                        if r in ("shard_error", "shard_short")],
+             "losses": losses.state() if isinstance(losses, EpochLosses) else None}
     reasons: Counter = Counter()
     shards: list[str] = []
-    for part in gather_objects(local):
+    parts = gather_objects(local)
+    for part in parts:
         reasons.update(part["reasons"])
         shards += [s for s in part["shards"] if s not in shards]
+    if len(parts) > 1 and all(part["losses"] is not None for part in parts):
+        # a shard (or sample) lost on several ranks in this epoch is one loss
+        reasons = Counter(EpochLosses.union([part["losses"] for part in parts]))
     return {"count": sum(reasons.values()), "reasons": dict(sorted(reasons.items())),
             "shards": shards[:20]}
 

@@ -11,9 +11,11 @@ unreadable shard) are skipped, logged with their key and counted; the counts tra
 batches to the main process, where :class:`ClipLoader` accumulates them in a
 :class:`SkipCounter` and logs a summary at the end of every epoch.
 
-The tar stage reads each shard to its end-of-archive marker: a shard that cannot be opened,
-is not a tar, or ends early (a read error or a missing end marker: a truncated file) is a
-``shard_error`` named by its URL; where the shards' manifest lists a shard's sample count, a
+The tar stage reads each shard stream to its end - every archive of a stream of concatenated
+archives (``pipe:cat a.tar b.tar``) - and then a ``pipe:`` command's exit status: a shard that
+cannot be opened, is not a tar, ends early (a read error or a missing end marker: a truncated
+file) or comes from a command that exits with a non-zero status is a ``shard_error`` named by
+its URL; where the shards' manifest lists a shard's sample count, a
 shard that yields fewer samples is reported with the shortfall. Only such data errors are
 caught; anything else (``TimeoutError``, ``KeyboardInterrupt``, a bug) propagates. A training
 stream that yields no usable sample in :data:`MAX_EMPTY_PASSES` passes over its shards raises
@@ -64,8 +66,8 @@ from .transforms import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SkipCounter", "ClipDataset", "ClipLoader", "make_clip_loader", "collate_clips",
-           "DATASETS"]
+__all__ = ["SkipCounter", "EpochLosses", "ClipDataset", "ClipLoader", "make_clip_loader",
+           "collate_clips", "DATASETS"]
 
 #: Known ``dataset`` values and their defaults.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -257,11 +259,15 @@ class ClipDataset(IterableDataset):
         p = self.p
         log.debug("rank %d worker %d: its share of the epoch is read; padding with resampled "
                   "shards", p.rank, worker)
-        samples = _tar_samples(self._resampled(rng), skipped, p.shard_counts, watch,
+        # the padding's shards belong to some reader's share, which counts their losses: a
+        # loss seen again here is not counted again (neither a shard's nor a sample's)
+        samples = _tar_samples(self._resampled(rng), None, p.shard_counts, watch,
                                p.read_timeout)
         if p.shuffle_buffer > 1:
             samples = _shuffle(samples, p.shuffle_buffer, rng)
-        yield from samples
+        for sample in samples:
+            sample["__padding__"] = True
+            yield sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         p = self.p
@@ -288,7 +294,8 @@ class ClipDataset(IterableDataset):
             try:
                 batch.append(self.make_clip(sample, nrng))
             except CorruptSample as exn:
-                self._skip(skipped, key, exn.reason, exn.detail)
+                self._skip(None if sample.get("__padding__") else skipped, key, exn.reason,
+                           exn.detail)
                 if watch is not None:
                     watch.failed(exn.reason)
                 continue
@@ -307,9 +314,10 @@ class ClipDataset(IterableDataset):
             yield {"skipped": _take(skipped)}
 
     @staticmethod
-    def _skip(records: list, key: str, reason: str, detail: str) -> None:
+    def _skip(records: list | None, key: str, reason: str, detail: str) -> None:
         log.warning("skipping sample %s: %s %s", key, reason, detail[:200])
-        records.append((key, reason, detail[:300]))
+        if records is not None:
+            records.append((key, reason, detail[:300]))
 
     # ------------------------------------------------------------------ one sample
     def make_clip(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -516,13 +524,123 @@ class _ShardReadError(Exception):
         self.what, self.samples = what, samples
 
 
-def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict[str, Any]]:
-    """The samples of one tar shard (members grouped by key, in order), read as a stream.
+#: How far back :class:`_Rewindable` can step: more than tarfile reads ahead of the archive's
+#: logical position (one record, 10 KiB).
+_REWIND_WINDOW = 1 << 18
+#: Marks the end of one tar archive in :func:`_stream_members` (more may follow).
+_ARCHIVE_END = object()
 
-    Raises :class:`_ShardReadError` when the shard cannot be opened or read, or ends before
-    its end-of-archive marker (a truncated file); the sample being read then may be incomplete
-    (a file cut between two members of a sample looks like one cut between two samples) and is
-    not yielded. Members whose names hold no extension or start with ``__`` are ignored.
+
+class _Rewindable:
+    """A forward-only byte stream (``read(n)``) that can step back over the last
+    :data:`_REWIND_WINDOW` bytes it handed out: tarfile reads ahead of the end of an archive,
+    and the next archive of a concatenated stream starts in what it read."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.pos = 0                   # bytes handed out so far
+        self.tail = bytearray()        # the last bytes handed out, ending at ``pos``
+        self.pending = b""             # stepped back over: handed out again first
+
+    def read(self, n: int = -1) -> bytes:
+        if self.pending:
+            size = len(self.pending) if n is None or n < 0 else n
+            data, self.pending = self.pending[:size], self.pending[size:]
+        else:
+            data = self.raw.read(n)
+        self.pos += len(data)
+        self.tail += data
+        if len(self.tail) > 2 * _REWIND_WINDOW:
+            del self.tail[:len(self.tail) - _REWIND_WINDOW]
+        return data
+
+    def read_exact(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at the end of the stream."""
+        chunks, got = [], 0
+        while got < n:
+            data = self.read(n - got)
+            if not data:
+                break
+            chunks.append(data)
+            got += len(data)
+        return b"".join(chunks)
+
+    def rewind(self, pos: int) -> None:
+        """Step back to the absolute position ``pos`` (``<= self.pos``)."""
+        back = self.pos - pos
+        if back < 0 or back > len(self.tail):
+            raise tarfile.ReadError(f"cannot step back to byte {pos} of the stream (at "
+                                    f"{self.pos}, {len(self.tail)} bytes kept)")
+        if back:
+            self.pending = bytes(self.tail[len(self.tail) - back:]) + self.pending
+            del self.tail[len(self.tail) - back:]
+        self.pos = pos
+
+
+def _decompressed(raw: Any) -> _Rewindable:
+    """The tar bytes of ``raw``: as they are, or decompressed when they start with a gzip,
+    bzip2 or xz signature (each decompressor also reads concatenated compressed streams)."""
+    src = _Rewindable(raw)
+    head = src.read_exact(6)
+    src.rewind(0)
+    if head.startswith(b"\x1f\x8b"):
+        import gzip
+
+        return _Rewindable(gzip.GzipFile(fileobj=src, mode="rb"))
+    if head.startswith(b"BZh"):
+        import bz2
+
+        return _Rewindable(bz2.BZ2File(src))
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return _Rewindable(lzma.LZMAFile(src))
+    return src
+
+
+def _stream_members(raw: Any) -> Iterator[tuple[str, Any] | object]:
+    """``(name, read)`` of the regular-file members (``read()``: the member's bytes, to call
+    before the next item) of every tar archive in the byte stream
+    ``raw``, and :data:`_ARCHIVE_END` after each archive.
+
+    A stream may hold several archives back to back (``cat a.tar b.tar``): tarfile stops at
+    the first end-of-archive block, so the zero blocks after it are skipped here and reading
+    goes on with the next archive, to the end of the stream (which is also when a ``pipe:``
+    command's exit status is checked). An archive must end with a zero block: a stream that
+    ends without one (truncated), or holds data that is not a tar header where tarfile
+    stopped, raises ``tarfile.ReadError``."""
+    src = _decompressed(raw)
+    start = 0
+    while True:
+        tar = tarfile.open(fileobj=src, mode="r|")
+        for info in tar:
+            if info.isreg():
+                yield info.name, tar.extractfile(info).read
+            tar.members = []  # a stream keeps every header read: forget them
+        end = start + tar.offset  # where tarfile stopped: the end-of-archive block
+        src.rewind(end)
+        block = src.read_exact(tarfile.BLOCKSIZE)
+        if not block:
+            raise tarfile.ReadError(f"unexpected end of data at byte {end}: no end-of-archive "
+                                    "marker (truncated shard)")
+        if len(block) < tarfile.BLOCKSIZE or any(block):
+            raise tarfile.ReadError(f"invalid or truncated tar header at byte {end}")
+        yield _ARCHIVE_END
+        while not any(block):  # the zero blocks between two archives, or at the end
+            block = src.read_exact(tarfile.BLOCKSIZE)
+            if not block:
+                return
+        start = src.pos - len(block)  # the next archive starts here
+        src.rewind(start)
+
+
+def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict[str, Any]]:
+    """The samples of one tar shard (members grouped by key, in order), read as a stream to
+    its end: every archive of a stream of concatenated archives (:func:`_stream_members`).
+
+    Raises :class:`_ShardReadError` when the shard cannot be opened or read, ends before an
+    end-of-archive marker (a truncated file) or, for a ``pipe:`` command, exits with a
+    non-zero status once its output is read; the sample being read then may be incomplete
+    (a file cut between two members of a sample looks like one cut between two samples) and
+    is not yielded. Members whose names hold no extension or start with ``__`` are ignored.
     """
     n = 0
     current: dict[str, Any] | None = None
@@ -534,12 +652,16 @@ def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dic
         raise _ShardReadError(f"cannot open: {exn!r}", 0) from exn
     try:
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|*")
-            for info in tar:
-                if not info.isreg():
+            for item in _stream_members(stream):
+                if item is _ARCHIVE_END:  # the sample being read is complete
+                    if current is not None:
+                        n += 1
+                        yield current
+                    current = None
                     continue
-                parts = _split_name(info.name)
-                if parts is None or info.name.rpartition("/")[2].startswith("__"):
+                name, read = item
+                parts = _split_name(name)
+                if parts is None or name.rpartition("/")[2].startswith("__"):
                     continue
                 key, ext = parts
                 if current is None or current["__key__"] != key:
@@ -547,25 +669,17 @@ def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dic
                         n += 1
                         yield current
                     current = {"__key__": key, "__url__": url}
-                data = tar.extractfile(info).read()
-                tar.members = []  # a stream keeps every header read: forget them
+                data = read()
                 if ext in current:
                     log.warning("shard %s: duplicate member %s (the first one is kept)", url,
-                                info.name)
+                                name)
                     continue
                 current[ext] = data
-            # A complete archive ends with zero blocks; tarfile stops silently at a missing
-            # one (a file cut at a member boundary), so check that it read a whole end block.
-            if tar.fileobj.tell() < tar.offset + tarfile.BLOCKSIZE:
-                raise tarfile.ReadError("unexpected end of file: no end-of-archive marker "
-                                        "(truncated shard)")
         except _NOT_DATA_ERRORS:
             raise
         except _SHARD_ERRORS as exn:
             lost = f" (sample {current['__key__']!r} incomplete)" if current else ""
             raise _ShardReadError(f"{exn!r}{lost}", n) from exn
-        if current is not None:
-            yield current
     finally:
         close = getattr(stream, "close", None)
         if close is not None:
@@ -681,13 +795,69 @@ def _as_built(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+class EpochLosses:
+    """The losses counted in one epoch, by identity, so that each is counted once: a shard
+    read again (resampled, e.g. while the shuffle buffer fills) that loses the same samples
+    adds nothing (a shard's lost samples are its tail: only a longer loss adds the
+    difference), and a sample skipped again (same key and reason) is not counted again.
+    :meth:`new` filters a reader's skip records; :meth:`union` counts the losses of several
+    ranks' epochs once (a shard lost on two ranks is one loss)."""
+
+    def __init__(self) -> None:
+        self.shards: dict[str, dict[str, int]] = {}  # shard key -> {reason: samples lost}
+        self.samples: set[tuple[str, str]] = set()    # (sample key, reason)
+
+    def new(self, records: Iterable[tuple]) -> list[tuple]:
+        """The records of ``records`` (``(key, reason, detail[, n])``) not counted yet, a
+        shard's record with its ``n`` reduced to what it lost beyond its earlier reads."""
+        out = []
+        for rec in records:
+            key, reason, detail = rec[:3]
+            n = rec[3] if len(rec) > 3 else 1
+            if reason in ("shard_error", "shard_short"):
+                seen = self.shards.setdefault(key, {})
+                more = n - sum(seen.values())
+                if more > 0:
+                    seen[reason] = seen.get(reason, 0) + more
+                    out.append((key, reason, detail, more))
+            elif (key, reason) not in self.samples:
+                self.samples.add((key, reason))
+                out.append(rec)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready (and picklable) contents, for :meth:`union`."""
+        return {"shards": {k: dict(v) for k, v in self.shards.items()},
+                "samples": sorted(self.samples)}
+
+    @staticmethod
+    def union(states: Sequence[dict[str, Any]]) -> dict[str, int]:
+        """Reason -> samples lost over several :meth:`state` s, each loss once: a shard's
+        largest loss on any of them, each skipped sample once."""
+        shards: dict[str, dict[str, int]] = {}
+        samples: set[tuple[str, str]] = set()
+        for st in states:
+            for key, lost in st["shards"].items():
+                if sum(lost.values()) > sum(shards.get(key, {}).values()):
+                    shards[key] = lost
+            samples.update((k, r) for k, r in st["samples"])
+        reasons: Counter = Counter()
+        for lost in shards.values():
+            reasons.update(lost)
+        reasons.update(r for _, r in samples)
+        return dict(sorted(reasons.items()))
+
+
 class ClipLoader:
     """Iterable over batches; wraps a :class:`torch.utils.data.DataLoader` over a
     :class:`ClipDataset`.
 
     Attributes:
         skips: :class:`SkipCounter` of all epochs so far.
-        epoch_skips: :class:`SkipCounter` of the current (or last) epoch.
+        epoch_skips: :class:`SkipCounter` of the current (or last) epoch; each lost sample
+            is counted once per epoch, however often its shard is read in it.
+        epoch_losses: :class:`EpochLosses` of the current (or last) epoch (what counting
+            the epoch's losses once over several ranks needs).
         num_batches: Batches per epoch on this rank, ``None`` when the stream decides
             (evaluation: one pass; training without ``epoch_size``: endless).
         epoch: Number of epochs started (each ``iter()`` starts one and reseeds the workers).
@@ -702,6 +872,7 @@ class ClipLoader:
         self.prefetch_factor = prefetch_factor
         self.skips = SkipCounter()
         self.epoch_skips = SkipCounter()
+        self.epoch_losses = EpochLosses()
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -718,22 +889,24 @@ class ClipLoader:
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, collate_fn=_as_built, **kw)
         self.epoch_skips = SkipCounter()
+        self.epoch_losses = EpochLosses()
         return self._run(loader)
 
     def _run(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         n = 0
+        once = self.epoch_losses
         try:
             if self.num_batches == 0:
                 return
             for batch in loader:
-                records = batch.pop("skipped", [])
+                records = once.new(batch.pop("skipped", []))
                 if records:
                     self.skips.merge(records)
                     self.epoch_skips.merge(records)
                 if "video" not in batch:
                     continue
+                n += 1  # counted when handed out: the consumer may stop at its last batch
                 yield batch
-                n += 1
                 if self.num_batches is not None and n >= self.num_batches:
                     break
         finally:
@@ -816,13 +989,17 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     Skipped samples (corrupt data, missing ``.cls``, label outside ``[0, num_classes)``, bad
     JSON, unreadable shard) are logged with their key and counted in ``loader.skips`` /
     ``loader.epoch_skips`` (:class:`SkipCounter`); a summary is logged at the end of each epoch.
-    A shard that cannot be read to its end (missing, not a tar, truncated) is a
-    ``shard_error`` under ``<shard URL>``; where the manifest next to the shards lists their
-    sample counts, the samples a shard lost are counted (``shard_error``, or ``shard_short``
-    for a shard that reads cleanly but holds fewer samples than listed). A training stream
+    A shard stream is read to its end, every archive of concatenated ones (``pipe:cat a.tar
+    b.tar``); one that cannot be (missing, not a tar, truncated, a ``pipe:`` command that
+    exits non-zero) is a ``shard_error`` under ``<shard URL>``; where the manifest next to
+    the shards lists their sample counts, the samples a shard lost are counted
+    (``shard_error``, or ``shard_short`` for a shard that reads cleanly but holds fewer
+    samples than listed). A training stream
     that produces no usable sample in :data:`MAX_EMPTY_PASSES` passes over its shards raises
     :class:`EmptyDataError` naming them; an evaluation pass simply ends (the caller checks
-    that it read something).
+    that it read something). Each lost sample is counted once per epoch, however often its
+    shard is read in it (resampled to fill the shuffle buffer; ``"split"``'s padding counts
+    nothing: the shard's owner does), see :class:`EpochLosses`.
 
     Args:
         urls: Shards (see above).
