@@ -155,9 +155,6 @@ def pack_videos(paths: Sequence[str | Path], folder: str | Path,
                 raise ValueError(f"video: {path} has extension {path.suffix!r}; expected a video "
                                  f"({', '.join('.' + e for e in VIDEO_EXTS)}) or a frame folder")
             items.append((key, path, None))
-        elif path.exists():
-            raise ValueError(f"video: {path} is {_file_kind(path)}, not a regular file or a "
-                             "folder; expected a video file or a frame folder")
         else:
             raise ValueError(f"video: {path} {not_a_file(path) or 'is not a regular file'}"
                              "; expected a video file or a frame folder")
@@ -171,18 +168,6 @@ def pack_videos(paths: Sequence[str | Path], folder: str | Path,
             writer.write(key, members)
             keys[key] = path
     return str(writer.shard_path(0)), keys
-
-
-def _file_kind(path: Path) -> str:
-    """What a path that is neither a regular file nor a folder is, in words."""
-    import stat
-
-    mode = path.stat().st_mode
-    for test, name in ((stat.S_ISFIFO, "a fifo (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def match_channels(video: Tensor, in_chans: int) -> Tensor:

@@ -158,10 +158,10 @@ def test_bad_paths_fail_early(files, tmp_path):
 def test_a_fifo_is_named_as_such_not_missing(files, tmp_path):
     fifo = tmp_path / "clip.mp4"
     os.mkfifo(fifo)  # opening it to read would block: refused before anything is read
-    with pytest.raises(ValueError, match=r"clip\.mp4 is a fifo \(named pipe\), not a regular "
-                                         r"file or a folder"):
+    with pytest.raises(ValueError, match=r"clip\.mp4 is a named pipe \(fifo\), not a regular "
+                                         r"file; expected a video file or a frame folder"):
         predict(files["ckpt"], [str(files["webm"]), str(fifo)])
-    with pytest.raises(ValueError, match=r"--classes: .*names\.fifo is not a regular file"):
+    with pytest.raises(ValueError, match=r"--classes: .*names\.fifo is a named pipe \(fifo\)"):
         os.mkfifo(tmp_path / "names.fifo")
         predict(files["ckpt"], [str(files["webm"])], classes=str(tmp_path / "names.fifo"))
 

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import torch
 
-from dyreg_pyg._checks import check_finite_logits
+from dyreg_pyg._checks import check_finite_logits, not_a_file
 from dyreg_pyg.data import load_manifest, make_clip_loader, normalize_clip
 from dyreg_pyg.data.remote import DEFAULT_READ_TIMEOUT
 from dyreg_pyg.inference import (
@@ -126,9 +126,8 @@ def load_predictor(checkpoint: str | Path, classes: str | None = None) -> Predic
 
 
 def _read_classes(path: str, num_classes: int) -> list[str]:
-    if not Path(path).is_file():  # reading a fifo would wait for a writer forever
-        what = "is not a regular file (a fifo, a folder?)" if Path(path).exists() else \
-            "does not exist"
+    what = not_a_file(path)  # reading a fifo would wait for a writer forever
+    if what:
         raise ValueError(f"--classes: {path} {what}; expected a manifest JSON or a text file "
                          "with one class name per line")
     text = Path(path).read_text()
