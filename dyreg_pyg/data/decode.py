@@ -105,8 +105,8 @@ SEEK_CODECS: frozenset[str] = frozenset({
     "mpeg2video", "mjpeg",
 })
 
-#: Jump to a keyframe only when that skips at least this many packets. Measured with
-#: ``benchmarks/bench_decode_seek.py`` (see :func:`decode_video`).
+#: Jump to a keyframe only when that skips at least this many packets (the measurement behind
+#: it: :func:`decode_video`, ``benchmarks/bench_decode_seek.py``).
 SEEK_MIN_GAP: int = 8
 
 
@@ -264,10 +264,15 @@ def decode_video(data: bytes, choose: Callable[[int], Sequence[int]], *, sparse:
     - **Jump to the keyframe before a needed frame** (flush the decoder, go on from that
       keyframe's packet: a seek inside the demuxed packets, so it needs no container index
       and works on WebM without cues) when it skips ``>= min_gap`` packets, and only for
-      codecs in :data:`SEEK_CODECS`. A jump costs the frames in flight in the decoder's
-      threads and a refill of its pipeline, a few packets' worth; on a 60 s 128 px VP9/H.264
-      clip ``benchmarks/bench_decode_seek.py`` measured no loss from 2 to 16 and chose 8 as
-      the margin (see the benchmark's JSON).
+      codecs in :data:`SEEK_CODECS`. What a jump saves is the ``k - pos`` packets between
+      the packet last sent and that keyframe; what it costs is a flush (the decoder's
+      threads finish and drop the frames they have in flight) and a refill of its frame
+      pipeline, latency more than work. On 60 s clips (128 px, 12 fps, a keyframe every 24
+      frames, VP9/WebM and H.264/MP4, 2 cores) ``benchmarks/bench_decode_seek.py`` measured
+      the same CPU time for thresholds from 1 to 16 packets and up to 1.4x more at 32 (past
+      the keyframe interval, jumps that paid were skipped). :data:`SEEK_MIN_GAP` = 8 still
+      jumps over a third of such a GOP, and spares the flush and refill for a handful of
+      packets, whose latency grows with the decoder's thread count (not measured beyond 2).
     - **Checked, with a fallback.** Each decoded frame's time stamp must be the next expected
       one; when it is not, or the packets cannot stand for frames (above), the video is
       decoded in full as before. Each fallback is logged (DEBUG) and counted per reason in
