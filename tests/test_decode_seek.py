@@ -120,7 +120,8 @@ class _DroppingDecoder:
     (10, [0, 20], "pts_mismatch"),  # a frame lost inside the decoded range (no jump)
     (N - 1, [2, N - 1], "frame_missing"),  # the last frame never comes out
 ])
-def test_lost_frame_is_caught_and_decoded_in_full(videos, monkeypatch, lost, idx, reason):
+def test_lost_frame_is_caught_and_decoded_in_full(videos, monkeypatch, caplog, lost, idx,
+                                                   reason):
     """The sparse path checks each decoded frame's time stamp: a lost frame must not shift
     the returned frames; the video is decoded in full instead, and counted."""
     data = videos["h264_mp4_bframes"]
@@ -135,6 +136,7 @@ def test_lost_frame_is_caught_and_decoded_in_full(videos, monkeypatch, lost, idx
                                 min_gap=10**6)
     assert stats.fallbacks == {reason: 1} and stats.sparse == 0
     assert calls == [N] and n == N  # the full decode agrees on N: the sampling is not redrawn
+    assert f"video decoded in full: {reason}" in caplog.text
     ref, _, _ = _full(data, idx)
     assert all(np.array_equal(a, b) for a, b in zip(frames, ref))
 

@@ -110,6 +110,11 @@ SEEK_CODECS: frozenset[str] = frozenset({
 SEEK_MIN_GAP: int = 8
 
 
+#: Fallback reasons found while decoding (the decoder's frames did not match the packets);
+#: logged as warnings, the others (found before decoding) at DEBUG level.
+_DECODER_DISAGREES = frozenset({"pts_mismatch", "frame_missing", "frame_without_pts"})
+
+
 @dataclass
 class _PacketIndex:
     """What one demux pass (no decoding) tells about a video stream."""
@@ -275,9 +280,10 @@ def decode_video(data: bytes, choose: Callable[[int], Sequence[int]], *, sparse:
       packets, whose latency grows with the decoder's thread count (not measured beyond 2).
     - **Checked, with a fallback.** Each decoded frame's time stamp must be the next expected
       one; when it is not, or the packets cannot stand for frames (above), the video is
-      decoded in full as before. Each fallback is logged (DEBUG) and counted per reason in
-      ``stats``. Corrupt data past the last needed frame is not decoded, so such a video now
-      yields its good frames instead of being skipped.
+      decoded in full as before. Each fallback is counted per reason in ``stats`` and
+      logged (a warning when the decoder disagreed with the packets, else DEBUG). Corrupt
+      data past the last needed frame is not decoded, so such a video now yields its good
+      frames instead of being skipped.
 
     Returns:
         ``(frames in the order of the chosen indices, number of frames, fps)``.
@@ -324,6 +330,9 @@ def decode_video(data: bytes, choose: Callable[[int], Sequence[int]], *, sparse:
 def _fallback(data: bytes, choose: Callable[[int], Sequence[int]],
               known: tuple[int, np.ndarray] | None, reason: str, stats: DecodeStats
               ) -> tuple[list[np.ndarray], int, float]:
-    log.debug("video decoded in full (%s)", reason)
+    if reason in _DECODER_DISAGREES:  # rare, and worth knowing: the demuxer misled us
+        log.warning("video decoded in full: %s", reason)
+    else:  # a container or stream without usable time stamps: expected for some formats
+        log.debug("video decoded in full (%s)", reason)
     stats.fallbacks[reason] = stats.fallbacks.get(reason, 0) + 1
     return _decode_all(data, choose, known)
