@@ -148,6 +148,7 @@ def _pkt(pts, key=False, discard=False, size=10):
 
 @pytest.mark.parametrize("packets, frames, reason", [
     ([], 0, "no_packets"),
+    ([_pkt(0, True), _pkt(1, size=0), _pkt(2)], 0, "empty_packets"),
     ([_pkt(0, True), _pkt(None)], 0, "no_pts"),
     ([_pkt(0, True), _pkt(1, discard=True)], 0, "discard_or_corrupt_packets"),
     ([_pkt(0, True), _pkt(1), _pkt(1)], 0, "duplicate_pts"),

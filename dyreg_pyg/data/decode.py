@@ -129,11 +129,15 @@ def _index_packets(container: Any, stream: Any, seekable: bool) -> _PacketIndex:
     """Demux (not decode) every packet of ``stream``; raise :class:`_Fallback` when the packets
     cannot stand for the frames one-to-one."""
     try:
-        packets = [p for p in container.demux(stream) if p.size > 0]
+        packets = list(container.demux(stream))
     except Exception as exn:  # let the full decode decide whether the video is corrupt
         raise _Fallback("demux_error") from exn
+    while packets and packets[-1].size == 0:  # the demuxer's closing flush packet(s)
+        packets.pop()
     if not packets:
         raise _Fallback("no_packets")
+    if any(p.size == 0 for p in packets):  # e.g. AVI's dropped-frame chunks
+        raise _Fallback("empty_packets")
     if any(p.pts is None for p in packets):
         raise _Fallback("no_pts")
     if any(p.is_discard or p.is_corrupt for p in packets):
@@ -260,11 +264,14 @@ def decode_video(data: bytes, choose: Callable[[int], Sequence[int]], *, sparse:
 
     - **Frame count without decoding.** One demux pass (packets only, no decoding) gives every
       packet's time stamp and keyframe flag. The frame count is the number of packets, used
-      only when each packet provably stands for one frame: every packet has a time stamp,
-      no two share one, none is flagged discard/corrupt, the first is a keyframe shown first,
-      and the header's frame count (``stream.frames``, 0 in WebM) agrees when it is set.
-      ``duration * rate`` is never used: it is rounded (WebM stores milliseconds) and a frame
-      off changes every sampled index.
+      only when the packets look like one frame each: every packet has a time stamp, no two
+      share one, none is empty or flagged discard/corrupt, the first is a keyframe shown
+      first, and the header's frame count (``stream.frames``, 0 in WebM) agrees when it is
+      set; else the video is decoded in full. ``duration * rate`` is never used: it is
+      rounded (WebM stores milliseconds) and one frame off moves every sampled index. What
+      these checks cannot see is a packet that yields no frame in a part never decoded; the
+      decoded parts are checked (below), and no such packet turned up in WebM, MP4, MKV,
+      MPEG-TS, AVI, MOV or IVF with VP8, VP9, AV1, H.264, HEVC, MPEG-2, MPEG-4 or MJPEG.
     - **Stop after the last needed frame**; no frame that is not sampled is converted to RGB.
     - **Jump to the keyframe before a needed frame** (flush the decoder, go on from that
       keyframe's packet: a seek inside the demuxed packets, so it needs no container index
