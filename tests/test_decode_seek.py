@@ -136,7 +136,7 @@ def test_lost_frame_is_caught_and_decoded_in_full(videos, monkeypatch, caplog, l
                                 min_gap=10**6)
     assert stats.fallbacks == {reason: 1} and stats.sparse == 0
     assert calls == [N] and n == N  # the full decode agrees on N: the sampling is not redrawn
-    assert f"video decoded in full: {reason}" in caplog.text
+    assert f"video decoded in full (right frames, only slower): {reason}" in caplog.text
     ref, _, _ = _full(data, idx)
     assert all(np.array_equal(a, b) for a, b in zip(frames, ref))
 
@@ -155,11 +155,29 @@ def _pkt(pts, key=False, discard=False, size=10):
     ([_pkt(0), _pkt(1, True)], 0, "no_leading_keyframe"),
     ([_pkt(1, True), _pkt(0)], 0, "no_leading_keyframe"),
     ([_pkt(0, True), _pkt(1), _pkt(2)], 4, "frame_count_mismatch"),
+    ([_pkt(0, True), _pkt(1), _pkt(2)], 0, "pts_in_decode_order"),  # a B-frame codec
 ])
 def test_index_refuses_packets_that_are_not_one_frame_each(packets, frames, reason):
     container = SimpleNamespace(demux=lambda stream: iter(packets + [_pkt(None, size=0)]))
     with pytest.raises(dec._Fallback, match=reason):
-        dec._index_packets(container, SimpleNamespace(frames=frames), True)
+        dec._index_packets(container, SimpleNamespace(frames=frames), True,
+                           reorders=reason == "pts_in_decode_order")
+
+
+def test_avi_h264_bframes_time_stamps_are_not_trusted():
+    """AVI makes the time stamps of a B-frame stream up from the decode order: the frames
+    cannot be ranked by them, so such a video is decoded in full, without a warning."""
+    data = _encode("avi", "libx264", 8, {"bf": "2"})
+    with av.open(io.BytesIO(data)) as c:
+        st = c.streams.video[0]
+        assert st.codec_context.has_b_frames
+        shown = [f.pts for f in c.decode(st)]
+    assert shown != sorted(shown)  # the B-frames do come out of decode order
+    stats = DecodeStats()
+    frames, n, _ = decode_video(data, lambda n: [0, 9, 30], stats=stats, min_gap=1)
+    assert stats.fallbacks == {"pts_in_decode_order": 1} and n == N
+    ref, _, _ = _full(data, [0, 9, 30])
+    assert all(np.array_equal(a, b) for a, b in zip(frames, ref))
 
 
 def test_index_start_points_skip_open_gop_leading_frames():

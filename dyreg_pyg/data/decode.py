@@ -125,9 +125,11 @@ class _PacketIndex:
     start: np.ndarray      # [n] packet position to start decoding at for frame i
 
 
-def _index_packets(container: Any, stream: Any, seekable: bool) -> _PacketIndex:
+def _index_packets(container: Any, stream: Any, seekable: bool, reorders: bool = False
+                   ) -> _PacketIndex:
     """Demux (not decode) every packet of ``stream``; raise :class:`_Fallback` when the packets
-    cannot stand for the frames one-to-one."""
+    cannot stand for the frames one-to-one. ``reorders``: the decoder may output frames out of
+    decode order (B-frames)."""
     try:
         packets = list(container.demux(stream))
     except Exception as exn:  # let the full decode decide whether the video is corrupt
@@ -148,6 +150,10 @@ def _index_packets(container: Any, stream: Any, seekable: bool) -> _PacketIndex:
         raise _Fallback("duplicate_pts")
     if not packets[0].is_keyframe or pts_dec[0] != pts[0]:
         raise _Fallback("no_leading_keyframe")
+    if reorders and len(pts) > 2 and (np.diff(pts_dec) > 0).all():
+        # A codec that shows frames out of decode order, with time stamps that never are:
+        # they were made up from the decode order (AVI does this), so they cannot rank frames.
+        raise _Fallback("pts_in_decode_order")
     header = int(stream.frames or 0)
     if header > 0 and header != len(packets):
         raise _Fallback("frame_count_mismatch")
@@ -175,7 +181,7 @@ def _decode_sparse(ctx: Any, index: _PacketIndex, needed: np.ndarray, min_gap: i
     packets, n = index.packets, len(index.packets)
     wanted = {int(i) for i in needed}
     got: dict[int, np.ndarray] = {}
-    pos, flushed = 0, False
+    pos, flushed, sent, seeks = 0, False, 0, 0
     expect, first_pts = 0, int(index.pts[0])
     for i in needed:
         i = int(i)
@@ -185,12 +191,12 @@ def _decode_sparse(ctx: Any, index: _PacketIndex, needed: np.ndarray, min_gap: i
             pos = k
             first_pts = int(packets[k].pts)
             expect = index.rank[first_pts]
-            stats.seeks += 1
+            seeks += 1
         while i not in got:
             if pos < n:
                 frames = ctx.decode(packets[pos])
                 pos += 1
-                stats.packets_decoded += 1
+                sent += 1
             elif not flushed:
                 frames = ctx.decode(None)
                 flushed = True
@@ -206,6 +212,8 @@ def _decode_sparse(ctx: Any, index: _PacketIndex, needed: np.ndarray, min_gap: i
                 if expect in wanted and expect not in got:
                     got[expect] = f.to_ndarray(format="rgb24")
                 expect += 1
+    stats.seeks += seeks  # counted for the videos that succeed only
+    stats.packets_decoded += sent
     return got
 
 
@@ -266,10 +274,11 @@ def decode_video(data: bytes, choose: Callable[[int], Sequence[int]], *, sparse:
       packet's time stamp and keyframe flag. The frame count is the number of packets, used
       only when the packets look like one frame each: every packet has a time stamp, no two
       share one, none is empty or flagged discard/corrupt, the first is a keyframe shown
-      first, and the header's frame count (``stream.frames``, 0 in WebM) agrees when it is
-      set; else the video is decoded in full. ``duration * rate`` is never used: it is
-      rounded (WebM stores milliseconds) and one frame off moves every sampled index. What
-      these checks cannot see is a packet that yields no frame in a part never decoded; the
+      first, a codec with B-frames has time stamps out of decode order (AVI makes them up),
+      and the header's frame count (``stream.frames``, 0 in WebM) agrees when it is set;
+      else the video is decoded in full. ``duration * rate`` is never used: it is rounded
+      (WebM stores milliseconds) and one frame off moves every sampled index. What these
+      checks cannot see is a packet that yields no frame in a part never decoded; the
       decoded parts are checked (below), and no such packet turned up in WebM, MP4, MKV,
       MPEG-TS, AVI, MOV or IVF with VP8, VP9, AV1, H.264, HEVC, MPEG-2, MPEG-4 or MJPEG.
     - **Stop after the last needed frame**; no frame that is not sampled is converted to RGB.
@@ -317,7 +326,8 @@ def decode_video(data: bytes, choose: Callable[[int], Sequence[int]], *, sparse:
         fps = float(stream.average_rate) if stream.average_rate else 0.0
         ctx = stream.codec_context
         try:
-            index = _index_packets(container, stream, ctx.name in SEEK_CODECS)
+            index = _index_packets(container, stream, ctx.name in SEEK_CODECS,
+                                   bool(ctx.has_b_frames))
         except _Fallback as why:
             return _fallback(data, choose, None, str(why), stats)
         n = len(index.packets)
@@ -338,7 +348,7 @@ def _fallback(data: bytes, choose: Callable[[int], Sequence[int]],
               known: tuple[int, np.ndarray] | None, reason: str, stats: DecodeStats
               ) -> tuple[list[np.ndarray], int, float]:
     if reason in _DECODER_DISAGREES:  # rare, and worth knowing: the demuxer misled us
-        log.warning("video decoded in full: %s", reason)
+        log.warning("video decoded in full (right frames, only slower): %s", reason)
     else:  # a container or stream without usable time stamps: expected for some formats
         log.debug("video decoded in full (%s)", reason)
     stats.fallbacks[reason] = stats.fallbacks.get(reason, 0) + 1
