@@ -290,10 +290,11 @@ def decode_video(data: bytes, choose: Callable[[int], Sequence[int]], *, sparse:
       threads finish and drop the frames they have in flight) and a refill of its frame
       pipeline, latency more than work. On 60 s clips (128 px, 12 fps, a keyframe every 24
       frames, VP9/WebM and H.264/MP4, 2 cores) ``benchmarks/bench_decode_seek.py`` measured
-      the same CPU time for thresholds from 1 to 16 packets and up to 1.4x more at 32 (past
-      the keyframe interval, jumps that paid were skipped). :data:`SEEK_MIN_GAP` = 8 still
-      jumps over a third of such a GOP, and spares the flush and refill for a handful of
-      packets, whose latency grows with the decoder's thread count (not measured beyond 2).
+      the same CPU time for thresholds from 1 to 16 packets and 1.3-1.5x more at 32 with 16
+      segments (past the keyframe interval, jumps that paid were skipped).
+      :data:`SEEK_MIN_GAP` = 8 still jumps over a third of such a GOP, and spares the flush
+      and refill for a handful of packets, whose latency grows with the decoder's thread
+      count (not measured beyond 2).
     - **Checked, with a fallback.** Each decoded frame's time stamp must be the next expected
       one; when it is not, or the packets cannot stand for frames (above), the video is
       decoded in full as before. Each fallback is counted per reason in ``stats`` and
