@@ -1,7 +1,7 @@
 """Data: MultiSyncMNIST / SyncMNIST generation, Something-Something converters, WebDataset
 shards and the streaming clip loader."""
 
-from .decode import CorruptSample, decode_jpeg, decode_npy_frames, decode_video
+from .decode import CorruptSample, DecodeStats, decode_jpeg, decode_npy_frames, decode_video
 from .loader import (
     MAX_EMPTY_PASSES,
     ClipDataset,
@@ -57,5 +57,5 @@ __all__ = [
     "convert_something", "flip_pairs_from_names", "read_something_else_boxes",
     "read_ssv1_labels", "read_ssv1_split", "read_ssv2_labels", "read_ssv2_split",
     "template_to_class_name",
-    "CorruptSample", "decode_jpeg", "decode_npy_frames", "decode_video",
+    "CorruptSample", "DecodeStats", "decode_jpeg", "decode_npy_frames", "decode_video",
 ]
