@@ -3,7 +3,8 @@
 ``tests/fixtures/*.pt`` were written by ``tests/dyreg_fixtures.py`` with the code of that time:
 tiny :class:`~dyreg_pyg.DyRegBlock` s of both flavours (several region modes, backends and
 layers), their state dicts and float64 outputs. Today's code must load every one and
-reproduce the outputs to 1e-10.
+reproduce the outputs to 1e-10, through the documented key remap of older checkpoints
+(:func:`dyreg_pyg.compat.remap_legacy_keys`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import torch
 from dyreg_fixtures import CASES, FIXTURES, run_case
 
 from dyreg_pyg import DyRegBlock, DyRegConfig
+from dyreg_pyg.compat import remap_legacy_keys
 
 
 def _load(name: str) -> tuple[DyRegBlock, dict]:
     ck = torch.load(FIXTURES / f"{name}.pt", map_location="cpu", weights_only=True)
     cfg = DyRegConfig.from_dict(ck["config"])
     block = DyRegBlock(ck["in_channels"], cfg).double().eval()
-    block.load_state_dict(ck["model"], strict=True)
+    block.load_state_dict(remap_legacy_keys(ck["model"]), strict=True)
     return block, ck
 
 
