@@ -4,7 +4,7 @@ Each case is a tiny block with every parameter made random (seeded) and rounded 
 (stored in float16, loaded exactly into a float64 block), saved as a training checkpoint holds
 it (``{"model": state_dict, ...}``) together with a float64 input and the block's and the
 module's float64 outputs at the time of writing. The authors' flavour is the largest (about
-60 KB): their region encoder has fixed widths (32, 16). The test
+100 KB): their region encoder has fixed widths (32, 16). The test
 ``tests/test_frozen_outputs.py`` loads every file into today's code (through the
 documented key remap of older
 checkpoints) and checks the outputs are unchanged.

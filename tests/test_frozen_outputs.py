@@ -41,3 +41,15 @@ def test_old_checkpoint_reproduces_frozen_outputs(name):
     assert want["gnn"].abs().max() > 1e-3
     for key, value in want.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=1e-10, msg=f"{name}: {key}")
+
+
+def test_training_loader_applies_the_remap():
+    """train's checkpoint loader renames the old ``gnn.authors.*`` keys itself."""
+    from train.checkpoint import load_model_state
+
+    ck = torch.load(FIXTURES / "authors.pt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("gnn.authors.") for k in ck["model"])  # written before issue 34
+    block = DyRegBlock(ck["in_channels"], DyRegConfig.from_dict(ck["config"])).double().eval()
+    load_model_state(block, ck["model"], "authors.pt")
+    torch.testing.assert_close(run_case(block, ck["x"])["block"], ck["outputs"]["block"],
+                               rtol=0, atol=1e-10)
