@@ -1,9 +1,11 @@
 """dyreg_pyg: DyReg-GNN (Duta et al., NeurIPS 2021) on PyTorch Geometric."""
 
 from ._pyg import torch_geometric  # noqa: F401  (first: PyG without its jit warning)
+from .authors import AuthorsDyRegGNN  # the flavour "authors" (registered on import)
+from .config import DyRegConfig
 from .graph import build_graph_batch, complete_edge_index
 from .kernels import pool_nodes, region_kernels, regions_to_boxes, remap_nodes
-from .module import DyRegBlock, DyRegConfig, DyRegDetails, DyRegGNN
+from .module import DyRegBlock, DyRegDetails, DyRegGNN, flavor_class, register_flavor
 from .nn import RSTGConv, TemporalUpdate, make_spatial_layer
 from .regions import REGION_MODES, make_region_generator
 
@@ -23,6 +25,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "DyRegGNN",
+    "AuthorsDyRegGNN",
+    "flavor_class",
+    "register_flavor",
     "DyRegBlock",
     "DyRegConfig",
     "DyRegDetails",

@@ -1,9 +1,10 @@
 """The ``"authors"`` flavour: DyReg-GNN as the authors' released code computes it.
 
-``DyRegConfig(flavor="authors")`` builds :class:`AuthorsDyRegGNN` (inside
-:class:`~dyreg_pyg.DyRegGNN`) and :class:`AuthorsWriteBack` (inside
-:class:`~dyreg_pyg.DyRegBlock`). Each piece below reproduces one part of the authors' code
-(github bit-ml/DyReg-GNN: ``ops/dyreg.py``, ``ops/rstg.py``, ``ops/models_utils.py``) and names
+``DyRegConfig(flavor="authors")`` builds :class:`AuthorsDyRegGNN` (the subclass of
+:class:`~dyreg_pyg.DyRegGNN` registered as that flavour) and, inside
+:class:`~dyreg_pyg.DyRegBlock`, :class:`AuthorsWriteBack`. Each piece below reproduces one
+part of the authors' code (github bit-ml/DyReg-GNN: ``ops/dyreg.py``, ``ops/rstg.py``,
+``ops/models_utils.py``) and names
 the paper equation it implements and how it departs from the paper's text. The equality with
 their code, with converted weights, is measured by ``benchmarks/compare_official.py``; their
 checkpoints load with :func:`dyreg_pyg.compat.load_official`.
@@ -16,32 +17,20 @@ reported in :class:`~dyreg_pyg.DyRegDetails` are converted to the library's norm
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .graph import build_graph_batch, frame_edge_index
-from .kernels import (
-    KernelPositionEmbedding,
-    conv1x1,
-    fold_group_norm,
-    pool_nodes,
-    regions_to_boxes,
-    remap_nodes,
-)
-from .nn.authors import AuthorsRSTGConv, GraphLayerNorm
+from .kernels import KernelPositionEmbedding, conv1x1, fold_group_norm, pool_nodes
+from .module import DyRegGNN, register_flavor
+from .nn.authors import GraphLayerNorm
 from .nn.registry import make_spatial_layer
+from .nn.stack import authors_graph_stack
 from .nn.temporal import TemporalUpdate, gru_over_time
-
-if TYPE_CHECKING:
-    from .module import DyRegConfig
 
 __all__ = [
     "AUTHORS_REGION_CHANNELS",
-    "check_authors_config",
     "encoder_geometry",
     "AuthorsRegionEncoder",
     "AuthorsRegions",
@@ -56,44 +45,6 @@ AUTHORS_REGION_CHANNELS = 128
 """Their ``offset_lstm_dim``: size of the region branch's node latents and GRU."""
 
 _KERNEL_EPS = 1e-37  # their kernel normaliser: k / (sum k + 1e-37)
-
-
-def check_authors_config(cfg: DyRegConfig) -> None:
-    """Reject the :class:`~dyreg_pyg.DyRegConfig` fields the authors' module has no
-    counterpart for (``ValueError`` naming the field)."""
-    if cfg.regions != "dyreg":
-        raise ValueError(f"regions: flavor='authors' implements 'dyreg' only, got {cfg.regions!r}")
-    side = math.isqrt(cfg.num_nodes)
-    if side * side != cfg.num_nodes:
-        raise ValueError(
-            f"num_nodes: flavor='authors' places the nodes on a square grid (theirs: 3 x 3), "
-            f"got {cfg.num_nodes}"
-        )
-    if cfg.init not in ("center", "grid"):
-        raise ValueError(f"init: expected 'center' or 'grid', got {cfg.init!r}")
-    if cfg.init_size is not None:
-        raise ValueError(
-            "init_size: flavor='authors' starts every region at the radius H / (2 sqrt(N)) + 2 "
-            f"cells (their exponential size); got init_size={cfg.init_size}"
-        )
-    if cfg.init_jitter:
-        raise ValueError(f"init_jitter: not part of flavor='authors', got {cfg.init_jitter}")
-    if cfg.position_scale != 1.0:
-        raise ValueError(
-            f"position_scale: not part of flavor='authors', got {cfg.position_scale}")
-    if cfg.position_input != "kernel":
-        raise ValueError(
-            f"position_input: flavor='authors' embeds the kernel map, got {cfg.position_input!r}")
-    if cfg.temporal not in ("gru", "lstm"):
-        raise ValueError(
-            f"temporal: flavor='authors' runs a recurrent network ('gru' or 'lstm'), got "
-            f"{cfg.temporal!r}"
-        )
-    if cfg.norm != "layer":
-        raise ValueError(
-            f"norm: flavor='authors' writes back with their LayerNorm over (C, H, W) "
-            f"('layer'), got {cfg.norm!r}"
-        )
 
 
 def encoder_geometry(size: int) -> tuple[tuple[int, int], tuple[int, int], int, int]:
@@ -265,99 +216,24 @@ def authors_region_kernels(raw: Tensor, ref_rows: Tensor, ref_cols: Tensor,
     return kernels, regions
 
 
-def authors_graph_stack(
-    nodes: Tensor,
-    input_norm: GraphLayerNorm,
-    temporal: Sequence[nn.Module],
-    spatial: Sequence[nn.Module],
-    temporal_out: nn.Module,
-    iterations: int,
-    backend: str = "pyg",
-    self_loops: bool = True,
-    want_attention: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    r"""The graph stack of their ``RSTG`` (Eq. 8-9 as their code runs them) on node tensors.
-
-    .. math::
-        V \leftarrow \mathrm{LN}_{N,C}(V);\quad K \times \big(V \leftarrow \mathrm{GRU}_{int}(V);
-        \ V \leftarrow \mathrm{Space}(V)\big);\quad V \leftarrow \mathrm{GRU}_{ext}(V)
-
-    Each frame is one complete graph of its ``N`` nodes (:func:`~dyreg_pyg.graph.frame_edge_index`);
-    the input LayerNorm and those of :class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv` run per
-    frame graph. :class:`AuthorsDyRegGNN` runs it on its pooled nodes; it runs as well on nodes
-    from anywhere else (``study/gnn_sync_probe.py --flavor authors``).
-
-    Departs from the paper's text (space then time, K times): a LayerNorm before the graph,
-    time before space in each iteration, one internal GRU shared by the iterations (theirs)
-    and an extra external GRU.
-
-    Args:
-        nodes: ``[B, T, N, C]``.
-        input_norm: the LayerNorm over ``(N, C)`` of each frame before the graph.
-        temporal: the internal recurrent update (:class:`~dyreg_pyg.nn.TemporalUpdate`), one
-            shared by the ``iterations`` (theirs) or one per iteration.
-        spatial: the space step, as many as ``temporal``: ``AuthorsRSTGConv`` or any PyG
-            layer (``backend="pyg"``), or a layer with ``forward_dense`` (``"dense"``).
-        temporal_out: the external recurrent update after the iterations.
-        iterations: ``K``.
-        backend: ``"pyg"`` (message passing on frame graphs) or ``"dense"``.
-        self_loops: whether a node also sends to itself (theirs: yes).
-        want_attention: also return the attention of the last space step (``"pyg"`` backend,
-            layers that report it).
-
-    Returns:
-        nodes ``[B, T, N, C]`` and the last attention ``[E]`` (or ``None``).
-    """
-    if nodes.dim() != 4:
-        raise ValueError(f"nodes: expected [B, T, N, C], got shape {tuple(nodes.shape)}")
-    if len(spatial) != len(temporal) or len(spatial) not in (1, iterations):
-        raise ValueError(
-            f"spatial, temporal: expected 1 (shared) or iterations={iterations} layers each, "
-            f"got {len(spatial)} and {len(temporal)}"
-        )
-    b, t, n, c = nodes.shape
-    nodes = input_norm.forward_dense(nodes.reshape(b * t, n, c), 2)  # LN over (N, C)
-    attention = None
-    edge_index = batch = None
-    if backend == "pyg":
-        edge_index = frame_edge_index(b * t, n, self_loops, nodes.device)
-        batch = torch.arange(b * t, device=nodes.device).repeat_interleave(n)
-    for k in range(iterations):
-        idx = k if len(spatial) > 1 else 0
-        nodes = temporal[idx](nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # Eq. 9
-        layer = spatial[idx]
-        if backend == "dense":
-            nodes = layer.forward_dense(nodes, self_loops=self_loops)  # Eq. 8
-            continue
-        v = nodes.reshape(b * t * n, -1)
-        if isinstance(layer, AuthorsRSTGConv):
-            res = layer(v, edge_index, batch, b * t, return_attention_weights=want_attention)
-        elif want_attention and hasattr(layer, "lin_query"):
-            res = layer(v, edge_index, return_attention_weights=True)
-        else:
-            res = layer(v, edge_index)  # Eq. 8 (or any PyG layer)
-        if isinstance(res, tuple):
-            v, (_, attention) = res
-        else:
-            v = res
-        nodes = v.view(b * t, n, -1)
-    return temporal_out(nodes.view(b, t, n, -1)), attention  # their extra (external) GRU
-
-
-class AuthorsDyRegGNN(nn.Module):
-    r"""The authors' DyReg-GNN module (their ``DynamicGraph`` + ``RSTG``), on our layers.
+@register_flavor("authors")
+class AuthorsDyRegGNN(DyRegGNN):
+    r"""The authors' DyReg-GNN module (their ``DynamicGraph`` + ``RSTG``), on our layers: the
+    flavour ``"authors"`` of :class:`~dyreg_pyg.DyRegGNN`, whose build and run hooks it
+    overrides.
 
     With ``C`` the node size: an optional input projection (1x1 conv + LayerNorm over
     ``(C, H, W)``, when ``node_channels`` differs from the input, their layer-4
     ``project_i3d``), regions (:class:`AuthorsRegions`, :func:`authors_region_kernels`,
     Eq. 1-6), nodes pooled with a linear position embedding of their kernels (Eq. 7), then
-    the schedule of their ``RSTG``:
+    the schedule of their ``RSTG`` (:func:`~dyreg_pyg.nn.stack.authors_graph_stack`):
 
     .. math::
         V \leftarrow \mathrm{LN}(V);\quad K \times \big(V \leftarrow \mathrm{GRU}_{int}(V);
         \ V \leftarrow \mathrm{Space}(V)\big);\quad V \leftarrow \mathrm{GRU}_{ext}(V)
 
-    and the re-mapping (Eq. 10) followed by the projection back (1x1 conv).
+    and the re-mapping (Eq. 10) followed by the projection back (1x1 conv); in
+    :class:`~dyreg_pyg.DyRegBlock` their LayerNorm write-back (:class:`AuthorsWriteBack`).
 
     Departs from the paper's text (Eq. 8-9 alternate space then time, K times): a LayerNorm
     before the graph, time before space in each iteration, one internal GRU and one spatial
@@ -366,75 +242,70 @@ class AuthorsDyRegGNN(nn.Module):
 
     Args:
         in_channels: ``C_in`` of the map.
-        cfg: a validated :class:`~dyreg_pyg.DyRegConfig` with ``flavor="authors"``.
+        **kwargs: as :class:`~dyreg_pyg.DyRegGNN` (``flavor`` defaults to ``"authors"``).
 
     Shapes:
-        - **input:** ``[B, T, C_in, H, W]`` with ``(H, W)`` = ``cfg.spatial_size``
+        - **input:** ``[B, T, C_in, H, W]`` with ``(H, W)`` = ``spatial_size``
         - **output:** ``[B, T, C_in, H, W]``
     """
 
-    def __init__(self, in_channels: int, cfg: DyRegConfig) -> None:
-        super().__init__()
-        self.config = cfg
-        self.in_channels = in_channels
-        self.num_nodes = cfg.num_nodes
-        ch = cfg.node_channels or in_channels
-        self.node_channels = ch
-        self.size = tuple(cfg.spatial_size or (14, 14))
-        if ch != in_channels:
-            self.proj_in: nn.Module | None = nn.Conv2d(in_channels, ch, 1)
-            self.proj_in_norm: nn.Module | None = nn.GroupNorm(1, ch)
-            self.proj_out: nn.Module | None = nn.Conv2d(ch, in_channels, 1)
+    def init_parts(self, in_channels: int, channels: int) -> None:
+        self.size = tuple(self.config.spatial_size or (14, 14))
+        self.init_projections(in_channels, channels)  # theirs: projection first
+        self.init_regions(in_channels, channels)
+        self.init_position_embedding(channels)
+        self.init_graph(channels)
+
+    def init_projections(self, in_channels: int, channels: int) -> None:
+        """Their ``project_i3d`` (1x1 conv + LayerNorm) and ``project_back_i3d_linear``."""
+        if channels != in_channels:
+            self.proj_in: nn.Module | None = nn.Conv2d(in_channels, channels, 1)
+            self.proj_in_norm: nn.Module | None = nn.GroupNorm(1, channels)
+            self.proj_out: nn.Module | None = nn.Conv2d(channels, in_channels, 1)
         else:
             self.proj_in = self.proj_in_norm = self.proj_out = None
-        self.regions = AuthorsRegions(ch, cfg.num_nodes, cfg.region_channels, self.size,
+
+    def init_regions(self, in_channels: int, channels: int) -> None:
+        cfg = self.config
+        self.regions = AuthorsRegions(channels, cfg.num_nodes, cfg.region_channels, self.size,
                                       cfg.temporal)
         rows, cols = authors_reference_points(cfg.num_nodes, cfg.init, self.size)
         self.register_buffer("ref_rows", rows, persistent=False)
         self.register_buffer("ref_cols", cols, persistent=False)
-        self.pos_embed = KernelPositionEmbedding(self.size, ch) if cfg.position_embedding \
-            else None
-        self.input_norm = GraphLayerNorm(ch)
+
+    def init_position_embedding(self, channels: int) -> None:
+        self.pos_embed = KernelPositionEmbedding(self.size, channels) \
+            if self.config.position_embedding else None
+
+    def init_graph(self, channels: int) -> None:
+        """Their graph stack's input LayerNorm, internal GRU and space step (``"rstg"``
+        is theirs, ``AuthorsRSTGConv``), and external GRU."""
+        cfg = self.config
+        self.input_norm = GraphLayerNorm(channels)
         gnn = "rstg_authors" if cfg.gnn == "rstg" else cfg.gnn
         n_layers = 1 if cfg.share_weights else cfg.iterations
-        self.spatial = nn.ModuleList(make_spatial_layer(gnn, ch) for _ in range(n_layers))
-        self.temporal = nn.ModuleList(TemporalUpdate(ch, cfg.temporal) for _ in range(n_layers))
-        self.temporal_out = TemporalUpdate(ch, cfg.temporal)
-        if cfg.backend == "dense" and not all(hasattr(m, "forward_dense") for m in self.spatial):
-            raise ValueError(
-                f"backend: 'dense' needs a layer with forward_dense ('rstg', 'rstg_authors'), "
-                f"got gnn={cfg.gnn!r}"
-            )
+        self.spatial = nn.ModuleList(make_spatial_layer(gnn, channels) for _ in range(n_layers))
+        self.temporal = nn.ModuleList(
+            TemporalUpdate(channels, cfg.temporal) for _ in range(n_layers))
+        self.temporal_out = TemporalUpdate(channels, cfg.temporal)
 
-    def reset_parameters(self) -> None:
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        self.regions.reset_parameters()  # last: the zero gain
+    def init_write_back(self, channels: int) -> tuple[nn.Module, nn.Parameter | None]:
+        """Their write-back ``x + LN(y) * s + b`` (:class:`AuthorsWriteBack`), no ``gamma``."""
+        return AuthorsWriteBack(channels, self.config.gate_init), None
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 5 or x.shape[2] != self.in_channels or tuple(x.shape[-2:]) != self.size:
+        super()._check_input(x)  # empty clips, dtypes
+        if tuple(x.shape[-2:]) != self.size:
             raise ValueError(
                 f"x: expected [B, T, {self.in_channels}, {self.size[0]}, {self.size[1]}] "
                 f"(flavor='authors' is built for one map size, spatial_size), got shape "
                 f"{tuple(x.shape)}"
             )
 
-    def _graph(self, nodes: Tensor, b: int, t: int, want_attention: bool
-               ) -> tuple[Tensor, Tensor | None]:
-        """Their RSTG schedule (:func:`authors_graph_stack`) on ``nodes [B*T, N, C]``;
-        returns the nodes and the last attention (pyg backend)."""
-        cfg = self.config
-        out, attention = authors_graph_stack(
-            nodes.reshape(b, t, self.num_nodes, -1), self.input_norm, self.temporal,
-            self.spatial, self.temporal_out, cfg.iterations, cfg.backend, cfg.self_loops,
-            want_attention)
-        return out.reshape(b * t, self.num_nodes, -1), attention
-
-    def _process(self, x: Tensor, want_attention: bool
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Nodes ``[B*T, N, C]``, regions ``[B, T, N, 4]``, kernels ``[B*T, N, H, W]``."""
-        self._check_input(x)
+    def compute_regions(self, x: Tensor, regions: Tensor | None
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+        if regions is not None:
+            raise ValueError("regions: flavor='authors' predicts its regions (mode 'dyreg')")
         b, t, c, h, w = x.shape
         xf = x.reshape(b * t, c, h, w)
         if self.proj_in is not None:
@@ -443,56 +314,38 @@ class AuthorsDyRegGNN(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             raw = self.regions(xf.to(rdtype), b, t)  # Eq. 1-4
             kernels, regions = authors_region_kernels(raw, self.ref_rows, self.ref_cols, h, w)
-        flat_k = kernels.reshape(b * t, self.num_nodes, h, w)
-        nodes = pool_nodes(xf, flat_k)  # Eq. 7
+        return xf, regions, kernels.reshape(b * t, self.num_nodes, h, w)
+
+    def embed_nodes(self, xf: Tensor, regions: Tensor, kernels: Tensor) -> Tensor:
+        nodes = pool_nodes(xf, kernels)  # Eq. 7
         if self.pos_embed is not None:
-            nodes = nodes + self.pos_embed(flat_k).to(nodes.dtype)
-        nodes, attention = self._graph(nodes, b, t, want_attention)
-        return nodes, regions, flat_k, attention
+            nodes = nodes + self.pos_embed(kernels).to(nodes.dtype)
+        return nodes
 
-    def node_states(self, x: Tensor) -> Tensor:
-        """The nodes after the graph (and the external GRU): ``[B, T, N, C]``."""
-        b, t = x.shape[:2]
-        return self._process(x, False)[0].view(b, t, self.num_nodes, -1)
+    def graph_stack(self, nodes: Tensor, want_attention: bool) -> tuple[Tensor, Tensor | None]:
+        """Their RSTG schedule (:func:`~dyreg_pyg.nn.stack.authors_graph_stack`)."""
+        cfg = self.config
+        return authors_graph_stack(nodes, self.input_norm, self.temporal, self.spatial,
+                                   self.temporal_out, cfg.iterations, cfg.backend,
+                                   cfg.self_loops, want_attention)
 
-    def forward(self, x: Tensor, return_details: bool = False
-                ) -> Tensor | tuple[Tensor, dict[str, Any]]:
-        """``y [B, T, C_in, H, W]``; with ``return_details`` also the fields of a
-        :class:`~dyreg_pyg.DyRegDetails` (which :class:`~dyreg_pyg.DyRegGNN` returns)."""
-        nodes, flat_k, shift, details = self.remap_parts(x, return_details)
-        b, t, c, h, w = x.shape
-        y = remap_nodes(nodes, flat_k)  # Eq. 10 (+ their projection back, on the nodes)
-        if shift is not None:
-            y = y + shift.to(y.dtype).view(1, c, 1, 1)
-        y = y.view(b, t, c, h, w)
-        return (y, details) if return_details else y
+    def project_out(self, nodes: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Their projection back (``project_back_i3d_linear``, a 1x1 conv after the
+        re-mapping) applied to the nodes: ``W (sum_i K_i v_i) + b = sum_i K_i (W v_i) + b``,
+        the same map at ``N / (H W)`` of the cost; its bias is the shift."""
+        if self.proj_out is None:
+            return nodes, None
+        return F.linear(nodes, self.proj_out.weight.flatten(1)), self.proj_out.bias
 
-    def remap_parts(self, x: Tensor, return_details: bool = False
-                    ) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Any] | None]:
-        """``forward(x) = remap_nodes(nodes, kernels) + shift`` (see
-        :meth:`dyreg_pyg.DyRegGNN.remap_parts`; the details as a dict). Their projection
-        back (``project_back_i3d_linear``, a 1x1 conv after the re-mapping) is applied to the
-        nodes: ``W (sum_i K_i v_i) + b = sum_i K_i (W v_i) + b``, the same map at
-        ``N / (H W)`` of the cost; its bias is ``shift``."""
-        nodes, regions, flat_k, attention = self._process(x, return_details)
-        b, t, c, h, w = x.shape
-        out_nodes, shift = nodes, None
-        if self.proj_out is not None:
-            out_nodes = F.linear(nodes, self.proj_out.weight.flatten(1))  # their
-            shift = self.proj_out.bias  # project_back_i3d_linear (no norm), on the nodes
-        if not return_details:
-            return out_nodes, flat_k, shift, None
-        n = self.num_nodes
-        graph = None
-        if self.config.backend == "pyg":
-            graph = build_graph_batch(nodes.detach().view(b, t, n, -1), regions.detach().float(),
-                                      self.config.self_loops)
-        details = dict(
-            regions=regions.detach(), boxes=regions_to_boxes(regions.detach()),
-            kernels=flat_k.detach().view(b, t, n, h, w), graph=graph,
-            attention=None if attention is None else attention.detach(), live_regions=regions,
-        )
-        return out_nodes, flat_k, shift, details
+    def write_back(self, norm: nn.Module, gamma: Tensor | None, x: Tensor, y: Tensor) -> Tensor:
+        return norm(x, y)
+
+    def fold_write_back(self, norm: nn.Module, gamma: Tensor | None, nodes: Tensor,
+                        kernels: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return norm.fold(nodes, kernels, shift)
+
+    def can_fold_write_back(self, norm: nn.Module, x: Tensor) -> bool:
+        return True
 
 
 class AuthorsWriteBack(nn.Module):

@@ -1,16 +1,28 @@
-"""DyRegGNN: regions -> pooled nodes -> K x (space, time) graph processing -> re-mapping."""
+"""DyRegGNN: regions -> pooled nodes -> K x (space, time) graph processing -> re-mapping.
+
+:class:`DyRegGNN` is the paper's flavour; it builds its parts through hooks (``init_regions``,
+``init_projections``, ``init_position_embedding``, ``init_graph``, ``init_write_back``) and
+runs them through hooks (``compute_regions``, ``embed_nodes``, ``graph_stack``,
+``project_out``, ``write_back``, ``fold_write_back``), as PyG's ``BasicGNN`` builds its
+layers through ``init_conv``. A flavour is a subclass that overrides them
+(:class:`~dyreg_pyg.authors.AuthorsDyRegGNN`), registered by name with
+:func:`register_flavor`; ``DyRegGNN(..., flavor="authors")`` and :class:`DyRegBlock` pick the
+class from that registry (:func:`flavor_class`).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from .graph import build_graph_batch, frame_edge_index
+from .config import FLAVORS, DyRegConfig
+from .graph import build_graph_batch
 from .kernels import (
     KernelPositionEmbedding,
     RegionPositionEmbedding,
@@ -20,143 +32,44 @@ from .kernels import (
     remap_nodes,
     remap_residual,
 )
-from .nn import RSTGConv, TemporalUpdate, make_spatial_layer
-from .nn.authors import AuthorsRSTGConv
+from .nn import TemporalUpdate, make_spatial_layer
 from .nn.registry import SpatialLayerSpec
-from .regions import REGION_MODES, default_init, make_region_generator
+from .nn.stack import paper_graph_stack
+from .regions import make_region_generator
 
-__all__ = ["DyRegConfig", "DyRegDetails", "DyRegGNN", "DyRegBlock"]
+__all__ = ["DyRegConfig", "DyRegDetails", "DyRegGNN", "DyRegBlock", "register_flavor",
+           "flavor_class", "FLAVOR_CLASSES"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("pyg", "dense")
-NORMS = ("batch", "layer", "none")
-FLAVORS = ("paper", "authors")
-POSITION_INPUTS = ("kernel", "region")
+FLAVOR_CLASSES: dict[str, type[DyRegGNN]] = {}
+"""Flavour name -> :class:`DyRegGNN` class (filled by :func:`register_flavor`)."""
 
 
-@dataclass
-class DyRegConfig:
-    """Hyper-parameters of :class:`DyRegGNN` (paper defaults); loadable from YAML presets.
+def register_flavor(name: str) -> Callable[[type[DyRegGNN]], type[DyRegGNN]]:
+    """Class decorator: register a :class:`DyRegGNN` subclass as the flavour ``name`` (one
+    of :data:`~dyreg_pyg.config.FLAVORS`, which :class:`DyRegConfig` validates)."""
+    if name not in FLAVORS:
+        raise ValueError(f"flavor: expected one of {FLAVORS}, got {name!r}")
 
-    Attributes:
-        num_nodes: ``N`` regions / graph nodes per frame (paper: 9).
-        node_channels: node feature size; ``None`` keeps the input's channel count.
-        regions: region mode, one of :data:`~dyreg_pyg.regions.REGION_MODES`.
-        init: reference points, ``"center"`` or ``"grid"``; ``None``: the mode's
-            (:func:`~dyreg_pyg.regions.default_init`: the grid for ``fixed`` and ``static``,
-            which reject ``"center"`` - their N regions would be one region - and the centre
-            for the others).
-        init_size: starting kernel radius (normalised); ``None`` picks one per ``init``.
-        init_jitter: per-node random offset of the references (0: the paper's start; > 0
-            breaks the symmetry of the centre start, see :class:`~dyreg_pyg.regions.RegionAlpha`).
-        region_channels: ``C'`` of the region branch ``f``/``g``/GRU (Eq. 1-3); ``None``:
-            the flavour's (paper 32, authors 128).
-        gnn: spatial layer: ``"rstg"`` (the flavour's Eq. 8: :class:`~dyreg_pyg.nn.RSTGConv`
-            or, for ``flavor="authors"``, their ``AuthorsRSTGConv``), ``"rstg_authors"``, or
-            a ``torch_geometric.nn`` conv name.
-        temporal: ``"gru"`` (Eq. 9), ``"lstm"`` or ``"none"``.
-        iterations: ``K`` alternations of space and time (paper: 3).
-        share_weights: one spatial and one temporal layer reused by all iterations;
-            ``None``: the flavour's (paper ``False``, authors ``True``).
-        self_loops: frame graphs include ``i -> i`` edges.
-        position_embedding: add a position embedding to the nodes (Section 3.2).
-        position_input: what it reads: ``"kernel"`` (the paper: ``Linear(vec K_i)``,
-            :class:`~dyreg_pyg.kernels.KernelPositionEmbedding`) or ``"region"`` (ours: a
-            linear map of the region's ``(cx, cy, w, h)``,
-            :class:`~dyreg_pyg.kernels.RegionPositionEmbedding`, whose change under a
-            displacement does not depend on the place).
-        position_scale: constant multiplier of that embedding (1: the paper). Ours, for the
-            study of issue 15: at 1 a trained node's motion reaches the graph at about 1/200
-            of the node (:class:`~dyreg_pyg.kernels.KernelPositionEmbedding`).
-        spatial_size: ``(H, W)`` the position embedding reads; ``None``: 14 x 14 unless the
-            caller knows the feature-map size (the model factory infers it).
-        backend: ``"pyg"`` (message passing on a PyG ``Batch``) or ``"dense"`` (batched
-            matmuls; ``gnn="rstg"`` only, same parameters and result).
-        norm: normalisation of the block output in :class:`DyRegBlock`; ``None``: the
-            flavour's (paper ``"batch"``, authors ``"layer"``: their LayerNorm write-back).
-        gate_init: starting value of :class:`DyRegBlock`'s residual scale ``gamma`` (0: the
-            block starts as the identity, which keeps a pretrained backbone's function; a
-            network trained from scratch may open the gate from the start). For
-            ``flavor="authors"`` the starting scale of their LayerNorm write-back.
-        flavor: ``"paper"`` (the paper's text) or ``"authors"`` (exactly the authors' released
-            code, :mod:`dyreg_pyg.authors`; their checkpoints load with
-            :func:`dyreg_pyg.compat.load_official`).
-    """
+    def add(cls: type[DyRegGNN]) -> type[DyRegGNN]:
+        if name in FLAVOR_CLASSES and FLAVOR_CLASSES[name] is not cls:
+            raise ValueError(f"flavor: {name!r} is already registered "
+                             f"({FLAVOR_CLASSES[name].__name__})")
+        cls.flavor = name
+        FLAVOR_CLASSES[name] = cls
+        return cls
 
-    num_nodes: int = 9
-    node_channels: int | None = None
-    regions: str = "dyreg"
-    init: str | None = None
-    init_size: float | None = None
-    init_jitter: float = 0.0
-    region_channels: int | None = None
-    gnn: Any = "rstg"
-    temporal: str = "gru"
-    iterations: int = 3
-    share_weights: bool | None = None
-    self_loops: bool = True
-    position_embedding: bool = True
-    position_input: str = "kernel"
-    position_scale: float = 1.0
-    spatial_size: tuple[int, int] | None = None
-    backend: str = "pyg"
-    norm: str | None = None
-    gate_init: float = 0.0
-    flavor: str = "paper"
+    return add
 
-    def __post_init__(self) -> None:
-        if self.flavor not in FLAVORS:
-            raise ValueError(f"flavor: expected one of {FLAVORS}, got {self.flavor!r}")
-        authors = self.flavor == "authors"
-        if self.init is None:
-            self.init = default_init(self.regions)
-        if self.region_channels is None:
-            self.region_channels = 128 if authors else 32
-        if self.share_weights is None:
-            self.share_weights = authors
-        if self.norm is None:
-            self.norm = "layer" if authors else "batch"
-        try:
-            self.position_scale = float(self.position_scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"position_scale: expected a positive number, got "
-                             f"{self.position_scale!r}") from None
-        if not self.position_scale > 0:
-            raise ValueError(f"position_scale: expected a positive number, got "
-                             f"{self.position_scale}")
-        if self.position_input not in POSITION_INPUTS:
-            raise ValueError(f"position_input: expected one of {POSITION_INPUTS}, got "
-                             f"{self.position_input!r}")
-        if self.position_input != "kernel" and not self.position_embedding:
-            raise ValueError(f"position_input={self.position_input!r} chooses the position "
-                             f"embedding's input, but position_embedding is False")
-        if self.position_scale != 1.0 and not self.position_embedding:
-            raise ValueError(f"position_scale={self.position_scale} scales the position "
-                             f"embedding, but position_embedding is False")
-        if authors:
-            from .authors import check_authors_config
 
-            check_authors_config(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> DyRegConfig:
-        """Build from a mapping, rejecting unknown keys with the list of valid ones."""
-        values = dict(values or {})
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"dyreg config: unknown keys {unknown}; valid keys: {sorted(valid)}")
-        if values.get("spatial_size") is not None:
-            s = values["spatial_size"]
-            values["spatial_size"] = (s, s) if isinstance(s, int) else tuple(s)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if not isinstance(self.gnn, str):
-            d["gnn"] = repr(self.gnn)
-        return d
+def flavor_class(name: str) -> type[DyRegGNN]:
+    """The :class:`DyRegGNN` class of the flavour ``name``."""
+    try:
+        return FLAVOR_CLASSES[name]
+    except KeyError:
+        raise ValueError(f"flavor: expected one of {sorted(FLAVOR_CLASSES)}, got "
+                         f"{name!r}") from None
 
 
 @dataclass
@@ -169,7 +82,8 @@ class DyRegDetails:
         kernels: ``[B, T, N, H, W]`` pooling / re-mapping weights (each sums to 1).
         graph: the PyG ``Batch`` of ``B * T`` frame graphs; ``graph.x`` holds the nodes after
             the last iteration (``[B*T*N, node_channels]``), ``graph.region`` the regions.
-        attention: per-edge attention of the last RSTG iteration (``[E]``), if available.
+        attention: per-edge attention ``[E]`` of the last space step whose layer reports it
+            (our RSTG layers; :mod:`dyreg_pyg.nn.stack`), else ``None``.
         live_regions: ``regions`` still attached to autograd, for losses on the regions
             (e.g. the offset distillation of the paper's implementation details).
     """
@@ -180,6 +94,7 @@ class DyRegDetails:
     graph: Batch | None = None
     attention: Tensor | None = None
     live_regions: Tensor | None = None
+
 
 
 class DyRegGNN(nn.Module):
@@ -194,12 +109,17 @@ class DyRegGNN(nn.Module):
     .. math::
         \mathbf{y}_{p,t} = \sum_{i=1}^{N} \mathcal{K}^{(i)}_t(p)\, \hat{\mathbf{v}}_{i,t}
 
+    This class is the paper's flavour. ``DyRegGNN(..., flavor="authors")`` (or a ``config``
+    with that flavour) builds the registered subclass instead
+    (:class:`~dyreg_pyg.authors.AuthorsDyRegGNN`); both are ``DyRegGNN`` instances.
+
     Args:
         in_channels: channels ``C`` of the input map.
         node_channels: node size; ``None`` keeps ``C``. Linear projections map ``C`` to it
             after pooling and back before re-mapping (pooling is linear with weights summing
             to one, so projecting the nodes equals projecting the map, at ``N/(HW)`` the cost).
         num_nodes, regions, init, gnn, temporal, iterations: see :class:`DyRegConfig`.
+        config: a whole :class:`DyRegConfig` instead of the fields (then no other field).
         **kwargs: any other :class:`DyRegConfig` field.
 
     Shapes:
@@ -207,6 +127,16 @@ class DyRegGNN(nn.Module):
         - **output:** ``[B, T, C, H, W]`` (and :class:`DyRegDetails` with
           ``return_details=True``)
     """
+
+    flavor: ClassVar[str] = "paper"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> DyRegGNN:
+        if cls is DyRegGNN:  # the flavour's class, from the registry
+            config = kwargs.get("config")
+            name = config.flavor if isinstance(config, DyRegConfig) else kwargs.get(
+                "flavor", DyRegGNN.flavor)
+            cls = flavor_class(name)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -218,70 +148,147 @@ class DyRegGNN(nn.Module):
         gnn: SpatialLayerSpec = "rstg",
         temporal: str = "gru",
         iterations: int = 3,
+        *,
+        config: DyRegConfig | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        cfg = DyRegConfig.from_dict(
-            dict(node_channels=node_channels, num_nodes=num_nodes, regions=regions, init=init,
-                 gnn=gnn, temporal=temporal, iterations=iterations, **kwargs)
-        )
-        self.config = cfg
+        named = dict(node_channels=node_channels, num_nodes=num_nodes, regions=regions,
+                     init=init, gnn=gnn, temporal=temporal, iterations=iterations)
+        if config is None:
+            kwargs.setdefault("flavor", self.flavor)
+            config = DyRegConfig.from_dict({**named, **kwargs})
+        else:
+            defaults = DyRegConfig(init=None)
+            given = sorted(kwargs) + sorted(k for k, v in named.items()
+                                            if k != "init" and v != getattr(defaults, k)
+                                            or k == "init" and v is not None)
+            if given:
+                raise ValueError(f"config: pass either a DyRegConfig or its fields, got both "
+                                 f"(fields {given})")
+        if config.flavor != self.flavor:
+            raise ValueError(f"flavor: {type(self).__name__} implements {self.flavor!r}, got "
+                             f"a config with flavor={config.flavor!r}")
         if in_channels < 1:
             raise ValueError(f"in_channels: expected a positive integer, got {in_channels}")
-        for name in ("num_nodes", "region_channels"):
-            value = getattr(cfg, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        nc = cfg.node_channels
-        if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
-            raise ValueError(f"node_channels: expected a positive integer or None, got {nc!r}")
-        if cfg.regions not in REGION_MODES:
-            raise ValueError(
-                f"regions: unknown mode {cfg.regions!r}; expected one of {REGION_MODES}"
-            )
-        if cfg.backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {BACKENDS}, got {cfg.backend!r}")
-        if cfg.backend == "dense" and cfg.gnn not in ("rstg", "rstg_authors"):
-            raise ValueError(
-                f"backend: 'dense' implements gnn='rstg' and 'rstg_authors' only, got "
-                f"gnn={cfg.gnn!r}"
-            )
-        if cfg.iterations < 1:
-            raise ValueError(f"iterations: expected >= 1, got {cfg.iterations}")
+        self.config = config
         self.in_channels = in_channels
-        self.num_nodes = cfg.num_nodes
-        ch = cfg.node_channels or in_channels
-        self.node_channels = ch
-        self.authors: nn.Module | None = None
-        if cfg.flavor == "authors":  # the authors' module, dyreg_pyg/authors.py
-            from .authors import AuthorsDyRegGNN
+        self.num_nodes = config.num_nodes
+        self.node_channels = config.node_channels or in_channels
+        self.init_parts(in_channels, self.node_channels)
 
-            self.authors = AuthorsDyRegGNN(in_channels, cfg)
-            return
+    # ---- construction hooks ---------------------------------------------------------------
 
+    def init_parts(self, in_channels: int, channels: int) -> None:
+        """Build every part, in the order their parameters are registered (which an
+        optimizer's saved state relies on)."""
+        self.init_regions(in_channels, channels)
+        self.init_projections(in_channels, channels)
+        self.init_position_embedding(channels)
+        self.init_graph(channels)
+
+    def init_regions(self, in_channels: int, channels: int) -> None:
+        """Eq. 1-6: ``region_generator``, one class per region mode."""
+        cfg = self.config
         self.region_generator = make_region_generator(
             cfg.regions, in_channels, cfg.num_nodes, cfg.init, cfg.init_size, cfg.region_channels,
             cfg.init_jitter,
         )
-        self.proj_in = nn.Linear(in_channels, ch) if ch != in_channels else nn.Identity()
-        self.proj_out = nn.Linear(ch, in_channels) if ch != in_channels else nn.Identity()
-        grid = cfg.spatial_size or (14, 14)
+
+    def init_projections(self, in_channels: int, channels: int) -> None:
+        """``proj_in`` / ``proj_out``: linear maps between the input's and the nodes' size."""
+        same = channels == in_channels
+        self.proj_in = nn.Identity() if same else nn.Linear(in_channels, channels)
+        self.proj_out = nn.Identity() if same else nn.Linear(channels, in_channels)
+
+    def init_position_embedding(self, channels: int) -> None:
+        """``pos_embed`` (Section 3.2) of the kernel or of the region; ``None`` without."""
+        cfg = self.config
         self.pos_embed: nn.Module | None = None
         if cfg.position_embedding and cfg.position_input == "region":
-            self.pos_embed = RegionPositionEmbedding(ch, cfg.position_scale)
+            self.pos_embed = RegionPositionEmbedding(channels, cfg.position_scale)
         elif cfg.position_embedding:
-            self.pos_embed = KernelPositionEmbedding(grid, ch, cfg.position_scale)
+            self.pos_embed = KernelPositionEmbedding(cfg.spatial_size or (14, 14), channels,
+                                                     cfg.position_scale)
+
+    def init_graph(self, channels: int) -> None:
+        """``spatial`` (Eq. 8) and ``temporal`` (Eq. 9) layers: one pair, or one per
+        iteration."""
+        cfg = self.config
         n_layers = 1 if cfg.share_weights else cfg.iterations
-        self.spatial = nn.ModuleList(make_spatial_layer(cfg.gnn, ch) for _ in range(n_layers))
-        self.temporal = nn.ModuleList(TemporalUpdate(ch, cfg.temporal) for _ in range(n_layers))
-        self._is_rstg = all(isinstance(m, (RSTGConv, AuthorsRSTGConv)) for m in self.spatial)
+        self.spatial = nn.ModuleList(
+            make_spatial_layer(cfg.gnn, channels) for _ in range(n_layers))
+        self.temporal = nn.ModuleList(
+            TemporalUpdate(channels, cfg.temporal) for _ in range(n_layers))
+
+    def init_write_back(self, channels: int) -> tuple[nn.Module, nn.Parameter | None]:
+        """The :class:`DyRegBlock`'s normalisation and residual scale ``gamma`` (per channel,
+        starting at ``gate_init``): ``x + gamma * norm(y)``."""
+        kind = self.config.norm
+        norm: nn.Module = nn.Identity()
+        if kind == "batch":
+            norm = nn.BatchNorm2d(channels)
+        elif kind == "layer":
+            norm = nn.GroupNorm(1, channels)
+        return norm, nn.Parameter(torch.full((channels,), float(self.config.gate_init)))
+
+    # ---- forward hooks ------------------------------------------------------------------
+
+    def compute_regions(self, x: Tensor, regions: Tensor | None
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+        """Eq. 1-6: the map the nodes are pooled from ``[B*T, C, H, W]``, the regions
+        ``[B, T, N, 4]`` and the kernels ``[B*T, N, H, W]``."""
+        b, t, c, h, w = x.shape
+        regions, kernels = self.region_generator(x, regions)  # Eq. 1-6, float32
+        return x.reshape(b * t, c, h, w), regions, kernels.reshape(b * t, self.num_nodes, h, w)
+
+    def embed_nodes(self, xf: Tensor, regions: Tensor, kernels: Tensor) -> Tensor:
+        """Eq. 7 and the position embedding: nodes ``[B*T, N, C']``."""
+        nodes = self.proj_in(pool_nodes(xf, kernels))  # Eq. 7
+        if self.pos_embed is not None:
+            where = regions.reshape(kernels.shape[0], self.num_nodes, 4) \
+                if self.config.position_input == "region" else kernels
+            nodes = nodes + self.pos_embed(where).to(nodes.dtype)
+        return nodes
+
+    def graph_stack(self, nodes: Tensor, want_attention: bool) -> tuple[Tensor, Tensor | None]:
+        """Eq. 8-9 on ``nodes [B, T, N, C']`` (:func:`~dyreg_pyg.nn.stack.paper_graph_stack`)."""
+        cfg = self.config
+        return paper_graph_stack(nodes, self.spatial, self.temporal, cfg.iterations,
+                                 cfg.backend, cfg.self_loops, want_attention)
+
+    def project_out(self, nodes: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Nodes back to the input's channels and a per-channel shift (or ``None``) added
+        after the re-mapping."""
+        return self.proj_out(nodes), None
+
+    def write_back(self, norm: nn.Module, gamma: Tensor | None, x: Tensor, y: Tensor) -> Tensor:
+        """:class:`DyRegBlock`'s output ``x + gamma * norm(y)`` on maps ``[B, T, C, H, W]``."""
+        b, t, c, h, w = y.shape
+        y = norm(y.reshape(b * t, c, h, w)).view(b, t, c, h, w)
+        return x + gamma.view(1, 1, c, 1, 1).to(y.dtype) * y
+
+    def fold_write_back(self, norm: nn.Module, gamma: Tensor | None, nodes: Tensor,
+                        kernels: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`write_back` folded into the nodes: ``scale [G, C]`` and ``shift`` with
+        ``gamma * norm(y) = remap_nodes(nodes * scale, kernels) + shift``."""
+        scale, shift = fold_norm(norm, nodes, kernels, shift)
+        gamma = gamma.to(scale.dtype)
+        return scale * gamma, None if shift is None else shift * gamma
+
+    def can_fold_write_back(self, norm: nn.Module, x: Tensor) -> bool:
+        """Whether :meth:`fold_write_back` covers ``norm`` on ``x`` (else the plain path)."""
+        kind = type(norm)
+        if kind is nn.BatchNorm2d:
+            return not (norm.training and x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4]
+                        <= 1)  # BatchNorm's own error for one value per channel
+        return kind is nn.Identity or (kind is nn.GroupNorm and norm.num_groups == 1)
+
+    # ---- the module -----------------------------------------------------------------------
 
     def reset_parameters(self) -> None:
         """Re-initialise every parameter as at construction (regions back on their
         references: each submodule's own ``reset_parameters`` decides for its subtree)."""
-        if self.authors is not None:
-            self.authors.reset_parameters()
-            return
         for child in self.children():
             _reset_tree(child)
 
@@ -318,50 +325,20 @@ class DyRegGNN(nn.Module):
 
     def _process(self, x: Tensor, regions: Tensor | None, want_attention: bool
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Regions, kernels, pooled nodes and K graph iterations: node states ``[B*T, N, C']``,
-        regions ``[B, T, N, 4]``, kernels ``[B, T, N, H, W]`` and the last attention."""
+        """Regions, kernels, pooled nodes and the graph: node states ``[B*T, N, C']``,
+        regions ``[B, T, N, 4]``, kernels ``[B*T, N, H, W]`` and the last attention."""
         self._check_input(x)
-        b, t, c, h, w = x.shape
-        n = self.num_nodes
-        regions, kernels = self.region_generator(x, regions)  # Eq. 1-6, float32
-        flat_k = kernels.reshape(b * t, n, h, w)
-        nodes = self.proj_in(pool_nodes(x.reshape(b * t, c, h, w), flat_k))  # Eq. 7
-        if self.pos_embed is not None:
-            where = regions.reshape(b * t, n, 4) if self.config.position_input == "region" \
-                else flat_k
-            nodes = nodes + self.pos_embed(where).to(nodes.dtype)
-
-        attention = None
-        if self.config.backend == "dense":
-            for k in range(self.config.iterations):
-                idx = 0 if self.config.share_weights else k
-                nodes = self.spatial[idx].forward_dense(nodes, self.config.self_loops)  # Eq. 8
-                nodes = self.temporal[idx](nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # Eq. 9
-            return nodes, regions, kernels, attention
-        # Message passing needs only the edges; the PyG Batch is assembled for details.
-        edge_index = frame_edge_index(b * t, n, self.config.self_loops, x.device)
-        v = nodes.reshape(b * t * n, -1)
-        graph_kw = {}
-        if any(isinstance(m, AuthorsRSTGConv) for m in self.spatial):  # norms per frame graph
-            graph_kw = dict(batch=torch.arange(b * t, device=x.device).repeat_interleave(n),
-                            num_graphs=b * t)
-        for k in range(self.config.iterations):
-            idx = 0 if self.config.share_weights else k
-            if self._is_rstg and want_attention:
-                v, (_, attention) = self.spatial[idx](v, edge_index, return_attention_weights=True,
-                                                      **graph_kw)
-            else:
-                v = self.spatial[idx](v, edge_index, **graph_kw)  # Eq. 8 (or any PyG layer)
-            v = self.temporal[idx](v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
-        return v.view(b * t, n, -1), regions, kernels, attention
+        b, t = x.shape[:2]
+        xf, regions, kernels = self.compute_regions(x, regions)  # Eq. 1-6
+        nodes = self.embed_nodes(xf, regions, kernels)  # Eq. 7
+        nodes, attention = self.graph_stack(nodes.reshape(b, t, self.num_nodes, -1),
+                                            want_attention)  # Eq. 8-9
+        return nodes.reshape(b * t, self.num_nodes, -1), regions, kernels, attention
 
     def node_states(self, x: Tensor, regions: Tensor | None = None) -> Tensor:
-        """The nodes after the K graph iterations, before re-mapping, attached to autograd:
+        """The nodes after the graph iterations, before re-mapping, attached to autograd:
         ``[B, T, N, node_channels]`` - for node-level read-outs and losses."""
         b, t = x.shape[:2]
-        if self.authors is not None:
-            self._check_input(x)  # empty clips, dtypes (the flavour checks the map size)
-            return self.authors.node_states(x)
         nodes = self._process(x, regions, want_attention=False)[0]
         return nodes.view(b, t, self.num_nodes, -1)
 
@@ -384,33 +361,30 @@ class DyRegGNN(nn.Module):
         already projected back to the input's ``C`` channels and ``kernels [B*T, N, H, W]``;
         and the :class:`DyRegDetails` when ``return_details``. :class:`DyRegBlock` adds them
         to its residual in one pass, with its normalisation folded into the nodes."""
-        if self.authors is not None:
-            if regions is not None:
-                raise ValueError("regions: flavor='authors' predicts its regions (mode 'dyreg')")
-            self._check_input(x)  # empty clips, dtypes (the flavour checks the map size)
-            nodes, kernels, shift, parts = self.authors.remap_parts(x, return_details)
-            return nodes, kernels, shift, None if parts is None else DyRegDetails(**parts)
         nodes, regions, kernels, attention = self._process(x, regions, return_details)
-        b, t, c, h, w = x.shape
-        flat_k = kernels.reshape(b * t, self.num_nodes, h, w)
-        out_nodes = self.proj_out(nodes)
+        out_nodes, shift = self.project_out(nodes)
         if not return_details:
-            return out_nodes, flat_k, None, None
+            return out_nodes, kernels, shift, None
+        return out_nodes, kernels, shift, self._details(nodes, regions, kernels, attention)
+
+    def _details(self, nodes: Tensor, regions: Tensor, kernels: Tensor,
+                 attention: Tensor | None) -> DyRegDetails:
+        b, t, n = regions.shape[:3]
         graph = None
         if self.config.backend == "pyg":
-            graph = build_graph_batch(
-                nodes.detach().view(b, t, self.num_nodes, -1), regions.detach(),
-                self.config.self_loops,
-            )
-        details = DyRegDetails(
+            graph = build_graph_batch(nodes.detach().view(b, t, n, -1), regions.detach(),
+                                      self.config.self_loops)
+        return DyRegDetails(
             regions=regions.detach(),
             boxes=regions_to_boxes(regions.detach()),
-            kernels=kernels.detach(),
+            kernels=kernels.detach().view(b, t, n, *kernels.shape[-2:]),
             graph=graph,
             attention=None if attention is None else attention.detach(),
             live_regions=regions,
         )
-        return out_nodes, flat_k, None, details
+
+
+register_flavor("paper")(DyRegGNN)
 
 
 def _reset_tree(module: nn.Module) -> None:
@@ -425,7 +399,8 @@ def _reset_tree(module: nn.Module) -> None:
 
 
 class DyRegBlock(nn.Module):
-    """Residual insertion of :class:`DyRegGNN`: ``x + gamma * norm(DyRegGNN(x))``.
+    """Residual insertion of :class:`DyRegGNN`: ``x + gamma * norm(DyRegGNN(x))`` (the
+    paper's flavour; each flavour defines its write-back, :meth:`DyRegGNN.init_write_back`).
 
     ``gamma`` (one per channel) starts at ``gate_init``, zero by default, so inserting the
     block leaves a pretrained network's output unchanged at step 0 (the paper adds the module
@@ -446,32 +421,14 @@ class DyRegBlock(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(config, DyRegConfig):
-            cfg = {**config.to_dict(), **kwargs}
-            cfg["gnn"] = config.gnn if "gnn" not in kwargs else kwargs["gnn"]
+            cfg = config.replace(**kwargs)
         else:
-            cfg = {**(config or {}), **kwargs}
-        norm = cfg.pop("norm", None)
-        gate_init = cfg.pop("gate_init", 0.0)
-        if norm is not None and norm not in NORMS:
-            raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
-        self.gnn = DyRegGNN(in_channels, norm=norm, gate_init=gate_init, **cfg)
-        norm = self.gnn.config.norm  # None resolves to the flavour's
-        self.norm_kind = norm
-        if self.gnn.config.flavor == "authors":  # x + LN(y) * s + b, no gamma
-            from .authors import AuthorsWriteBack
-
-            self.norm: nn.Module = AuthorsWriteBack(in_channels, gate_init)
-            self.register_parameter("gamma", None)
-            self.last = None
-            self.record = False
-            return
-        if norm == "batch":
-            self.norm = nn.BatchNorm2d(in_channels)
-        elif norm == "layer":
-            self.norm = nn.GroupNorm(1, in_channels)
-        else:
-            self.norm = nn.Identity()
-        self.gamma = nn.Parameter(torch.full((in_channels,), float(gate_init)))
+            cfg = DyRegConfig.from_dict({**(config or {}), **kwargs})
+        self.gnn = flavor_class(cfg.flavor)(in_channels, config=cfg)
+        self.norm_kind = cfg.norm
+        norm, gamma = self.gnn.init_write_back(in_channels)
+        self.norm = norm
+        self.register_parameter("gamma", gamma)
         self.last: DyRegDetails | None = None
         self.record = False
 
@@ -485,39 +442,17 @@ class DyRegBlock(nn.Module):
         (the same function, without the re-mapped map ``y``, its normalised copy or their
         saved activations). Norm modules this does not cover (e.g. ``SyncBatchNorm``) take
         the plain path."""
-        if not self._fusable(x):
-            if self.record:
+        if x.dim() != 5 or not self.gnn.can_fold_write_back(self.norm, x):
+            if self.record:  # the plain path (it also raises the input errors)
                 y, self.last = self.gnn(x, regions, return_details=True)
             else:
                 y = self.gnn(x, regions)
-            if self.gamma is None:
-                return self.norm(x, y)
-            b, t, c, h, w = y.shape
-            y = self.norm(y.reshape(b * t, c, h, w)).view(b, t, c, h, w)
-            return x + self.gamma.view(1, 1, c, 1, 1).to(y.dtype) * y
+            return self.gnn.write_back(self.norm, self.gamma, x, y)
         nodes, kernels, shift, details = self.gnn.remap_parts(x, regions, self.record)
         if self.record:
             self.last = details
         b, t, c, h, w = x.shape
-        if self.gamma is None:
-            scale, shift = self.norm.fold(nodes, kernels, shift)
-        else:
-            scale, shift = fold_norm(self.norm, nodes, kernels, shift)
-            gamma = self.gamma.to(scale.dtype)
-            scale = scale * gamma
-            shift = None if shift is None else shift * gamma
+        scale, shift = self.gnn.fold_write_back(self.norm, self.gamma, nodes, kernels, shift)
         out = remap_residual(x.reshape(b * t, c, h, w), nodes * scale.unsqueeze(-2), kernels,
                              shift)  # x + gamma * norm(Eq. 10)
         return out.view(b, t, c, h, w)
-
-    def _fusable(self, x: Tensor) -> bool:
-        if x.dim() != 5:
-            return False  # the plain path raises the input errors
-        if self.gamma is None:
-            return True
-        kind = type(self.norm)
-        if kind is nn.BatchNorm2d:
-            return not (self.norm.training and x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4]
-                        <= 1)  # BatchNorm's own error for one value per channel
-        return kind is nn.Identity or (kind is nn.GroupNorm and self.norm.num_groups == 1)
-

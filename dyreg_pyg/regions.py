@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "REGION_MODES",
+    "REGION_GENERATORS",
+    "register_region_mode",
     "INITS",
     "RegionAlpha",
     "RegionGenerator",
@@ -448,9 +451,87 @@ class ExternalRegions(RegionGenerator):
         return regions.to(x.dtype)
 
 
-REGION_MODES = (
-    "dyreg", "dyreg_lite", "pos_only", "constant_time", "static", "fixed", "semantic", "external"
-)
+RegionBuilder = Callable[..., RegionGenerator]
+"""``(in_channels, num_nodes, init, init_size, channels, init_jitter) -> RegionGenerator``."""
+
+REGION_GENERATORS: dict[str, RegionBuilder] = {}
+"""Region mode name -> builder, filled by :func:`register_region_mode` (in registration order,
+which :data:`REGION_MODES` lists)."""
+
+LEARNED_MODES: set[str] = set()
+"""Modes whose regions are learned (they accept ``init_jitter``)."""
+
+
+def register_region_mode(name: str, learned: bool = False
+                         ) -> Callable[[RegionBuilder], RegionBuilder]:
+    """Decorator: register ``builder`` as the region mode ``name`` (as timm's
+    ``register_model``); ``learned`` modes accept ``init_jitter``."""
+
+    def add(builder: RegionBuilder) -> RegionBuilder:
+        if name in REGION_GENERATORS:
+            raise ValueError(f"regions: mode {name!r} is already registered")
+        REGION_GENERATORS[name] = builder
+        if learned:
+            LEARNED_MODES.add(name)
+        return builder
+
+    return add
+
+
+@register_region_mode("dyreg", learned=True)
+def _dyreg(in_channels: int, num_nodes: int, init: str, init_size: float | None,
+           channels: int, init_jitter: float) -> RegionGenerator:
+    return DynamicRegions(in_channels, num_nodes, init, init_size, channels, "fc", init_jitter)
+
+
+@register_region_mode("dyreg_lite", learned=True)
+def _dyreg_lite(in_channels: int, num_nodes: int, init: str, init_size: float | None,
+                channels: int, init_jitter: float) -> RegionGenerator:
+    gen = DynamicRegions(in_channels, num_nodes, init, init_size, channels, "lite", init_jitter)
+    gen.mode = "dyreg_lite"
+    return gen
+
+
+@register_region_mode("pos_only", learned=True)
+def _pos_only(in_channels: int, num_nodes: int, init: str, init_size: float | None,
+              channels: int, init_jitter: float) -> RegionGenerator:
+    return PositionOnlyRegions(in_channels, num_nodes, init, init_size, channels,
+                               init_jitter=init_jitter)
+
+
+@register_region_mode("constant_time", learned=True)
+def _constant_time(in_channels: int, num_nodes: int, init: str, init_size: float | None,
+                   channels: int, init_jitter: float) -> RegionGenerator:
+    return ConstantTimeRegions(in_channels, num_nodes, init, init_size, channels,
+                               init_jitter=init_jitter)
+
+
+@register_region_mode("static", learned=True)
+def _static(in_channels: int, num_nodes: int, init: str, init_size: float | None,
+            channels: int, init_jitter: float) -> RegionGenerator:
+    return StaticRegions(num_nodes, init, init_size, init_jitter)
+
+
+@register_region_mode("fixed")
+def _fixed(in_channels: int, num_nodes: int, init: str, init_size: float | None,
+           channels: int, init_jitter: float) -> RegionGenerator:
+    return FixedRegions(num_nodes, init, init_size)
+
+
+@register_region_mode("semantic")
+def _semantic(in_channels: int, num_nodes: int, init: str, init_size: float | None,
+              channels: int, init_jitter: float) -> RegionGenerator:
+    return SemanticRegions(in_channels, num_nodes)
+
+
+@register_region_mode("external")
+def _external(in_channels: int, num_nodes: int, init: str, init_size: float | None,
+              channels: int, init_jitter: float) -> RegionGenerator:
+    return ExternalRegions(num_nodes)
+
+
+REGION_MODES = tuple(REGION_GENERATORS)
+"""The built-in region modes, in registration order."""
 
 
 def make_region_generator(
@@ -462,7 +543,8 @@ def make_region_generator(
     channels: int = 32,
     init_jitter: float = 0.0,
 ) -> RegionGenerator:
-    """Build the region generator for ``mode`` (one of :data:`REGION_MODES`).
+    """Build the region generator for ``mode`` (one of :data:`REGION_GENERATORS`, built-in:
+    :data:`REGION_MODES`).
 
     ``init`` ``None`` picks :func:`default_init` of the mode. ``init_jitter`` (see
     :class:`RegionAlpha`) applies to the learned modes (``dyreg``, ``dyreg_lite``,
@@ -474,8 +556,9 @@ def make_region_generator(
     gradient difference) could ever separate them (``static`` accepts it with
     ``init_jitter > 0``, whose offsets separate them). The paper's Fixed model is the grid.
     """
-    if mode not in REGION_MODES:
-        raise ValueError(f"regions: unknown mode {mode!r}; expected one of {REGION_MODES}")
+    if mode not in REGION_GENERATORS:
+        raise ValueError(f"regions: unknown mode {mode!r}; expected one of "
+                         f"{tuple(REGION_GENERATORS)}")
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
         raise ValueError(f"num_nodes: expected a positive integer, got {num_nodes!r}")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -485,7 +568,7 @@ def make_region_generator(
         raise ValueError(f"init: expected one of {INITS}, got {init!r}")
     if init == "grid":
         reference_points(num_nodes, init)  # validates the perfect square
-    if init_jitter and mode not in ("dyreg", "dyreg_lite", "pos_only", "constant_time", "static"):
+    if init_jitter and mode not in LEARNED_MODES:
         raise ValueError(f"init_jitter: only for learned regions, got mode {mode!r}")
     if init == "center" and num_nodes > 1 and (
         mode == "fixed" or (mode == "static" and not init_jitter)
@@ -496,23 +579,5 @@ def make_region_generator(
             f"init='grid' (the default of this mode)"
             + (" or init_jitter > 0" if mode == "static" else "") + ", got init='center'"
         )
-    if mode in ("dyreg", "dyreg_lite"):
-        g = "lite" if mode == "dyreg_lite" else "fc"
-        gen = DynamicRegions(in_channels, num_nodes, init, init_size, channels, g, init_jitter)
-        gen.mode = mode
-        return gen
-    if mode == "pos_only":
-        return PositionOnlyRegions(in_channels, num_nodes, init, init_size, channels,
-                                   init_jitter=init_jitter)
-    if mode == "constant_time":
-        return ConstantTimeRegions(in_channels, num_nodes, init, init_size, channels,
-                                   init_jitter=init_jitter)
-    if mode == "static":
-        return StaticRegions(num_nodes, init, init_size, init_jitter)
-    if mode == "fixed":
-        return FixedRegions(num_nodes, init, init_size)
-    if mode == "semantic":
-        return SemanticRegions(in_channels, num_nodes)
-    if mode == "external":
-        return ExternalRegions(num_nodes)
-    raise ValueError(f"regions: unknown mode {mode!r}; expected one of {REGION_MODES}")
+    return REGION_GENERATORS[mode](in_channels, num_nodes, init, init_size, channels,
+                                   init_jitter)

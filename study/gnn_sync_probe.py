@@ -13,7 +13,7 @@ node's last state. Variants, side by side on the same data and steps:
     python study/gnn_sync_probe.py --train 20000 --val 2000 --steps 3000
 
 ``--flavor authors`` swaps in the graph stack of the authors' released code
-(:func:`dyreg_pyg.authors.authors_graph_stack`, as ``DyRegConfig(flavor="authors")`` runs it):
+(:func:`dyreg_pyg.nn.stack.authors_graph_stack`, as ``DyRegConfig(flavor="authors")`` runs it):
 a LayerNorm over the frame's nodes, then K x (one internal GRU shared by the iterations, then
 their space step :class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv` with message and update
 LayerNorms and a residual), then an external GRU. Its ``no_messages`` control runs the same
@@ -70,17 +70,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dyreg_pyg.authors import authors_graph_stack
 from dyreg_pyg.data.syncmnist import (
     SyncMNISTConfig,
     appearance_only_accuracy,
     generate_video,
     load_digit_pool,
 )
-from dyreg_pyg.graph import frame_edge_index
 from dyreg_pyg.kernels import region_kernels
 from dyreg_pyg.nn import TemporalUpdate, make_spatial_layer
 from dyreg_pyg.nn.authors import GraphLayerNorm
+from dyreg_pyg.nn.stack import authors_graph_stack, paper_graph_stack
 from train.data import batch_object_boxes
 
 log = logging.getLogger("gnn_sync_probe")
@@ -140,7 +139,7 @@ class GraphProbe(nn.Module):
             reads the classes present, counted, beside the mean node state; the graph sees
             positions only) or ``None`` (not at all: the in-sync tasks' default).
         flavor: ``"paper"`` (RSTG then GRU, K times) or ``"authors"`` (the authors' stack,
-            :func:`~dyreg_pyg.authors.authors_graph_stack`).
+            :func:`~dyreg_pyg.nn.stack.authors_graph_stack`).
         pos_features: how many numbers describe a node's position (2: coordinates; ``g**2``:
             a flattened kernel map, :func:`regions_to_kernel_inputs`).
     """
@@ -207,15 +206,20 @@ class GraphProbe(nn.Module):
         return out
 
     def _paper_stack(self, v: Tensor) -> Tensor:
-        """``[B, T, N, C]`` through (RSTG, GRU) x K; returns the last frame ``[B, N, C]``."""
-        b, t, n, _ = v.shape
-        v = v.reshape(b * t * n, -1)
-        edge_index = frame_edge_index(b * t, n, True, v.device)
-        for _ in range(self.iterations):
-            if self.spatial is not None:
-                v = self.spatial(v, edge_index)  # Eq. 8
-            v = self.temporal(v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
-        return v.view(b, t, n, -1)[:, -1]
+        """``[B, T, N, C]`` through (space, GRU) x K
+        (:func:`~dyreg_pyg.nn.stack.paper_graph_stack`, as the module runs it); without
+        messages the space step passes the nodes through. Returns the last frame
+        ``[B, N, C]``."""
+        spatial = self.spatial if self.spatial is not None else _NoMessages()
+        out, _ = paper_graph_stack(v, [spatial], [self.temporal], self.iterations)
+        return out[:, -1]
+
+
+class _NoMessages(nn.Module):
+    """The control's space step: each node keeps its state (no messages)."""
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        return x
 
 
 def train_probe(model: GraphProbe, data: tuple[Tensor, ...], val: tuple[Tensor, ...],
@@ -280,7 +284,7 @@ def main() -> None:
     ap.add_argument("--variants", default="graph,no_messages")
     ap.add_argument("--flavor", choices=("paper", "authors"), default="paper",
                     help="graph stack: the paper's text (RSTG then GRU, K times) or the "
-                         "authors' released code (dyreg_pyg.authors.authors_graph_stack)")
+                         "authors' released code (dyreg_pyg.nn.stack.authors_graph_stack)")
     ap.add_argument("--layer", default="rstg",
                     help="spatial layer of the paper flavour's stack (DyRegConfig.gnn: rstg or a "
                          "torch_geometric.nn conv name, e.g. GATv2Conv, TransformerConv, GINConv)")

@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from dyreg_pyg import DyRegBlock, DyRegConfig, DyRegGNN
-from dyreg_pyg.authors import authors_reference_points, authors_region_kernels, encoder_geometry
+from dyreg_pyg.authors import (
+    AuthorsDyRegGNN,
+    authors_reference_points,
+    authors_region_kernels,
+    encoder_geometry,
+)
 from dyreg_pyg.compat import convert_official, load_official, official_key
 from dyreg_pyg.graph import build_graph_batch
 from dyreg_pyg.nn import make_spatial_layer
@@ -78,7 +83,7 @@ def test_converter_maps_every_tensor_of_their_block():
         ours = _block(c, h, node if node != c else None)
         state = convert_official(ours, theirs)
         ours.load_state_dict(state)
-        a = ours.gnn.authors
+        a = ours.gnn  # an AuthorsDyRegGNN (before issue 34: ours.gnn.authors)
         assert torch.equal(a.regions.gain, theirs["dynamic_graph.offset_alpha"])
         assert torch.equal(ours.norm.norm.weight,
                            theirs["norm_dict.residual_norm.scale"].flatten())
@@ -158,7 +163,7 @@ def test_official_key_names_of_their_tsn():
     assert official_key("module.base_model.layer2.2.conv2.block.weight") == \
         "backbone.layer2.2.conv2.weight"  # older checkpoints, as their --resume renames them
     assert official_key("module.base_model.layer4.1.conv2.1.dynamic_graph.offset_alpha") == \
-        "backbone.layer4.1.conv2.dyreg_after.dyreg.gnn.authors.regions.gain"
+        "backbone.layer4.1.conv2.dyreg_after.dyreg.gnn.regions.gain"
     assert official_key("module.base_model.layer3.4.conv2.norm_dict.residual_norm.scale") == \
         "backbone.layer3.4.conv2.dyreg_after.dyreg.norm.norm.weight"
     assert official_key("module.new_fc.bias") == "fc.bias"
@@ -351,9 +356,10 @@ def test_authors_graph_stack_is_their_schedule_on_node_tensors():
         authors_graph_stack(v, norm, [gru, gru], [conv], gru_out, 2)
     with pytest.raises(ValueError, match="nodes"):
         authors_graph_stack(v[0], norm, [gru], [conv], gru_out, 2)
-    m = DyRegGNN(c, flavor="authors", spatial_size=(6, 6), region_channels=8).authors
-    nodes = torch.randn(6, 9, c)
-    got, _ = m._graph(nodes, 2, 3, False)
-    want, _ = authors_graph_stack(nodes.view(2, 3, 9, c), m.input_norm, m.temporal, m.spatial,
+    m = DyRegGNN(c, flavor="authors", spatial_size=(6, 6), region_channels=8)
+    assert type(m) is AuthorsDyRegGNN and isinstance(m, DyRegGNN)
+    nodes = torch.randn(2, 3, 9, c)
+    got, _ = m.graph_stack(nodes, False)
+    want, _ = authors_graph_stack(nodes, m.input_norm, m.temporal, m.spatial,
                                   m.temporal_out, 3)
-    assert torch.equal(got, want.reshape(6, 9, c))
+    assert torch.equal(got, want)

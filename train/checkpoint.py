@@ -11,6 +11,7 @@ import torch
 
 from dyreg_pyg._checks import load_error, nonfinite_entry, not_a_file
 from dyreg_pyg._io import write_atomic
+from dyreg_pyg.compat.legacy import remap_legacy_keys
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
            "load_model_state", "CheckpointError"]
@@ -61,7 +62,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
                      source: str = "checkpoint") -> None:
-    """``load_state_dict(strict=True)`` with a clear message listing missing/unexpected keys."""
+    """``load_state_dict(strict=True)`` with a clear message listing missing/unexpected keys.
+
+    Keys of earlier versions are renamed first
+    (:func:`dyreg_pyg.compat.remap_legacy_keys`: ``gnn.authors.*`` -> ``gnn.*``)."""
+    state_dict = remap_legacy_keys(state_dict)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

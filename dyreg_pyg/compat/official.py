@@ -28,7 +28,8 @@ __all__ = ["official_key", "convert_official", "load_official", "read_official_c
 
 log = logging.getLogger(__name__)
 
-# Their DynamicGraph (+ RSTG) sub-module prefixes -> ours under DyRegBlock.gnn.authors.
+# Their DynamicGraph (+ RSTG) sub-module prefixes -> ours under DyRegBlock.gnn (an
+# AuthorsDyRegGNN; before issue 34 under DyRegBlock.gnn.authors, see compat/legacy.py).
 _GRAPH_PREFIXES: tuple[tuple[str, str], ...] = (
     ("project_i3d_linear.", "proj_in."),
     ("norm_dict.dynamic_graph_projection.", "proj_in_norm."),
@@ -109,7 +110,7 @@ def official_key(key: str) -> str | None:
             if theirs.endswith("_"):  # tail_norm_<i>.scale -> down_norm.<i>.weight
                 idx, _, rest = rest.partition(".")
                 mine = f"{mine}{idx}."
-            return ours + "gnn.authors." + mine + _affine(rest)
+            return ours + "gnn." + mine + _affine(rest)
     return None
 
 
@@ -155,8 +156,8 @@ def _constant_expected(model: nn.Module, ours: str, name: str) -> Tensor | None:
         block = model.get_submodule(block_name)
     except AttributeError:
         return None
-    authors = getattr(getattr(block, "gnn", None), "authors", None)
-    if authors is None:
+    authors = getattr(block, "gnn", None)
+    if not hasattr(authors, "ref_rows"):
         return None
     h, w = authors.size
     if name == "ph_buf":

@@ -143,8 +143,7 @@ def check_block_names(names: Sequence[str], net: nn.Module,
 
 def block_config(cfg: DyRegConfig, height: int, width: int) -> DyRegConfig:
     """``cfg`` with ``spatial_size`` set to the block's map size unless the caller fixed it."""
-    return DyRegConfig.from_dict({**cfg.to_dict(), "gnn": cfg.gnn,
-                                  "spatial_size": cfg.spatial_size or (height, width)})
+    return cfg.replace(spatial_size=cfg.spatial_size or (height, width))
 
 
 def as_config(dyreg: dict[str, Any] | DyRegConfig | None) -> DyRegConfig:

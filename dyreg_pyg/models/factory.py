@@ -167,7 +167,7 @@ def build_video_model(
         c, h, w = shapes[name]
         bcfg = cfg
         if name in per_block:
-            bcfg = DyRegConfig.from_dict({**cfg.to_dict(), "gnn": cfg.gnn, **per_block[name]})
+            bcfg = cfg.replace(**per_block[name])
         attach_dyreg(net.get_submodule(name), DyRegBlock(c, block_config(bcfg, h, w)),
                      num_frames)
     fixed = bool(shift or dyreg_at)

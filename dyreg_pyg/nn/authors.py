@@ -151,6 +151,11 @@ class AuthorsRSTGConv(MessagePassing):
           ``return_attention_weights=True`` also ``(edge_index, attention [E])``
     """
 
+    reports_edge_attention = True
+    """Reports one attention weight per edge (:func:`~dyreg_pyg.nn.stack.call_space_layer`)."""
+    norms_per_graph = True
+    """Takes ``(x, edge_index, batch, num_graphs)``: its LayerNorms run per frame graph."""
+
     def __init__(self, channels: int, eps: float = 1e-5, **kwargs) -> None:
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)

@@ -1,14 +1,18 @@
-"""Spatial message-passing layers by name: ``"rstg"`` or any ``torch_geometric.nn`` conv."""
+"""Spatial message-passing layers by name: ``"rstg"`` or any ``torch_geometric.nn`` conv,
+resolved by PyG's own :func:`torch_geometric.resolver.resolver` (names compared as PyG
+normalises them: case, ``-``, ``_`` and spaces ignored; the ``Conv`` suffix optional)."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch_geometric.nn as pyg_nn
 from torch import nn
 from torch_geometric.nn import MessagePassing
+from torch_geometric.resolver import normalize_string, resolver
 
 from .authors import AuthorsRSTGConv
 from .rstg import RSTGConv
@@ -35,13 +39,35 @@ def available_layers() -> list[str]:
     return names
 
 
-def _lookup(name: str) -> type[MessagePassing] | None:
-    wanted = name.lower()
-    for cand in available_layers()[2:]:
-        low = cand.lower()
-        if wanted in (low, low.removesuffix("conv")):
-            return getattr(pyg_nn, cand)
-    return None
+def _factories() -> dict[str, Callable[[int], nn.Module]]:
+    """``{normalised name: (channels) -> layer}`` for :func:`torch_geometric.resolver.resolver`:
+    our two RSTG layers and every PyG conv under its name with and without ``Conv``."""
+    out: dict[str, Callable[[int], nn.Module]] = {
+        "rstg": lambda c: RSTGConv(c, c), "rstgauthors": lambda c: AuthorsRSTGConv(c)}
+    for name in available_layers()[2:]:
+        build = partial(_build_pyg, getattr(pyg_nn, name))
+        low = normalize_string(name)
+        out.setdefault(low, build)
+        out.setdefault(low.removesuffix("conv"), build)
+    return out
+
+
+def _build_pyg(cls: type[MessagePassing], channels: int) -> nn.Module:
+    if cls is pyg_nn.GINConv:
+        mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels))
+        return pyg_nn.GINConv(mlp, train_eps=True)
+    if cls is pyg_nn.EdgeConv:  # h_theta([x_i, x_j - x_i]): a 2-layer MLP, as for GINConv
+        mlp = nn.Sequential(nn.Linear(2 * channels, channels), nn.ReLU(),
+                            nn.Linear(channels, channels))
+        return pyg_nn.EdgeConv(mlp)
+    try:
+        layer = cls(channels, channels)
+    except (TypeError, AttributeError, ValueError, AssertionError) as err:
+        raise ValueError(
+            f"gnn: {cls.__name__} cannot be built as {cls.__name__}({channels}, {channels}) "
+            f"({err}); pass a callable (channels) -> MessagePassing instead"
+        ) from err
+    return _check_runs(layer, channels)
 
 
 def make_spatial_layer(spec: SpatialLayerSpec, channels: int) -> MessagePassing:
@@ -66,31 +92,14 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int) -> MessagePassing:
         return _check_runs(layer, channels)
     if not isinstance(spec, str):
         raise ValueError(f"gnn: expected a layer name or a callable, got {type(spec)}")
-    if spec.lower() == "rstg":
-        return RSTGConv(channels, channels)
-    if spec.lower() == "rstg_authors":
-        return AuthorsRSTGConv(channels)
-    cls = _lookup(spec)
-    if cls is None:
+    try:  # PyG's own resolver, on a table of builders (it returns them as they are)
+        build = resolver([], _factories(), spec, None, "Conv")
+    except ValueError:
         raise ValueError(
             f"gnn: unknown layer {spec!r}; expected 'rstg', 'rstg_authors', a callable, or "
             f"one of {available_layers()[2:]}"
-        )
-    if cls is pyg_nn.GINConv:
-        mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels))
-        return pyg_nn.GINConv(mlp, train_eps=True)
-    if cls is pyg_nn.EdgeConv:  # h_theta([x_i, x_j - x_i]): a 2-layer MLP, as for GINConv
-        mlp = nn.Sequential(nn.Linear(2 * channels, channels), nn.ReLU(),
-                            nn.Linear(channels, channels))
-        return pyg_nn.EdgeConv(mlp)
-    try:
-        layer = cls(channels, channels)
-    except (TypeError, AttributeError, ValueError, AssertionError) as err:
-        raise ValueError(
-            f"gnn: {cls.__name__} cannot be built as {cls.__name__}({channels}, {channels}) "
-            f"({err}); pass a callable (channels) -> MessagePassing instead"
-        ) from err
-    return _check_runs(layer, channels)
+        ) from None
+    return build(channels)
 
 
 def _check_runs(layer: nn.Module, channels: int) -> nn.Module:

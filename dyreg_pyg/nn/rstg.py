@@ -56,6 +56,9 @@ class RSTGConv(MessagePassing):
           ``return_attention_weights=True``
     """
 
+    reports_edge_attention = True
+    """Reports one attention weight per edge (:func:`~dyreg_pyg.nn.stack.call_space_layer`)."""
+
     def __init__(
         self,
         in_channels: int,

@@ -1,0 +1,77 @@
+"""Issue 34: the flavour is a class (a registry by name), one config, one attention rule,
+the documented key remap of older checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dyreg_pyg import AuthorsDyRegGNN, DyRegBlock, DyRegConfig, DyRegGNN, flavor_class
+from dyreg_pyg.compat import remap_legacy_keys
+from dyreg_pyg.config import FLAVORS
+from dyreg_pyg.module import FLAVOR_CLASSES, register_flavor
+
+KW = dict(num_nodes=4, region_channels=4, spatial_size=(5, 5), iterations=2)
+
+
+def test_the_flavour_picks_the_class_and_both_are_dyreg_gnn():
+    assert sorted(FLAVOR_CLASSES) == sorted(FLAVORS)
+    paper, authors = DyRegGNN(8, **KW), DyRegGNN(8, flavor="authors", **KW)
+    assert type(paper) is DyRegGNN and type(authors) is AuthorsDyRegGNN
+    assert isinstance(authors, DyRegGNN) and authors.config.flavor == "authors"
+    assert type(DyRegGNN(8, config=DyRegConfig(flavor="authors", **KW))) is AuthorsDyRegGNN
+    assert type(AuthorsDyRegGNN(8, **KW)) is AuthorsDyRegGNN  # flavour from the class
+    assert flavor_class("authors") is AuthorsDyRegGNN
+    assert type(DyRegBlock(8, DyRegConfig(flavor="authors", **KW)).gnn) is AuthorsDyRegGNN
+    assert type(copy.deepcopy(authors)) is AuthorsDyRegGNN
+    with pytest.raises(ValueError, match="flavor: AuthorsDyRegGNN implements 'authors'"):
+        AuthorsDyRegGNN(8, config=DyRegConfig(**KW))
+    with pytest.raises(ValueError, match="flavor: expected one of"):
+        flavor_class("theirs")
+    with pytest.raises(ValueError, match="already registered"):
+        register_flavor("paper")(AuthorsDyRegGNN)
+    with pytest.raises(ValueError, match="either a DyRegConfig or its fields"):
+        DyRegGNN(8, config=DyRegConfig(**KW), num_nodes=4)
+
+
+def test_no_child_module_named_authors_and_keys_are_flat():
+    block = DyRegBlock(8, DyRegConfig(flavor="authors", **KW))
+    keys = list(block.state_dict())
+    assert "gnn.regions.gain" in keys and not any(".authors." in k for k in keys)
+    assert block.gamma is None and "norm.norm.weight" in keys
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_one_rule_for_reporting_attention(flavor):
+    """Our RSTG layers report one weight per frame edge in both flavours; a PyG layer
+    (TransformerConv, which has ``lin_query``) reports none in both."""
+    x = torch.randn(1, 2, 8, 5, 5)
+    _, det = DyRegGNN(8, flavor=flavor, **KW)(x, return_details=True)
+    assert det.attention is not None and det.attention.shape == (2 * 4 * 4,)
+    _, det = DyRegGNN(8, flavor=flavor, gnn="TransformerConv", **KW)(x, return_details=True)
+    assert det.attention is None
+
+
+def test_config_replace_is_checked_again():
+    cfg = DyRegConfig()
+    assert cfg.replace(num_nodes=4).num_nodes == 4 and cfg.num_nodes == 9
+    with pytest.raises(ValueError, match="unknown keys \\['nodes'\\]"):
+        cfg.replace(nodes=4)
+    with pytest.raises(ValueError, match="backend"):
+        cfg.replace(backend="dense", gnn="GATConv")
+    with pytest.raises(ValueError, match="norm: expected one of"):
+        DyRegBlock(8, cfg, norm="group")
+    assert DyRegConfig(spatial_size=7).spatial_size == (7, 7)
+
+
+def test_legacy_keys_are_renamed():
+    old = {"backbone.layer3.dyreg.gnn.authors.regions.gain": 1, "gnn.authors.spatial.0.x": 2,
+           "authors.temporal_out.rnn.w": 3, "gnn.spatial.0.lin_key.bias": 4,
+           "head.authors_count": 5}
+    assert remap_legacy_keys(old) == {
+        "backbone.layer3.dyreg.gnn.regions.gain": 1, "gnn.spatial.0.x": 2,
+        "temporal_out.rnn.w": 3, "gnn.spatial.0.lin_key.bias": 4, "head.authors_count": 5}
+    with pytest.raises(ValueError, match="both map to 'gnn.regions.gain'"):
+        remap_legacy_keys({"gnn.authors.regions.gain": 1, "gnn.regions.gain": 2})
