@@ -46,9 +46,9 @@ from .stages import (
     MAX_EMPTY_PASSES,
     ClipSpec,
     EmptyDataError,
+    EmptyPasses,
     EpochLosses,
     SkipCounter,
-    _EmptyPasses,
     batch_clips,
     collate_clips,
     decode_clips,
@@ -150,7 +150,7 @@ class ClipDataset(IterableDataset):
 
     # ------------------------------------------------------------------ stages
     def _read(self, shards: Any, rng: random.Random, records: list | None,
-              watch: _EmptyPasses | None, *more: Any) -> Iterator[dict[str, Any]]:
+              watch: EmptyPasses | None, *more: Any) -> Iterator[dict[str, Any]]:
         """One pass: the tar stage over ``shards``, then ``more`` stages, then the shuffle
         buffer (training)."""
         p = self.p
@@ -163,7 +163,7 @@ class ClipDataset(IterableDataset):
         return iter(wds.DataPipeline(*stages))
 
     def _passes(self, seed: Any, rng: random.Random, records: list | None,
-                watch: _EmptyPasses | None, padding: bool = False) -> Iterator[dict[str, Any]]:
+                watch: EmptyPasses | None, padding: bool = False) -> Iterator[dict[str, Any]]:
         """Training: passes over the shards without end, each every shard once in a fresh
         order (this rank and worker's own), shuffled pass by pass."""
         for shards in shard_passes(self.p.urls, seed):
@@ -173,7 +173,7 @@ class ClipDataset(IterableDataset):
                 yield sample
 
     def _samples(self, worker: int, num_workers: int, rng: random.Random, records: list,
-                 watch: _EmptyPasses | None) -> Iterator[dict[str, Any]]:
+                 watch: EmptyPasses | None) -> Iterator[dict[str, Any]]:
         p = self.p
         seed = [p.seed, self.epoch, p.rank, worker]
         if p.train and p.train_shards == "resample":
@@ -204,7 +204,7 @@ class ClipDataset(IterableDataset):
         seed_seq = [p.seed, self.epoch, p.rank, worker]
         rng = random.Random(str(seed_seq))
         records: list[tuple] = []
-        watch = _EmptyPasses(p.urls) if p.train else None
+        watch = EmptyPasses(p.urls) if p.train else None
         samples = self._samples(worker, num_workers, rng, records, watch)
         clips = decode_clips(self.spec(), rng=np.random.default_rng(seed_seq), skips=records,
                              watch=watch)(samples)

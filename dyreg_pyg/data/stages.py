@@ -95,7 +95,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ClipSpec", "SkipCounter", "EpochLosses", "EmptyDataError", "MAX_EMPTY_PASSES",
            "explain_skips", "tarfile_samples_counted", "decode_clips", "make_clip",
            "batch_clips", "collate_clips", "count_skips", "split_by_rank", "split_samples",
-           "shard_passes", "read_shard"]
+           "shard_passes", "read_shard", "EmptyPasses"]
 
 #: A training stream (shards resampled without end) raises :class:`EmptyDataError` after this
 #: many passes - each pass reads every shard at least once - that produced no usable sample.
@@ -415,12 +415,16 @@ def _views(clip: torch.Tensor, spec: ClipSpec, rng: np.random.Generator
     return three_crop_views(rh, rw, crop), (rh, rw, crop)
 
 
-class _EmptyPasses:
+class EmptyPasses:
     """Training only: counts passes over the shards (a pass ends when every shard has been
     read at least once since it began) that produced no usable sample, and raises
     :class:`EmptyDataError` after :data:`MAX_EMPTY_PASSES` of them while no usable sample has
     come out at all. A pass counts as empty when it read no sample, or when samples reached
-    decoding and all failed (a pass that only fills the shuffle buffer does not count)."""
+    decoding and all failed (a pass that only fills the shuffle buffer does not count).
+
+    Give the same one as ``watch`` to :func:`tarfile_samples_counted` (which reports each
+    shard read) and :func:`decode_clips` (which reports each clip made or failed) of an
+    endless training pipeline."""
 
     def __init__(self, urls: Sequence[str]) -> None:
         self.urls = list(urls)
@@ -688,7 +692,7 @@ def _tarfile_samples_counted(shards: Iterable[dict[str, str]], skips: SkipSink =
     samples, from the manifest) lists, is logged and recorded in ``skips`` as
     ``(<shard URL>, "shard_error" | "shard_short", detail, samples lost)`` (1 when the count
     is unknown). ``TimeoutError`` and ``KeyboardInterrupt`` (stop signals, not data errors)
-    propagate. ``watch`` is the loader's empty-stream guard (internal).
+    propagate. ``watch``: an :class:`EmptyPasses` to report each shard read to.
 
     Hand-written because ``wds.tarfile_to_samples`` stops at the first end-of-archive block
     (a ``pipe:cat a.tar b.tar`` stream loses ``b.tar``), does not see a file cut at a member
@@ -737,7 +741,7 @@ def _decode_clips(samples: Iterable[dict[str, Any]], spec: ClipSpec,
     label, bad JSON) is logged with its key and recorded in ``skips`` as ``(key, reason,
     detail)`` (a sample marked ``"__padding__"`` - read again to pad an epoch - is logged
     only). Random choices come from ``rng`` (default: ``numpy.random.default_rng(seed)``).
-    ``watch`` is the loader's empty-stream guard (internal).
+    ``watch``: an :class:`EmptyPasses` to report each clip to.
 
     Hand-written because webdataset's decoders decode whole members (every frame of a
     video); this one samples the frame indices first and decodes only what they need.
