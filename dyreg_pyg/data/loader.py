@@ -324,13 +324,16 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     corrupt one (not a JSON object) raises ``ValueError`` naming it. An empty list, a pattern
     that matches nothing or a missing local shard raises ``ValueError``.
 
-    * ``split="train"``: shards are resampled with replacement (each rank and worker has its
-      own seeded sequence; ``train_shards="split"``: every epoch, a shard order shared by all
-      ranks, split by node and by worker as for evaluation, so that each sample is read once
-      per epoch over all ranks when the shards divide evenly among ranks x workers; a share
-      that runs out before the epoch's batches is padded with resampled shards, a longer one
-      is cut), samples go through a shuffle buffer, one random frame is taken in
-      each of ``num_frames`` equal segments, then (if ``crop_size``) short side resize to
+    * ``split="train"``: shards are read pass after pass, each pass every shard once in a
+      fresh order (each rank and worker its own seeded orders; ``train_shards="split"``:
+      every epoch, a shard order shared by all ranks, split by node and by worker as for
+      evaluation, so that each sample is read once per epoch over all ranks when the shards
+      divide evenly among ranks x workers; a share that runs out before the epoch's batches
+      is padded with more passes, a longer one is cut). Samples go through a shuffle buffer
+      that holds at most one pass (each pass is shuffled on its own, and the buffer is at
+      most the manifest's sample count: no shard is fetched again to fill it). One random
+      frame is taken in each of ``num_frames`` equal segments, then (if ``crop_size``) short
+      side resize to
       ``resize_size``, TSM multi-scale crop to ``crop_size`` and a random horizontal flip
       (default on for ``"something"``, where the labels of left/right class pairs
       ``flip_pairs`` are swapped; off for ``"syncmnist"``). The stream is endless;
@@ -369,7 +372,7 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     that produces no usable sample in :data:`MAX_EMPTY_PASSES` passes over its shards raises
     :class:`EmptyDataError` naming them; an evaluation pass simply ends (the caller checks
     that it read something). Each lost sample is counted once per epoch, however often its
-    shard is read in it (resampled to fill the shuffle buffer; ``"split"``'s padding counts
+    shard is read in it (several passes in one epoch; ``"split"``'s padding counts
     nothing: the shard's owner does), see :class:`EpochLosses`.
 
     Args:
@@ -398,7 +401,8 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
         partial: Keep the last partial batch (default: only for evaluation).
         jpeg_draft: Let libjpeg decode large JPEGs at reduced size when that still covers
             the crop (faster; the result is resized anyway).
-        train_shards: Training shard order: ``"resample"`` (with replacement, endless) or
+        train_shards: Training shard order: ``"resample"`` (passes without end, each shard
+            once per pass in a fresh order) or
             ``"split"`` (each sample once per epoch over all ranks: split by node and by
             worker; see above).
         read_timeout: Seconds a remote shard (HTTP, ``pipe:``) may deliver no byte, and the
