@@ -15,7 +15,7 @@ so it plugs into any ``wds.DataPipeline`` next to stock webdataset stages (shard
         wds.shuffle(100),
         stages.decode_clips(stages.ClipSpec(num_frames=8, crop_size=112, train=True),
                             skips=records),
-        stages.batch_clips(4, skips=records),
+        stages.batch_clips(4, partial=True, skips=records),
     )
     skips = stages.SkipCounter()
     for batch in stages.count_skips(wds.WebLoader(pipeline, batch_size=None, num_workers=2),
@@ -31,7 +31,9 @@ Ours, and why webdataset's own does not do it:
   end-of-archive marker) and counts the samples a shard lost per reason, from the manifest's
   per-shard counts. webdataset's tar reader stops at the first end-of-archive block, does
   not notice a file cut at a member boundary, and reports errors to a handler that sees an
-  exception, not how many samples it cost.
+  exception, not how many samples it cost (checked with webdataset 1.0.2: of ``cat a.tar
+  b.tar`` it yields ``a.tar``'s samples only, and a file cut between two samples ends
+  without an error).
 * :func:`decode_clips` / :func:`make_clip`: clip decoding, TSN/TSM frame sampling, crops,
   flips and box mapping (webdataset's decoders decode every frame of a sample; ours decode
   what is sampled and skip a corrupt sample with its reason).
