@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -213,3 +214,16 @@ def test_server_errors_are_os_errors_naming_the_url(server, monkeypatch, caplog)
 def test_bad_brace_pattern_is_a_value_error():
     with pytest.raises(ValueError):
         load_manifest("data/train-{000000..000003.tar")
+
+
+def test_epoch_length_comes_from_the_manifest_in_the_presets_and_pipe_shards_must_set_it():
+    """Issue 36: the SSv2 preset's fixed epoch_size (168913) made an 84,456-step bar on 8
+    videos; the presets leave it to the manifest, and pipe: shards (no manifest) are told to
+    set it."""
+    import yaml
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "train/configs").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()).get("data") or {}
+        assert data.get("epoch_size") is None, f"{path.name}: epoch_size fixed in the preset"
+    with pytest.raises(ValueError, match="pipe: shards.*set data.epoch_size"):
+        read_split_size("pipe:cat /nonexistent/train-{000000..000001}.tar")

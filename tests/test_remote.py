@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,23 @@ def test_a_cut_shard_read_again_in_an_epoch_counts_its_loss_once(server, caplog,
             assert f"epoch {epoch}: 8 batches, {lost} samples skipped" in caplog.text
     assert len(server.requests) - before > 2 * len(names)  # the shards were read again
     assert loader.skips.count == 2 * lost  # once per epoch
+
+
+@pytest.mark.parametrize(("epoch_size", "num_workers", "passes"), [(4, 0, 1), (4, 1, 1),
+                                                                    (40, 0, 3)])
+def test_a_short_run_fetches_each_http_shard_once_per_pass(server, epoch_size, num_workers,
+                                                          passes):
+    """Issue 36: 2 steps on 8 videos over HTTP made 252 shard GETs (the 1000-sample shuffle
+    buffer filled by downloading the shards again). The buffer is bounded by the manifest's
+    count and filled one pass at a time: each shard is fetched once per pass."""
+    urls = f"{server.url}/train-{{000000..000001}}.tar"  # 16 samples in 2 shards of 8
+    loader = make_clip_loader(urls, "train", num_frames=4, batch_size=2, epoch_size=epoch_size,
+                              shuffle_buffer=1000, num_workers=num_workers)
+    assert loader.dataset.pass_buffer() == 16
+    before = len(server.requests)
+    assert len(_keys(loader)) == epoch_size
+    gets = Counter(n for n in server.requests[before:] if n.endswith(".tar"))
+    assert gets == {"train-000000.tar": passes, "train-000001.tar": passes}
 
 
 def test_losses_seen_on_several_ranks_in_one_epoch_count_once(monkeypatch):

@@ -34,14 +34,14 @@ class DataConfig:
     num_workers: int = 2
     in_memory: bool = False             # decode the training split once, keep it in RAM
                                         # (no training augmentation: MultiSyncMNIST)
-    epoch_size: int | None = None       # training samples per epoch (resampled shards)
+    epoch_size: int | None = None       # training samples per epoch (None: the manifest's)
     shuffle: int = 1000                 # shuffle buffer
     num_clips: int = 1                  # evaluation: temporal clips
     num_crops: int = 1                  # evaluation: spatial crops (1 or 3)
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.5])
     num_classes: int | None = None      # None: read from the shards' manifest
-    train_shards: str = "resample"      # resample (with replacement) | split (each sample once
+    train_shards: str = "resample"      # resample (passes, own order) | split (each sample once
                                         # per epoch over all ranks: shards split by node/worker)
     read_timeout: float = 60.0          # s a remote shard (http(s)://, pipe:) may send no byte
 

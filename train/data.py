@@ -244,6 +244,10 @@ def read_split_size(pattern: str, timeout: float = 60.0) -> int:
 
     m = load_manifest(pattern, timeout)
     if not m:
+        if any(p.strip().startswith("pipe:") for p in str(pattern).split("::")):
+            raise ValueError(f"data.epoch_size: not set, and {pattern!r} are pipe: shards, "
+                             "which have no manifest to count them: set data.epoch_size "
+                             "(training samples per epoch, e.g. 168913 for SSv2)")
         raise ValueError(f"data.epoch_size: not set and no manifest next to {pattern!r}")
     for key in ("num_samples", "count", "total"):
         if key in m:

@@ -1,6 +1,7 @@
 """Data: MultiSyncMNIST / SyncMNIST generation, Something-Something converters, WebDataset
 shards and the streaming clip loader."""
 
+from . import stages
 from .decode import CorruptSample, DecodeStats, decode_jpeg, decode_npy_frames, decode_video
 from .loader import (
     MAX_EMPTY_PASSES,
@@ -46,7 +47,7 @@ from .transforms import (
 
 __all__ = [
     "make_clip_loader", "ClipLoader", "ClipDataset", "SkipCounter", "EmptyDataError",
-    "MAX_EMPTY_PASSES", "explain_skips", "InMemoryClips",
+    "MAX_EMPTY_PASSES", "explain_skips", "InMemoryClips", "stages",
     "InMemoryLoader",
     "write_syncmnist_shards", "generate_video", "load_digit_pool", "SyncMNISTConfig",
     "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "syncmnist_label",

@@ -1,10 +1,12 @@
 """Streaming clip loader over WebDataset shards.
 
-The pipeline is a chain of small generator stages, run inside each DataLoader worker::
+Each DataLoader worker runs a ``wds.DataPipeline`` of stock webdataset stages and the stages
+of :mod:`dyreg_pyg.data.stages`::
 
-    shard list -> (train) resample shards | (eval, train "split") split by node and by worker
-               -> tar -> samples -> (eval, few shards) keep every G-th sample
-               -> (train) shuffle buffer -> decode + sample clip + augment -> batch
+    (train "resample") passes without end, each wds.SimpleShardList in a fresh seeded order
+    (eval, train "split") wds.SimpleShardList -> split_by_rank -> wds.split_by_worker
+               -> tarfile_samples_counted -> (eval, few shards) split_samples
+               -> (train) wds.shuffle, one pass at a time -> decode_clips -> batch_clips
 
 Samples that cannot be used (corrupt JPEG/video/array, missing or unknown label, bad JSON,
 unreadable shard) are skipped, logged with their key and counted; the counts travel with the
@@ -25,49 +27,44 @@ stream that yields no usable sample in :data:`MAX_EMPTY_PASSES` passes over its 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import lzma
 import os
 import random
-import tarfile
-import zlib
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .decode import (
-    VIDEO_EXTS,
-    CorruptSample,
-    decode_jpeg,
-    decode_npy_frames,
-    decode_video,
-    frame_members,
-)
 from .remote import DEFAULT_READ_TIMEOUT, is_http, open_shard
 from .shards import expand_shard_urls, load_manifest
-from .transforms import (
-    TSM_SCALES,
-    View,
-    apply_view,
-    center_crop_view,
-    eval_indices,
-    multiscale_crop_view,
-    three_crop_views,
-    train_indices,
-    transform_boxes,
+from .stages import (
+    MAX_EMPTY_PASSES,
+    ClipSpec,
+    EmptyDataError,
+    EmptyPasses,
+    EpochLosses,
+    SkipCounter,
+    batch_clips,
+    collate_clips,
+    decode_clips,
+    explain_skips,
+    make_clip,
+    shard_passes,
+    split_by_rank,
+    split_samples,
+    tarfile_samples_counted,
 )
+from .transforms import TSM_SCALES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SkipCounter", "EpochLosses", "ClipDataset", "ClipLoader", "make_clip_loader",
-           "collate_clips", "DATASETS"]
+           "collate_clips", "DATASETS", "EmptyDataError", "MAX_EMPTY_PASSES", "explain_skips"]
 
 #: Known ``dataset`` values and their defaults.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -77,102 +74,6 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 _TRAIN_SPLITS = ("train",)
 _EVAL_SPLITS = ("val", "validation", "test", "eval")
-
-#: A training stream (shards resampled without end) raises :class:`EmptyDataError` after this
-#: many passes - each pass reads every shard at least once - that produced no usable sample.
-MAX_EMPTY_PASSES = 3
-
-# Errors of reading a shard: missing or unreadable file, failed pipe, not a tar, truncated or
-# corrupt archive or compression. TimeoutError and InterruptedError are OSErrors too, but they
-# stop the reader from outside: never caught.
-_SHARD_ERRORS: tuple[type[BaseException], ...] = (
-    tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
-_NOT_DATA_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, InterruptedError)
-
-
-class EmptyDataError(RuntimeError):
-    """The shards yielded no usable sample (training would wait forever; an evaluation would
-    report on nothing). The message names the shards and says why (see
-    :meth:`SkipCounter.explain`)."""
-
-
-@dataclass
-class SkipCounter:
-    """Skipped samples: ``count``, ``reasons`` (reason -> count) and the first ``keep``
-    ``(key, reason, detail)`` examples.
-
-    A sample-level record counts 1. A shard-level record (key ``<shard URL>``) counts the
-    samples it lost where the shards' manifest says how many (``shard_error``: unreadable or
-    truncated shard; ``shard_short``: fewer samples than listed), else 1 (the shard).
-    """
-
-    count: int = 0
-    reasons: Counter = field(default_factory=Counter)
-    examples: list[tuple[str, str, str]] = field(default_factory=list)
-    keep: int = 50
-
-    def add(self, key: str, reason: str, detail: str = "", n: int = 1) -> None:
-        """Record ``n`` skipped samples (1: one sample) under ``key`` and ``reason``."""
-        self.count += n
-        self.reasons[reason] += n
-        if len(self.examples) < self.keep:
-            self.examples.append((key, reason, detail))
-
-    def merge(self, records: Iterable[tuple]) -> None:
-        """Add ``(key, reason, detail)`` or ``(key, reason, detail, n)`` records."""
-        for rec in records:
-            self.add(*rec)
-
-    def as_dict(self) -> dict[str, Any]:
-        """``{"count", "reasons", "examples"}`` (JSON-ready; examples as ``[key, reason,
-        detail]``, at most 20)."""
-        return {"count": self.count, "reasons": dict(sorted(self.reasons.items())),
-                "examples": [list(e) for e in self.examples[:20]]}
-
-    def explain(self) -> str:
-        """Why no usable sample came out of the shards, from the counts, in one sentence."""
-        return explain_skips(self.reasons, [k for k, r, _ in self.examples
-                                            if r in ("shard_error", "shard_short")])
-
-    def reset(self) -> None:
-        """Forget everything."""
-        self.count = 0
-        self.reasons.clear()
-        self.examples.clear()
-
-    def summary(self) -> str:
-        """One line: total and per-reason counts."""
-        if not self.count:
-            return "no sample skipped"
-        parts = ", ".join(f"{r}: {n}" for r, n in sorted(self.reasons.items()))
-        return f"{self.count} samples skipped ({parts})"
-
-
-def explain_skips(reasons: dict[str, int], bad_shards: Sequence[str] = ()) -> str:
-    """One sentence on why a stream yielded no usable sample, given its skip ``reasons``
-    (reason -> count) and the names of the shards that failed."""
-    if not reasons:
-        return "the shards hold no sample (empty tar files?)"
-    parts = []
-    if reasons.get("missing_cls"):
-        parts.append(f"{reasons['missing_cls']} samples have no .cls label (an unlabelled "
-                     "split such as a test split? evaluation and training need labelled shards)")
-    if reasons.get("label_not_in_class_map") or reasons.get("bad_label"):
-        n = reasons.get("label_not_in_class_map", 0) + reasons.get("bad_label", 0)
-        parts.append(f"{n} samples have a label outside the class map (wrong num_classes or "
-                     "shards of another dataset?)")
-    if reasons.get("shard_error") or reasons.get("shard_short"):
-        names = sorted(set(bad_shards))
-        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-        parts.append("shards could not be read whole" +
-                     (f": {', '.join(names[:3])}{more}" if names else ""))
-    rest = {r: n for r, n in reasons.items() if r not in (
-        "missing_cls", "label_not_in_class_map", "bad_label", "shard_error", "shard_short")}
-    if rest:
-        parts.append("samples skipped as " + ", ".join(f"{r}: {n}" for r, n in
-                                                        sorted(rest.items())))
-    return "; ".join(parts)
-
 
 @dataclass
 class _Params:
@@ -202,24 +103,25 @@ class _Params:
     train_shards: str = "resample"
 
 
-def _take(records: list) -> list:
-    """The records so far, emptying ``records`` in place (the tar stage appends to it)."""
-    out = list(records)
-    records.clear()
-    return out
-
-
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def _open_shard(url: str, timeout: float) -> Any:
+    """The loader's shard opener: :func:`~dyreg_pyg.data.remote.open_shard`."""
+    return open_shard(url, timeout)
+
+
 class ClipDataset(IterableDataset):
     """The per-worker pipeline; yields collated batches (see :func:`make_clip_loader`).
 
-    Each yielded dict also carries ``"skipped"``: the ``(key, reason, detail)`` records of the
-    samples skipped since the previous batch; a final dict without ``"video"`` carries those
-    skipped after the last batch.
+    A ``wds.DataPipeline`` of stock webdataset stages (``SimpleShardList``,
+    ``split_by_worker``, ``shuffle``) and those of :mod:`dyreg_pyg.data.stages` (the tar
+    stage that counts losses, the node split with explicit ranks, clip decoding, batching).
+    Each yielded dict also carries ``"skipped"``: the ``(key, reason, detail[, n])`` records
+    of the samples skipped since the previous batch; a final dict without ``"video"``
+    carries those skipped after the last batch.
     """
 
     def __init__(self, params: _Params) -> None:
@@ -227,564 +129,86 @@ class ClipDataset(IterableDataset):
         self.p = params
         self.epoch = 0
 
+    def spec(self) -> ClipSpec:
+        """What :func:`~dyreg_pyg.data.stages.make_clip` needs of the parameters."""
+        return ClipSpec(**{f.name: getattr(self.p, f.name) for f in fields(ClipSpec)})
+
+    def make_clip(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Decode one raw sample into ``{"video", "label", "key", "meta"}`` or raise
+        :class:`~dyreg_pyg.data.CorruptSample` (:func:`~dyreg_pyg.data.stages.make_clip`)."""
+        return make_clip(sample, self.spec(), rng)
+
+    def pass_buffer(self) -> int:
+        """The shuffle buffer: ``shuffle_buffer``, at most the samples the manifest lists
+        for the shards (a buffer is also never filled past one pass: each pass is shuffled
+        on its own, so no shard is fetched again to fill it)."""
+        p = self.p
+        counts = [p.shard_counts.get(u) for u in p.urls]
+        if all(c is not None for c in counts):
+            return max(1, min(p.shuffle_buffer, sum(counts)))
+        return p.shuffle_buffer
+
     # ------------------------------------------------------------------ stages
-    def _shards(self, worker: int, num_workers: int, rng: random.Random
-                ) -> tuple[Iterator[dict[str, str]], int, int]:
-        """Shard URLs for this worker, and the (modulus, remainder) of a sample-level split."""
+    def _read(self, shards: Any, rng: random.Random, records: list | None,
+              watch: EmptyPasses | None, *more: Any) -> Iterator[dict[str, Any]]:
+        """One pass: the tar stage over ``shards``, then ``more`` stages, then the shuffle
+        buffer (training)."""
         p = self.p
+        stages: list[Any] = [shards, tarfile_samples_counted(
+            skips=records, shard_counts=p.shard_counts, read_timeout=p.read_timeout,
+            opener=_open_shard, watch=watch), *more]
+        bufsize = self.pass_buffer()
+        if p.train and bufsize > 1:
+            stages.append(wds.shuffle(bufsize, initial=bufsize, rng=rng))
+        return iter(wds.DataPipeline(*stages))
+
+    def _passes(self, seed: Any, rng: random.Random, records: list | None,
+                watch: EmptyPasses | None, padding: bool = False) -> Iterator[dict[str, Any]]:
+        """Training: passes over the shards without end, each every shard once in a fresh
+        order (this rank and worker's own), shuffled pass by pass."""
+        for shards in shard_passes(self.p.urls, seed):
+            for sample in self._read(shards, rng, records, watch):
+                if padding:
+                    sample["__padding__"] = True
+                yield sample
+
+    def _samples(self, worker: int, num_workers: int, rng: random.Random, records: list,
+                 watch: EmptyPasses | None) -> Iterator[dict[str, Any]]:
+        p = self.p
+        seed = [p.seed, self.epoch, p.rank, worker]
         if p.train and p.train_shards == "resample":
-            return self._resampled(rng), 1, 0
-        urls = list(p.urls)
-        if p.train:  # "split": this epoch's shard order, the same on every rank and worker
-            random.Random(str([p.seed, self.epoch, "shards"])).shuffle(urls)
-        total = p.world_size * num_workers
-        g = p.rank * num_workers + worker
-        if len(urls) >= total:  # split by node and by worker at shard level
-            return iter([{"url": u} for u in urls[g::total]]), 1, 0
-        # Fewer shards than readers: everybody reads every shard, keeps every total-th sample.
-        return iter([{"url": u} for u in urls]), total, g
-
-    def _resampled(self, rng: random.Random) -> Iterator[dict[str, str]]:
-        """Shards drawn with replacement, without end (each rank and worker its own
-        sequence)."""
-        urls = self.p.urls
-        while True:
-            yield {"url": urls[rng.randrange(len(urls))]}
-
-    def _padding(self, worker: int, rng: random.Random, skipped: list,
-                 watch: _EmptyPasses | None) -> Iterator[dict[str, Any]]:
-        """Training with ``train_shards="split"``: samples from resampled shards after this
-        reader's share of the epoch is read, so that a rank whose share is short still fills
-        the epoch's batches (as ``DistributedSampler`` pads with repeated samples)."""
-        p = self.p
-        log.debug("rank %d worker %d: its share of the epoch is read; padding with resampled "
-                  "shards", p.rank, worker)
-        # the padding's shards belong to some reader's share, which counts their losses: a
-        # loss seen again here is not counted again (neither a shard's nor a sample's)
-        samples = _tar_samples(self._resampled(rng), None, p.shard_counts, watch,
-                               p.read_timeout)
-        if p.shuffle_buffer > 1:
-            samples = _shuffle(samples, p.shuffle_buffer, rng)
-        for sample in samples:
-            sample["__padding__"] = True
-            yield sample
+            return self._passes(seed, rng, records, watch)
+        # one pass in an order shared by every rank and worker: the epoch's ("split") or
+        # the listed one (evaluation); split by node and by worker
+        order = wds.SimpleShardList(p.urls, seed=str([p.seed, self.epoch, "shards"])
+                                    if p.train else None)
+        readers, g = p.world_size * num_workers, p.rank * num_workers + worker
+        if len(p.urls) >= readers:
+            samples = self._read(wds.DataPipeline(
+                order, split_by_rank(p.rank, p.world_size), wds.split_by_worker),
+                rng, records, watch)
+        else:  # fewer shards than readers: every reader reads all, keeps every G-th sample;
+            # one of them reports the shards' losses
+            samples = self._read(order, rng, records if g == 0 else None, watch,
+                                 split_samples(readers, g))
+        if p.train:  # "split": a short share is padded with resampled shards; their losses
+            # belong to their owner's share and are not counted here
+            log.debug("rank %d worker %d: padding after its share", p.rank, worker)
+            samples = itertools.chain(samples, self._passes(seed + ["pad"], rng, None, watch,
+                                                            padding=True))
+        return samples
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         p = self.p
         worker, num_workers = _worker()
         seed_seq = [p.seed, self.epoch, p.rank, worker]
         rng = random.Random(str(seed_seq))
-        nrng = np.random.default_rng(seed_seq)
-        skipped: list[tuple] = []
-        shards, modulus, remainder = self._shards(worker, num_workers, rng)
-        # with a sample-level split every reader reads every shard: one of them reports it
-        report = modulus == 1 or remainder == 0
-        watch = _EmptyPasses(p.urls) if p.train else None
-        samples: Iterator[dict[str, Any]] = _tar_samples(
-            shards, skipped if report else None, p.shard_counts, watch, p.read_timeout)
-        if modulus > 1:
-            samples = (s for j, s in enumerate(samples) if j % modulus == remainder)
-        if p.train and p.shuffle_buffer > 1:
-            samples = _shuffle(samples, p.shuffle_buffer, rng)
-        if p.train and p.train_shards == "split":
-            samples = itertools.chain(samples, self._padding(worker, rng, skipped, watch))
-        batch: list[dict[str, Any]] = []
-        for sample in samples:
-            key = str(sample.get("__key__", "?"))
-            try:
-                batch.append(self.make_clip(sample, nrng))
-            except CorruptSample as exn:
-                self._skip(None if sample.get("__padding__") else skipped, key, exn.reason,
-                           exn.detail)
-                if watch is not None:
-                    watch.failed(exn.reason)
-                continue
-            if watch is not None:
-                watch.usable += 1
-            if len(batch) == p.batch_size:
-                out = collate_clips(batch)
-                out["skipped"] = _take(skipped)
-                batch = []
-                yield out
-        if batch and p.partial:
-            out = collate_clips(batch)
-            out["skipped"] = _take(skipped)
-            yield out
-        if skipped:
-            yield {"skipped": _take(skipped)}
-
-    @staticmethod
-    def _skip(records: list | None, key: str, reason: str, detail: str) -> None:
-        log.warning("skipping sample %s: %s %s", key, reason, detail[:200])
-        if records is not None:
-            records.append((key, reason, detail[:300]))
-
-    # ------------------------------------------------------------------ one sample
-    def make_clip(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        """Decode one raw sample into ``{"video", "label", "key", "meta"}`` or raise
-        :class:`CorruptSample`."""
-        p = self.p
-        key = str(sample["__key__"])
-        label = self._label(sample)
-        meta: dict[str, Any] = {}
-        if "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-            except Exception as exn:
-                raise CorruptSample("bad_json", repr(exn)) from exn
-            if not isinstance(meta, dict):
-                raise CorruptSample("bad_json", f"expected an object, got {type(meta).__name__}")
-
-        def choose(n: int) -> np.ndarray:
-            if p.train:
-                return train_indices(n, p.num_frames, rng)[None]
-            return eval_indices(n, p.num_frames, p.num_clips)
-
-        video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
-        draft = None
-        if p.jpeg_draft and p.crop_size:
-            draft = max(p.resize_size or 0, p.crop_size, p.eval_crop_size or 0)
-        if "frames.npy" in sample or "npy" in sample:
-            arr = decode_npy_frames(sample.get("frames.npy", sample.get("npy")))
-            idx = choose(len(arr))
-            uniq, inv = np.unique(idx, return_inverse=True)
-            frames = arr[uniq]
-            if frames.ndim == 3:
-                frames = frames[..., None]
-        elif video_ext is not None:
-            holder: dict[str, np.ndarray] = {}
-
-            def pick(n: int) -> np.ndarray:
-                holder["idx"] = choose(n)
-                holder["uniq"], holder["inv"] = np.unique(holder["idx"], return_inverse=True)
-                return holder["uniq"]
-
-            decoded, _, _ = decode_video(sample[video_ext], pick)
-            idx, uniq, inv = holder["idx"], holder["uniq"], holder["inv"]
-            frames = _stack(decoded)
-        else:
-            names = frame_members(sample)
-            if not names:
-                found = sorted(k for k in sample if not k.startswith("_"))
-                raise CorruptSample("no_frames", f"members {found}")
-            idx = choose(len(names))
-            uniq, inv = np.unique(idx, return_inverse=True)
-            frames = _stack([decode_jpeg(sample[names[i]], draft=draft) for i in uniq])
-        if p.channels is not None and frames.shape[-1] != p.channels:
-            raise CorruptSample("bad_frames", f"expected {p.channels} channels, got "
-                                f"{frames.shape[-1]}")
-        stored_h, stored_w = frames.shape[1:3]
-        clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [K,C,H,W]
-        views, scale = self._views(clip, rng)
-        if views and (scale[0], scale[1]) != (stored_h, stored_w):
-            # Fold the short-side resize into the crop: one resize per view, not two.
-            views = [_unscale_view(v, scale[1] / stored_w, scale[0] / stored_h, stored_w,
-                                   stored_h) for v in views]
-        inv = inv.reshape(idx.shape)  # [clips, T] -> positions in the decoded frames
-        out_views = []
-        for c in range(idx.shape[0]):
-            sub = clip[torch.from_numpy(inv[c])]
-            if views:
-                out_views += [apply_view(sub, v) for v in views]
-            else:
-                out_views.append(sub.contiguous())
-        video = out_views[0] if len(out_views) == 1 else torch.stack(out_views)
-        flipped = bool(views and views[0].flip)
-        if flipped and label in p.flip_pairs:
-            label = p.flip_pairs[label]
-        meta["frame_indices"] = idx[0].tolist()
-        if idx.shape[0] > 1:
-            meta["clip_frame_indices"] = idx.tolist()
-        meta["num_views"] = len(out_views)
-        if views:
-            v0 = views[0]
-            size = meta.get("frame_size")  # boxes are in pixels of the stored frames
-            ow, oh = (size if isinstance(size, list) and len(size) == 2
-                      else (stored_w, stored_h))
-            sx, sy = stored_w / float(ow), stored_h / float(oh)
-            if isinstance(meta.get("boxes"), list):
-                meta["boxes"] = transform_boxes(meta["boxes"], (sx, sy), v0)
-            meta["frame_size"] = [v0.out_w, v0.out_h]
-            meta["flipped"] = flipped
-        else:
-            meta.setdefault("frame_size", [int(stored_w), int(stored_h)])
-        return {"video": video, "label": label, "key": key, "meta": meta}
-
-    def _label(self, sample: dict[str, Any]) -> int:
-        p = self.p
-        raw = sample.get("cls")
-        if raw is None:
-            if p.test:
-                return -1
-            raise CorruptSample("missing_cls", "no .cls member")
-        try:
-            label = int(raw.decode().strip() if isinstance(raw, bytes | bytearray) else raw)
-        except (ValueError, UnicodeDecodeError) as exn:
-            raise CorruptSample("bad_label", repr(raw[:40])) from exn
-        if label < 0 or (p.num_classes is not None and label >= p.num_classes):
-            raise CorruptSample("label_not_in_class_map",
-                                f"label {label} not in [0, {p.num_classes})")
-        return label
-
-    def _views(self, clip: torch.Tensor, rng: np.random.Generator
-               ) -> tuple[list[View], tuple[int, int, int | None]]:
-        """Spatial views and ``(resized H, resized W, short side or None)``."""
-        p = self.p
-        h, w = clip.shape[-2:]
-        if p.crop_size is None:
-            return [], (h, w, None)
-        if p.train:
-            short = p.resize_size
-            rh, rw = _resized(h, w, short)
-            flip = p.flip and bool(rng.random() < 0.5)
-            return [multiscale_crop_view(rh, rw, p.crop_size, rng, p.scales, flip=flip)], \
-                (rh, rw, short)
-        crop = p.eval_crop_size or p.crop_size
-        if p.num_crops == 1:
-            short = p.resize_size or round(crop * 256 / 224)
-            rh, rw = _resized(h, w, short)
-            return [center_crop_view(rh, rw, crop)], (rh, rw, short)
-        rh, rw = _resized(h, w, crop)
-        return three_crop_views(rh, rw, crop), (rh, rw, crop)
-
-
-class _EmptyPasses:
-    """Training only: counts passes over the shards (a pass ends when every shard has been
-    read at least once since it began) that produced no usable sample, and raises
-    :class:`EmptyDataError` after :data:`MAX_EMPTY_PASSES` of them while no usable sample has
-    come out at all. A pass counts as empty when it read no sample, or when samples reached
-    decoding and all failed (a pass that only fills the shuffle buffer does not count)."""
-
-    def __init__(self, urls: Sequence[str]) -> None:
-        self.urls = list(urls)
-        self.pending = set(self.urls)
-        self.usable = 0            # clips made since the stream began
-        self.empty_passes = 0
-        self.reads = 0             # shard reads since the stream began
-        self.samples = 0           # raw samples read since the stream began
-        self.pass_samples = 0
-        self.pass_failed = 0
-        self.reasons: Counter = Counter()
-        self.errors: dict[str, str] = {}
-
-    def failed(self, reason: str) -> None:
-        self.pass_failed += 1
-        self.reasons[reason] += 1
-
-    def shard_read(self, url: str, samples: int, error: str | None) -> None:
-        self.reads += 1
-        self.samples += samples
-        self.pass_samples += samples
-        if error is not None:
-            self.errors.setdefault(url, error)
-        self.pending.discard(url)
-        if self.pending:
-            return
-        empty = self.usable == 0 and (self.pass_samples == 0 or self.pass_failed > 0)
-        self.empty_passes += empty
-        self.pending, self.pass_samples, self.pass_failed = set(self.urls), 0, 0
-        if self.empty_passes >= MAX_EMPTY_PASSES:
-            raise EmptyDataError(self.message())
-
-    def message(self) -> str:
-        names = self.urls[:5] + ([f"... ({len(self.urls) - 5} more)"]
-                                 if len(self.urls) > 5 else [])
-        reasons = dict(self.reasons)
-        if self.errors:
-            reasons["shard_error"] = len(self.errors)
-        errors = "; ".join(f"{u}: {e}" for u, e in list(self.errors.items())[:3])
-        return (f"data: no usable training sample in {self.empty_passes} passes over the "
-                f"{len(self.urls)} shard(s) {names} ({self.reads} shard reads, {self.samples} "
-                f"samples read, none usable): {explain_skips(reasons, list(self.errors))}"
-                + (f". Shard errors: {errors}" if errors else ""))
-
-
-def _open_shard(url: str, timeout: float) -> Any:
-    """A binary stream of the shard ``url`` (a local path, ``file://``, ``http(s)://``,
-    ``pipe:`` with reads bounded by ``timeout`` seconds, or another URL that
-    ``webdataset.gopen`` knows): :func:`~dyreg_pyg.data.remote.open_shard`."""
-    return open_shard(url, timeout)
-
-
-def _split_name(name: str) -> tuple[str, str] | None:
-    """``(key, extension)`` of a member name: the key ends at the first dot of the base name
-    (WebDataset's convention)."""
-    folder, _, base = name.rpartition("/")
-    key, dot, ext = base.partition(".")
-    if not dot or not key:
-        return None
-    return (f"{folder}/{key}" if folder else key), ext.lower()
-
-
-class _ShardReadError(Exception):
-    """A shard could not be read to its end; ``samples`` complete ones came before."""
-
-    def __init__(self, what: str, samples: int) -> None:
-        super().__init__(what)
-        self.what, self.samples = what, samples
-
-
-#: How far back :class:`_Rewindable` can step: more than tarfile reads ahead of the archive's
-#: logical position (one record, 10 KiB).
-_REWIND_WINDOW = 1 << 18
-#: Marks the end of one tar archive in :func:`_stream_members` (more may follow).
-_ARCHIVE_END = object()
-
-
-class _Rewindable:
-    """A forward-only byte stream (``read(n)``) that can step back over the last
-    :data:`_REWIND_WINDOW` bytes it handed out: tarfile reads ahead of the end of an archive,
-    and the next archive of a concatenated stream starts in what it read."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.pos = 0                   # bytes handed out so far
-        self.tail = bytearray()        # the last bytes handed out, ending at ``pos``
-        self.pending = b""             # stepped back over: handed out again first
-
-    def read(self, n: int = -1) -> bytes:
-        if self.pending:
-            size = len(self.pending) if n is None or n < 0 else n
-            data, self.pending = self.pending[:size], self.pending[size:]
-        else:
-            data = self.raw.read(n)
-        self.pos += len(data)
-        self.tail += data
-        if len(self.tail) > 2 * _REWIND_WINDOW:
-            del self.tail[:len(self.tail) - _REWIND_WINDOW]
-        return data
-
-    def read_exact(self, n: int) -> bytes:
-        """``n`` bytes, fewer only at the end of the stream."""
-        chunks, got = [], 0
-        while got < n:
-            data = self.read(n - got)
-            if not data:
-                break
-            chunks.append(data)
-            got += len(data)
-        return b"".join(chunks)
-
-    def rewind(self, pos: int) -> None:
-        """Step back to the absolute position ``pos`` (``<= self.pos``)."""
-        back = self.pos - pos
-        if back < 0 or back > len(self.tail):
-            raise tarfile.ReadError(f"cannot step back to byte {pos} of the stream (at "
-                                    f"{self.pos}, {len(self.tail)} bytes kept)")
-        if back:
-            self.pending = bytes(self.tail[len(self.tail) - back:]) + self.pending
-            del self.tail[len(self.tail) - back:]
-        self.pos = pos
-
-
-def _decompressed(raw: Any) -> _Rewindable:
-    """The tar bytes of ``raw``: as they are, or decompressed when they start with a gzip,
-    bzip2 or xz signature (each decompressor also reads concatenated compressed streams)."""
-    src = _Rewindable(raw)
-    head = src.read_exact(6)
-    src.rewind(0)
-    if head.startswith(b"\x1f\x8b"):
-        import gzip
-
-        return _Rewindable(gzip.GzipFile(fileobj=src, mode="rb"))
-    if head.startswith(b"BZh"):
-        import bz2
-
-        return _Rewindable(bz2.BZ2File(src))
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return _Rewindable(lzma.LZMAFile(src))
-    return src
-
-
-def _stream_members(raw: Any) -> Iterator[tuple[str, Any] | object]:
-    """``(name, read)`` of the regular-file members (``read()``: the member's bytes, to call
-    before the next item) of every tar archive in the byte stream
-    ``raw``, and :data:`_ARCHIVE_END` after each archive.
-
-    A stream may hold several archives back to back (``cat a.tar b.tar``): tarfile stops at
-    the first end-of-archive block, so the zero blocks after it are skipped here and reading
-    goes on with the next archive, to the end of the stream (which is also when a ``pipe:``
-    command's exit status is checked). An archive must end with a zero block: a stream that
-    ends without one (truncated), or holds data that is not a tar header where tarfile
-    stopped, raises ``tarfile.ReadError``."""
-    src = _decompressed(raw)
-    start = 0
-    while True:
-        tar = tarfile.open(fileobj=src, mode="r|")
-        for info in tar:
-            if info.isreg():
-                yield info.name, tar.extractfile(info).read
-            tar.members = []  # a stream keeps every header read: forget them
-        end = start + tar.offset  # where tarfile stopped: the end-of-archive block
-        src.rewind(end)
-        block = src.read_exact(tarfile.BLOCKSIZE)
-        if not block:
-            raise tarfile.ReadError(f"unexpected end of data at byte {end}: no end-of-archive "
-                                    "marker (truncated shard)")
-        if len(block) < tarfile.BLOCKSIZE or any(block):
-            raise tarfile.ReadError(f"invalid or truncated tar header at byte {end}")
-        yield _ARCHIVE_END
-        while not any(block):  # the zero blocks between two archives, or at the end
-            block = src.read_exact(tarfile.BLOCKSIZE)
-            if not block:
-                return
-        start = src.pos - len(block)  # the next archive starts here
-        src.rewind(start)
-
-
-def _read_shard(url: str, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict[str, Any]]:
-    """The samples of one tar shard (members grouped by key, in order), read as a stream to
-    its end: every archive of a stream of concatenated archives (:func:`_stream_members`).
-
-    Raises :class:`_ShardReadError` when the shard cannot be opened or read, ends before an
-    end-of-archive marker (a truncated file) or, for a ``pipe:`` command, exits with a
-    non-zero status once its output is read; the sample being read then may be incomplete
-    (a file cut between two members of a sample looks like one cut between two samples) and
-    is not yielded. Members whose names hold no extension or start with ``__`` are ignored.
-    """
-    n = 0
-    current: dict[str, Any] | None = None
-    try:
-        stream = _open_shard(url, timeout)
-    except _NOT_DATA_ERRORS:
-        raise
-    except (*_SHARD_ERRORS, ValueError) as exn:  # gopen: ValueError for a pipe it cannot open
-        raise _ShardReadError(f"cannot open: {exn!r}", 0) from exn
-    try:
-        try:
-            for item in _stream_members(stream):
-                if item is _ARCHIVE_END:  # the sample being read is complete
-                    if current is not None:
-                        n += 1
-                        yield current
-                    current = None
-                    continue
-                name, read = item
-                parts = _split_name(name)
-                if parts is None or name.rpartition("/")[2].startswith("__"):
-                    continue
-                key, ext = parts
-                if current is None or current["__key__"] != key:
-                    if current is not None:  # a new key: the previous sample is complete
-                        n += 1
-                        yield current
-                    current = {"__key__": key, "__url__": url}
-                data = read()
-                if ext in current:
-                    log.warning("shard %s: duplicate member %s (the first one is kept)", url,
-                                name)
-                    continue
-                current[ext] = data
-        except _NOT_DATA_ERRORS:
-            raise
-        except _SHARD_ERRORS as exn:
-            lost = f" (sample {current['__key__']!r} incomplete)" if current else ""
-            raise _ShardReadError(f"{exn!r}{lost}", n) from exn
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            try:
-                close()
-            except _NOT_DATA_ERRORS:
-                raise
-            except _SHARD_ERRORS as exn:  # a pipe that exits with an error
-                log.warning("shard %s: closing failed: %r", url, exn)
-
-
-def _tar_samples(shards: Iterable[dict[str, str]], records: list | None,
-                 expected: dict[str, int], watch: _EmptyPasses | None,
-                 timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict[str, Any]]:
-    """Samples of every shard in ``shards``. A shard that fails (or, per the manifest counts
-    ``expected``, comes up short) is logged and, when ``records`` is a list, recorded there as
-    a ``(<shard URL>, shard_error|shard_short, detail, samples lost)`` skip record."""
-    warned_empty: set[str] = set()
-    for item in shards:
-        url = item["url"]
-        want = expected.get(url)
-        n, error = 0, None
-        try:
-            for sample in _read_shard(url, timeout):
-                n += 1
-                yield sample
-        except _ShardReadError as exn:
-            error = exn.what
-        listed = f" of the {want} the manifest lists" if want is not None else ""
-        lost = want - n if want is not None and want > n else 0
-        if error is not None:
-            detail = f"{error}; read {n} samples{listed}"
-            log.warning("shard %s: shard error: %s", url, detail)
-            if records is not None:
-                records.append((f"<shard {url}>", "shard_error", detail[:300], max(lost, 1)))
-        elif lost:
-            detail = f"read {n} samples{listed}"
-            log.warning("shard %s: %s", url, detail)
-            if records is not None:
-                records.append((f"<shard {url}>", "shard_short", detail, lost))
-        elif n == 0 and url not in warned_empty:
-            warned_empty.add(url)
-            log.warning("shard %s holds no sample", url)
-        if want is not None and n > want:
-            log.warning("shard %s: read %d samples, more than the %d the manifest lists "
-                        "(a stale manifest?)", url, n, want)
-        if watch is not None:
-            watch.shard_read(url, n, error)
-
-
-def _unscale_view(v: View, sx: float, sy: float, w: int, h: int) -> View:
-    """``v`` (in a frame resized by ``sx, sy``) expressed in the pixels of the ``w x h``
-    frame."""
-    x0 = min(max(0, round(v.x0 / sx)), w - 1)
-    y0 = min(max(0, round(v.y0 / sy)), h - 1)
-    cw = min(max(1, round(v.w / sx)), w - x0)
-    ch = min(max(1, round(v.h / sy)), h - y0)
-    return View(x0, y0, cw, ch, v.out_w, v.out_h, v.flip)
-
-
-def _resized(h: int, w: int, short: int | None) -> tuple[int, int]:
-    if short is None or min(h, w) == short:
-        return h, w
-    if h <= w:
-        return short, max(1, round(w * short / h))
-    return max(1, round(h * short / w)), short
-
-
-def _stack(frames: list[np.ndarray]) -> np.ndarray:
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1:
-        raise CorruptSample("bad_frames", f"frames of different shapes {sorted(shapes)}")
-    arr = np.stack(frames)
-    return arr[..., None] if arr.ndim == 3 else arr
-
-
-def _shuffle(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
-    """Shuffle buffer: fill to ``bufsize``, then emit a random element for each new one."""
-    buf: list[dict] = []
-    for s in samples:
-        if len(buf) < bufsize:
-            buf.append(s)
-            continue
-        i = rng.randrange(bufsize)
-        yield buf[i]
-        buf[i] = s
-    rng.shuffle(buf)
-    yield from buf
-
-
-def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Clips of :meth:`ClipDataset.make_clip` as one batch: ``video`` stacked
-    ``[B, T, C, H, W]``, ``label`` ``[B]`` int64, ``key`` and ``meta`` lists (a
-    ``collate_fn`` for a map-style reader of the same clips)."""
-    shapes = {tuple(it["video"].shape) for it in items}
-    if len(shapes) != 1:
-        # Variable frame sizes without a crop: the caller must set crop_size.
-        raise ValueError(f"crop_size: clips of a batch differ in shape {sorted(shapes)}; "
-                         "set crop_size so that every clip has the same size")
-    return {
-        "video": torch.stack([it["video"] for it in items]),
-        "label": torch.tensor([it["label"] for it in items], dtype=torch.int64),
-        "key": [it["key"] for it in items],
-        "meta": [it["meta"] for it in items],
-    }
+        records: list[tuple] = []
+        watch = EmptyPasses(p.urls) if p.train else None
+        samples = self._samples(worker, num_workers, rng, records, watch)
+        clips = decode_clips(self.spec(), rng=np.random.default_rng(seed_seq), skips=records,
+                             watch=watch)(samples)
+        return batch_clips(p.batch_size, partial=p.partial, skips=records)(clips)
 
 
 def _as_built(batch: dict[str, Any]) -> dict[str, Any]:
@@ -793,59 +217,6 @@ def _as_built(batch: dict[str, Any]) -> dict[str, Any]:
     would walk every number of every clip's metadata (its object boxes: ~1 ms per clip) to
     convert nothing."""
     return batch
-
-
-class EpochLosses:
-    """The losses counted in one epoch, by identity, so that each is counted once: a shard
-    read again (resampled, e.g. while the shuffle buffer fills) that loses the same samples
-    adds nothing (a shard's lost samples are its tail: only a longer loss adds the
-    difference), and a sample skipped again (same key and reason) is not counted again.
-    :meth:`new` filters a reader's skip records; :meth:`union` counts the losses of several
-    ranks' epochs once (a shard lost on two ranks is one loss)."""
-
-    def __init__(self) -> None:
-        self.shards: dict[str, dict[str, int]] = {}  # shard key -> {reason: samples lost}
-        self.samples: set[tuple[str, str]] = set()    # (sample key, reason)
-
-    def new(self, records: Iterable[tuple]) -> list[tuple]:
-        """The records of ``records`` (``(key, reason, detail[, n])``) not counted yet, a
-        shard's record with its ``n`` reduced to what it lost beyond its earlier reads."""
-        out = []
-        for rec in records:
-            key, reason, detail = rec[:3]
-            n = rec[3] if len(rec) > 3 else 1
-            if reason in ("shard_error", "shard_short"):
-                seen = self.shards.setdefault(key, {})
-                more = n - sum(seen.values())
-                if more > 0:
-                    seen[reason] = seen.get(reason, 0) + more
-                    out.append((key, reason, detail, more))
-            elif (key, reason) not in self.samples:
-                self.samples.add((key, reason))
-                out.append(rec)
-        return out
-
-    def state(self) -> dict[str, Any]:
-        """JSON-ready (and picklable) contents, for :meth:`union`."""
-        return {"shards": {k: dict(v) for k, v in self.shards.items()},
-                "samples": sorted(self.samples)}
-
-    @staticmethod
-    def union(states: Sequence[dict[str, Any]]) -> dict[str, int]:
-        """Reason -> samples lost over several :meth:`state` s, each loss once: a shard's
-        largest loss on any of them, each skipped sample once."""
-        shards: dict[str, dict[str, int]] = {}
-        samples: set[tuple[str, str]] = set()
-        for st in states:
-            for key, lost in st["shards"].items():
-                if sum(lost.values()) > sum(shards.get(key, {}).values()):
-                    shards[key] = lost
-            samples.update((k, r) for k, r in st["samples"])
-        reasons: Counter = Counter()
-        for lost in shards.values():
-            reasons.update(lost)
-        reasons.update(r for _, r in samples)
-        return dict(sorted(reasons.items()))
 
 
 class ClipLoader:
@@ -953,13 +324,16 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     corrupt one (not a JSON object) raises ``ValueError`` naming it. An empty list, a pattern
     that matches nothing or a missing local shard raises ``ValueError``.
 
-    * ``split="train"``: shards are resampled with replacement (each rank and worker has its
-      own seeded sequence; ``train_shards="split"``: every epoch, a shard order shared by all
-      ranks, split by node and by worker as for evaluation, so that each sample is read once
-      per epoch over all ranks when the shards divide evenly among ranks x workers; a share
-      that runs out before the epoch's batches is padded with resampled shards, a longer one
-      is cut), samples go through a shuffle buffer, one random frame is taken in
-      each of ``num_frames`` equal segments, then (if ``crop_size``) short side resize to
+    * ``split="train"``: shards are read pass after pass, each pass every shard once in a
+      fresh order (each rank and worker its own seeded orders; ``train_shards="split"``:
+      every epoch, a shard order shared by all ranks, split by node and by worker as for
+      evaluation, so that each sample is read once per epoch over all ranks when the shards
+      divide evenly among ranks x workers; a share that runs out before the epoch's batches
+      is padded with more passes, a longer one is cut). Samples go through a shuffle buffer
+      that holds at most one pass (each pass is shuffled on its own, and the buffer is at
+      most the manifest's sample count: no shard is fetched again to fill it). One random
+      frame is taken in each of ``num_frames`` equal segments, then (if ``crop_size``) short
+      side resize to
       ``resize_size``, TSM multi-scale crop to ``crop_size`` and a random horizontal flip
       (default on for ``"something"``, where the labels of left/right class pairs
       ``flip_pairs`` are swapped; off for ``"syncmnist"``). The stream is endless;
@@ -998,7 +372,7 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     that produces no usable sample in :data:`MAX_EMPTY_PASSES` passes over its shards raises
     :class:`EmptyDataError` naming them; an evaluation pass simply ends (the caller checks
     that it read something). Each lost sample is counted once per epoch, however often its
-    shard is read in it (resampled to fill the shuffle buffer; ``"split"``'s padding counts
+    shard is read in it (several passes in one epoch; ``"split"``'s padding counts
     nothing: the shard's owner does), see :class:`EpochLosses`.
 
     Args:
@@ -1027,7 +401,8 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
         partial: Keep the last partial batch (default: only for evaluation).
         jpeg_draft: Let libjpeg decode large JPEGs at reduced size when that still covers
             the crop (faster; the result is resized anyway).
-        train_shards: Training shard order: ``"resample"`` (with replacement, endless) or
+        train_shards: Training shard order: ``"resample"`` (passes without end, each shard
+            once per pass in a fresh order) or
             ``"split"`` (each sample once per epoch over all ranks: split by node and by
             worker; see above).
         read_timeout: Seconds a remote shard (HTTP, ``pipe:``) may deliver no byte, and the
