@@ -17,13 +17,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data, HeteroData
+from torch_geometric.transforms import BaseTransform
 
 from .geometry import edge_attr as geometry_edge_attr
 from .geometry import edge_attr_columns, edge_kind, region_centres
 
 __all__ = [
-    "complete_edge_index", "frame_edge_index", "build_graph_batch", "with_geometry", "to_hetero",
-    "SPATIAL", "TEMPORAL", "EDGE_TYPE_NAMES",
+    "complete_edge_index", "frame_edge_index", "build_graph_batch", "with_geometry",
+    "RegionGeometry", "to_hetero", "SPATIAL", "TEMPORAL", "EDGE_TYPE_NAMES",
 ]
 
 SPATIAL = 0
@@ -187,9 +188,11 @@ def build_graph_batch(
 
 def with_geometry(data: Data, kind: bool | None = None) -> Data:
     """Set ``data.pos`` and ``data.edge_attr`` from its ``region`` and ``edge_index``,
-    replacing what was there: the geometry of edges that a transform added or reversed
-    (``T.ToUndirected`` copies an edge's attributes to its reverse, so the offsets of a
-    reversed temporal edge point the wrong way until recomputed), or of a graph that has none.
+    replacing what was there: the geometry of edges that a transform added or reversed, or of
+    a graph that has none. ``T.ToUndirected`` (``reduce="add"``) gives a new reverse edge the
+    attributes of its edge (a reversed temporal edge's offset points the wrong way) and adds
+    up the attributes of an edge and of its existing reverse (the frame graphs' edges: the
+    offsets cancel, the kind column becomes 2) - recompute after it (:class:`RegionGeometry`).
 
     ``kind``: lead ``edge_attr`` with the one-hot edge kind (from ``frame``, which it then
     needs); by default when the graph is a space-time one - it has an ``edge_type``, an
@@ -211,6 +214,19 @@ def with_geometry(data: Data, kind: bool | None = None) -> Data:
     data.pos = region_centres(data.region)
     data.edge_attr = geometry_edge_attr(data.region, data.edge_index, frame if kind else None)
     return data
+
+
+class RegionGeometry(BaseTransform):
+    """:func:`with_geometry` as a PyG transform: ``T.Compose([T.ToUndirected(),
+    RegionGeometry()])`` gives the reversed edges their own geometry (``T.ToUndirected`` adds
+    up the attributes of an edge and of its reverse, which cancels the offsets of the frame
+    graphs' edges, present in both directions)."""
+
+    def __init__(self, kind: bool | None = None) -> None:
+        self.kind = kind
+
+    def forward(self, data: Data) -> Data:
+        return with_geometry(data, self.kind)
 
 
 def to_hetero(data: Data, node_type: str = "region") -> HeteroData:
