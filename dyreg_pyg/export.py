@@ -1,10 +1,11 @@
 """Region graphs of a trained video model as a PyTorch Geometric dataset.
 
 One graph per video: the ``T * N`` nodes of a DyReg block after its ``K`` space-time
-iterations, with their regions, boxes and frame index, the complete graph inside each frame
-(``edge_type`` :data:`~dyreg_pyg.graph.SPATIAL`) and an edge from node ``n`` at ``t`` to node
-``n`` at ``t + 1`` (``edge_type`` :data:`~dyreg_pyg.graph.TEMPORAL`), and the video's label
-and id. ``python -m train export-graphs`` writes it; :class:`RegionGraphDataset` reads it.
+iterations, with their regions, positions, boxes and frame index, the complete graph inside
+each frame (spatial edges) and an edge from node ``n`` at ``t`` to node ``n`` at ``t + 1``
+(temporal edges), ``edge_attr`` (edge kind one-hot and the regions' geometry,
+:mod:`dyreg_pyg.geometry`), and the video's label and id. ``python -m train export-graphs``
+writes it; :class:`RegionGraphDataset` reads it.
 
 Why :class:`~torch_geometric.data.OnDiskDataset` and not an ``InMemoryDataset``: the graphs
 of a real dataset do not fit in memory (Something-Something V2: 220k videos x 16 frames x 9
@@ -41,17 +42,20 @@ from torch import Tensor, nn
 from torch_geometric.data import Data, OnDiskDataset
 
 from ._io import write_atomic
-from .graph import build_graph_batch
+from .geometry import edge_attr_columns
+from .graph import build_graph_batch, with_geometry
 from .kernels import regions_to_boxes
 
 __all__ = ["RegionGraphDataset", "RegionGraphWriter", "video_region_graphs",
-           "record_region_graphs", "write_json_atomic", "EXPORT_FORMAT", "ExportBusyError",
-           "file_sha256"]
+           "record_region_graphs", "write_json_atomic", "EXPORT_FORMAT", "EXPORT_FORMAT_V1",
+           "ExportBusyError", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "dyreg-pyg region graphs v1"
-"""``format`` entry of ``export.json``."""
+EXPORT_FORMAT = "dyreg-pyg region graphs v2"
+"""``format`` entry of ``export.json`` (v2: ``pos`` and ``edge_attr`` stored)."""
+EXPORT_FORMAT_V1 = "dyreg-pyg region graphs v1"
+"""Exports before ``pos`` / ``edge_attr``: still read, both computed on load from ``region``."""
 
 
 class ExportBusyError(RuntimeError):
@@ -93,12 +97,22 @@ def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return write_atomic(path, lambda fh: json.dump(payload, fh, indent=1), binary=False)
 
 
-def _schema(node_channels: int) -> dict[str, Any]:
+_TENSORS_V1 = ("x", "edge_index", "edge_type", "region", "box", "frame", "region_id")
+_TENSORS = (*_TENSORS_V1, "pos", "edge_attr")
+
+
+def _schema(node_channels: int, fmt: str = EXPORT_FORMAT) -> dict[str, Any]:
+    """The SQLite columns of an export of format ``fmt`` (v1 has no ``pos`` / ``edge_attr``)."""
     f32, i64 = torch.float32, torch.long
+    geometry = {} if fmt == EXPORT_FORMAT_V1 else {
+        "pos": dict(dtype=f32, size=(-1, 2)),
+        "edge_attr": dict(dtype=f32, size=(-1, len(edge_attr_columns(True)))),
+    }
     return {
         "x": dict(dtype=f32, size=(-1, node_channels)),
         "edge_index": dict(dtype=i64, size=(2, -1)),
         "edge_type": dict(dtype=i64, size=(-1,)),
+        **geometry,
         "region": dict(dtype=f32, size=(-1, 4)),
         "box": dict(dtype=f32, size=(-1, 4)),
         "frame": dict(dtype=i64, size=(-1,)),
@@ -114,12 +128,30 @@ class RegionGraphDataset(OnDiskDataset):
     Each item is a :class:`~torch_geometric.data.Data` with
 
     - ``x [T*N, C]``: node states after the ``K`` graph iterations (node order ``(t, n)``),
-    - ``edge_index [2, E]`` and ``edge_type [E]`` (0: spatial, inside a frame, self-loops
-      included when the block uses them; 1: temporal, node ``n`` at ``t`` -> at ``t + 1``),
+    - ``edge_index [2, E]``: spatial edges (inside a frame, self-loops included when the
+      block uses them), then temporal ones (node ``n`` at ``t`` -> at ``t + 1``),
+    - ``edge_attr [E, 8]``: columns :attr:`edge_attr_columns` = ``spatial, temporal`` (the
+      edge kind, one-hot), then ``dx, dy, distance, log_w, log_h, iou`` (the two regions'
+      geometry, :mod:`dyreg_pyg.geometry`),
+    - ``pos [T*N, 2]``: the regions' centres ``(cx, cy)`` (for ``T.Distance``,
+      ``T.Cartesian``, point-cloud layers),
     - ``region [T*N, 4]``: ``(cx, cy, w, h)`` normalised to the feature map (``w, h``: the
       kernel's half-widths), ``box [T*N, 4]``: ``(x0, y0, x1, y1)`` clipped to ``[0, 1]``,
     - ``frame [T*N]`` (``t``), ``region_id [T*N]`` (``n``),
-    - ``y [1]``: the video's label, ``video_id``: its sample key.
+    - ``y [1]``: the video's label, ``video_id``: its sample key,
+    - ``edge_type [E]`` (0 spatial, 1 temporal), kept for code written for v1 exports: it
+      repeats ``edge_attr[:, 1]``, and transforms that add edges (``T.AddSelfLoops``) do not
+      extend it - read the kind from ``edge_attr`` or use :func:`~dyreg_pyg.graph.to_hetero`.
+
+    PyG's transforms work on the items: ``T.AddSelfLoops(attr="edge_attr",
+    fill_value=self_loop_edge_attr(True))`` (:func:`~dyreg_pyg.geometry.self_loop_edge_attr`:
+    the row a self-loop has), ``T.ToUndirected()`` (it copies an edge's attributes to its
+    reverse; :func:`~dyreg_pyg.graph.with_geometry` recomputes them), ``T.Distance()``,
+    ``T.Cartesian()``; :func:`~dyreg_pyg.graph.to_hetero` gives a ``HeteroData`` with the
+    spatial and temporal edges as two relations.
+
+    Exports written before ``pos`` / ``edge_attr`` (format v1) open as well: both are
+    computed on load from the stored regions (the same functions as the export's).
 
     Batches from :class:`torch_geometric.loader.DataLoader` stack ``y`` to ``[B]`` and keep
     ``frame`` / ``region_id`` as they are. Open the dataset in the main process (an SQLite
@@ -136,33 +168,46 @@ class RegionGraphDataset(OnDiskDataset):
                  create: bool = False, node_channels: int | None = None) -> None:
         root = Path(root)
         meta_path = root / "export.json"
+        fmt = EXPORT_FORMAT
         if node_channels is None:
             if not meta_path.is_file():
                 raise FileNotFoundError(
                     f"RegionGraphDataset: {root} holds no region-graph export (no export.json); "
                     "write one with `python -m train export-graphs`")
             meta = json.loads(meta_path.read_text())
-            if meta.get("format") != EXPORT_FORMAT:
-                raise ValueError(f"RegionGraphDataset: {meta_path} has format "
-                                 f"{meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
+            fmt = meta.get("format")
+            if fmt not in (EXPORT_FORMAT, EXPORT_FORMAT_V1):
+                raise ValueError(f"RegionGraphDataset: {meta_path} has format {fmt!r}, expected "
+                                 f"{EXPORT_FORMAT!r} (or {EXPORT_FORMAT_V1!r}); export it again "
+                                 "with `python -m train export-graphs`")
             node_channels = int(meta["node_channels"])
         self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.format = fmt
         if not create and not (root / "processed" / "sqlite.db").is_file():
             raise FileNotFoundError(f"RegionGraphDataset: {root / 'processed' / 'sqlite.db'} "
                                     "does not exist (an export that never committed a chunk?)")
-        super().__init__(str(root), transform, backend="sqlite", schema=_schema(node_channels),
-                         log=False)
+        if fmt == EXPORT_FORMAT_V1:
+            log.info("RegionGraphDataset: %s is a v1 export (no pos / edge_attr stored); they "
+                     "are computed on load from the regions", root)
+        super().__init__(str(root), transform, backend="sqlite",
+                         schema=_schema(node_channels, fmt), log=False)
 
     @property
     def num_classes(self) -> int:  # the model's classes, not only those present
         n = self.meta.get("num_classes")
         return int(n) if n is not None else super().num_classes
 
+    @property
+    def edge_attr_columns(self) -> tuple[str, ...]:
+        """The names of ``edge_attr``'s columns."""
+        return edge_attr_columns(True)
+
     def serialize(self, data: Data) -> dict[str, Any]:
-        row = {k: data[k].detach().cpu().contiguous() for k in
-               ("x", "edge_index", "edge_type", "region", "box", "frame", "region_id")}
-        row["x"] = row["x"].float()
-        row["region"], row["box"] = row["region"].float(), row["box"].float()
+        keys = _TENSORS_V1 if self.format == EXPORT_FORMAT_V1 else _TENSORS
+        row = {k: data[k].detach().cpu().contiguous() for k in keys}
+        for k in ("x", "region", "box", "pos", "edge_attr"):
+            if k in row:
+                row[k] = row[k].float()
         row["y"] = int(data.y.view(-1)[0])
         row["video_id"] = str(data.video_id)
         return row
@@ -170,7 +215,10 @@ class RegionGraphDataset(OnDiskDataset):
     def deserialize(self, row: dict[str, Any]) -> Data:
         out = {k: v.clone() if isinstance(v, Tensor) else v for k, v in row.items()}
         out["y"] = torch.tensor([row["y"]], dtype=torch.long)
-        return Data(**out)
+        data = Data(**out)
+        if self.format == EXPORT_FORMAT_V1:
+            data = with_geometry(data, kind=True)
+        return data
 
 
 def video_region_graphs(nodes: Tensor, regions: Tensor, keys: Sequence[str], labels: Tensor,
@@ -196,8 +244,8 @@ def video_region_graphs(nodes: Tensor, regions: Tensor, keys: Sequence[str], lab
     for i in range(b):
         g = build_graph_batch(nodes[i:i + 1], regions[i:i + 1], self_loops, temporal_edges=True)
         out.append(Data(
-            x=g.x, edge_index=g.edge_index, edge_type=g.edge_type, region=g.region,
-            box=boxes[i].reshape(t * n, 4), frame=g.frame,
+            x=g.x, edge_index=g.edge_index, edge_attr=g.edge_attr, edge_type=g.edge_type,
+            pos=g.pos, region=g.region, box=boxes[i].reshape(t * n, 4), frame=g.frame,
             region_id=torch.arange(n).repeat(t), y=labels[i].view(1).long().cpu(),
             video_id=str(keys[i]),
         ))
@@ -275,6 +323,12 @@ class RegionGraphWriter:
         meta_path = self.root / "export.json"
         if meta_path.is_file():
             old = json.loads(meta_path.read_text())
+            if old.get("format") == EXPORT_FORMAT_V1:
+                raise ValueError(
+                    f"--out: {self.root} holds an export of an older format "
+                    f"({EXPORT_FORMAT_V1!r}, without pos / edge_attr), which this version does "
+                    "not extend; it still reads as it is - export again into another folder "
+                    "(or delete it) for the new format")
             diff = [k for k in ("format", "node_channels", *identity) if old.get(k) != meta.get(k)]
             if diff:
                 raise ValueError(

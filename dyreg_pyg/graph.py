@@ -4,22 +4,35 @@ Node order is ``(b, t, n)``: ``batch.x.view(B, T, N, C)`` recovers the dense lay
 The batch is assembled directly (no Python loop over frames) together with the slice and
 increment bookkeeping that :meth:`Batch.from_data_list` would have written, so
 ``to_data_list()`` / ``get_example(i)`` return the per-frame (or per-video) :class:`Data`.
+
+Given the regions, every graph carries their geometry (:mod:`dyreg_pyg.geometry`): ``pos``
+(the centres) and ``edge_attr`` (offsets, distance, log size ratios, IoU; led by the one-hot
+edge kind on space-time graphs). :func:`with_geometry` recomputes both on a :class:`Data`
+after a transform changed its edges; :func:`to_hetero` splits a space-time graph into its
+spatial and temporal relations.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch, Data, HeteroData
+from torch_geometric.transforms import BaseTransform
+
+from .geometry import edge_attr as geometry_edge_attr
+from .geometry import edge_attr_columns, edge_kind, region_centres
 
 __all__ = [
-    "complete_edge_index", "frame_edge_index", "build_graph_batch", "SPATIAL", "TEMPORAL"
+    "complete_edge_index", "frame_edge_index", "build_graph_batch", "with_geometry",
+    "RegionGeometry", "to_hetero", "SPATIAL", "TEMPORAL", "EDGE_TYPE_NAMES",
 ]
 
 SPATIAL = 0
 """``edge_type`` of an edge inside a frame."""
 TEMPORAL = 1
 """``edge_type`` of an edge from node ``n`` at ``t`` to node ``n`` at ``t + 1``."""
+EDGE_TYPE_NAMES = ("spatial", "temporal")
+"""The relation names of :data:`SPATIAL` and :data:`TEMPORAL` edges (:func:`to_hetero`)."""
 
 
 def complete_edge_index(
@@ -61,6 +74,7 @@ def build_graph_batch(
     regions: Tensor | None = None,
     self_loops: bool = True,
     temporal_edges: bool = False,
+    geometry: bool = True,
 ) -> Batch:
     """Assemble the graphs of a clip batch, vectorised.
 
@@ -71,15 +85,27 @@ def build_graph_batch(
     ``edge_type`` attribute (:data:`SPATIAL` or :data:`TEMPORAL`), so a single PyG layer (e.g.
     :class:`~torch_geometric.nn.conv.RGCNConv`) can run on the whole clip.
 
+    With ``regions`` (and ``geometry``) each graph also carries ``pos [num_nodes, 2]``, the
+    regions' centres (the sizes stay in ``region[:, 2:]``), and ``edge_attr``: ``[E, 6]``
+    geometry columns on frame graphs, ``[E, 8]`` (one-hot spatial/temporal, then the
+    geometry) on space-time graphs - see :mod:`dyreg_pyg.geometry` for the columns and why.
+    They are computed from ``regions`` as given, differentiably: pass the live regions (e.g.
+    ``details.live_regions``) and a loss on ``pos`` / ``edge_attr`` reaches the region
+    generator; pass detached ones (as ``details.graph`` is built) and nothing is kept for
+    backward. Cost: a few gathers per edge (:func:`~dyreg_pyg.geometry.edge_attr`).
+
     Args:
         x: node features ``[B, T, N, C]``.
         regions: node regions ``[B, T, N, 4]`` as ``(cx, cy, w, h)`` (optional).
         self_loops: include ``i -> i`` edges in each frame.
         temporal_edges: build per-video space-time graphs instead of per-frame graphs.
+        geometry: add ``pos`` and ``edge_attr`` when ``regions`` are given.
 
     Returns:
-        A :class:`Batch` with ``x [B*T*N, C]``, ``region [B*T*N, 4]``, ``edge_index``, ``batch``
-        (graph id), ``ptr``, and per-node ``frame`` (``t``) and ``video`` (``b``) ids.
+        A :class:`Batch` with ``x [B*T*N, C]``, ``region [B*T*N, 4]``, ``pos [B*T*N, 2]``,
+        ``edge_index``, ``edge_attr``, ``batch`` (graph id), ``ptr``, and per-node ``frame``
+        (``t``) and ``video`` (``b``) ids (``region``, ``pos``, ``edge_attr`` only with
+        ``regions``).
     """
     if x.dim() != 4:
         raise ValueError(f"x: expected node features [B, T, N, C], got shape {tuple(x.shape)}")
@@ -125,8 +151,13 @@ def build_graph_batch(
         "frame": frame,
         "video": video,
     }
+    with_geo = regions is not None and geometry
     if regions is not None:
         store["region"] = regions.reshape(b * t * n, 4)
+    if with_geo:
+        store["pos"] = region_centres(store["region"])
+        store["edge_attr"] = geometry_edge_attr(store["region"], edge_index,
+                                                frame if temporal_edges else None)
     if one_type is not None:
         store["edge_type"] = one_type.repeat(graphs)
 
@@ -144,9 +175,73 @@ def build_graph_batch(
                 "video": zeros}
     if regions is not None:
         slice_dict["region"], inc_dict["region"] = node_slices, zeros
+    if with_geo:
+        slice_dict["pos"], inc_dict["pos"] = node_slices, zeros
+        slice_dict["edge_attr"], inc_dict["edge_attr"] = edge_slices, zeros
     if one_type is not None:
         slice_dict["edge_type"], inc_dict["edge_type"] = edge_slices, zeros
     batch._num_graphs = graphs
     batch._slice_dict = slice_dict
     batch._inc_dict = inc_dict
     return batch
+
+
+def with_geometry(data: Data, kind: bool | None = None) -> Data:
+    """Set ``data.pos`` and ``data.edge_attr`` from its ``region`` and ``edge_index``,
+    replacing what was there: the geometry of edges that a transform added or reversed, or of
+    a graph that has none. ``T.ToUndirected`` (``reduce="add"``) gives a new reverse edge the
+    attributes of its edge (a reversed temporal edge's offset points the wrong way) and adds
+    up the attributes of an edge and of its existing reverse (the frame graphs' edges: the
+    offsets cancel, the kind column becomes 2) - recompute after it (:class:`RegionGeometry`).
+
+    ``kind``: lead ``edge_attr`` with the one-hot edge kind (from ``frame``, which it then
+    needs); by default when the graph is a space-time one - it has an ``edge_type``, an
+    ``edge_attr`` with the kind columns, or nodes of several frames. Returns ``data``;
+    differentiable in ``region``."""
+    if getattr(data, "region", None) is None or data.edge_index is None:
+        raise ValueError("with_geometry: expected a region graph with `region [num_nodes, 4]` "
+                         f"and `edge_index`, got {data}")
+    frame = getattr(data, "frame", None)
+    if kind is None:
+        old = getattr(data, "edge_attr", None)
+        kind = (getattr(data, "edge_type", None) is not None
+                or (old is not None and old.dim() == 2
+                    and old.shape[1] == len(edge_attr_columns(True)))
+                or (frame is not None and frame.numel() > 0 and bool((frame != frame[0]).any())))
+    if kind and frame is None:
+        raise ValueError("with_geometry: the edge kind needs the nodes' `frame`, which "
+                         f"{data} lacks")
+    data.pos = region_centres(data.region)
+    data.edge_attr = geometry_edge_attr(data.region, data.edge_index, frame if kind else None)
+    return data
+
+
+class RegionGeometry(BaseTransform):
+    """:func:`with_geometry` as a PyG transform: ``T.Compose([T.ToUndirected(),
+    RegionGeometry()])`` gives the reversed edges their own geometry (``T.ToUndirected`` adds
+    up the attributes of an edge and of its reverse, which cancels the offsets of the frame
+    graphs' edges, present in both directions)."""
+
+    def __init__(self, kind: bool | None = None) -> None:
+        self.kind = kind
+
+    def forward(self, data: Data) -> Data:
+        return with_geometry(data, self.kind)
+
+
+def to_hetero(data: Data, node_type: str = "region") -> HeteroData:
+    """A space-time region graph as a :class:`HeteroData` with one node type and two
+    relations, ``(node_type, "spatial", node_type)`` and ``(node_type, "temporal",
+    node_type)``; node attributes (``x``, ``pos``, ``region``, ...) and edge attributes
+    (``edge_attr``) are split accordingly, graph attributes (``y``, ``video_id``) kept.
+
+    The relation of an edge is read from the nodes' ``frame``
+    (:func:`~dyreg_pyg.geometry.edge_kind`), not from a stored ``edge_type``, so it is right
+    after transforms that add edges (``T.AddSelfLoops``, ``T.ToUndirected``)."""
+    if getattr(data, "frame", None) is None or data.edge_index is None:
+        raise ValueError("to_hetero: expected a region graph with `frame [num_nodes]` and "
+                         f"`edge_index`, got {data}")
+    kind = edge_kind(data.frame, data.edge_index)
+    return data.to_heterogeneous(
+        edge_type=kind, node_type_names=[node_type],
+        edge_type_names=[(node_type, name, node_type) for name in EDGE_TYPE_NAMES])

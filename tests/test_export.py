@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_geometric.transforms as transforms
 
 from dyreg_pyg.data import make_clip_loader, write_syncmnist_shards
 from dyreg_pyg.data.shards import ShardWriter
-from dyreg_pyg.export import RegionGraphDataset
-from dyreg_pyg.graph import SPATIAL, TEMPORAL
+from dyreg_pyg.export import EXPORT_FORMAT_V1, RegionGraphDataset
+from dyreg_pyg.geometry import edge_attr, self_loop_edge_attr
+from dyreg_pyg.graph import SPATIAL, TEMPORAL, RegionGeometry, to_hetero, with_geometry
 from train.checkpoint import save_checkpoint
 from train.config import config_to_dict, load_config
 from train.data import normalise
@@ -75,6 +77,13 @@ def test_export_writes_one_graph_per_video(setup):
     assert torch.allclose(g.box, expect.clamp(0, 1))
     ids = [ds[i].video_id for i in range(len(ds))]
     assert len(set(ids)) == 24
+    # PyG-conventional geometry: pos = the centres, edge_attr = kind one-hot + geometry
+    assert meta["edge_attr_columns"] == list(ds.edge_attr_columns) == [
+        "spatial", "temporal", "dx", "dy", "distance", "log_w", "log_h", "iou"]
+    assert torch.equal(g.pos, g.region[:, :2])
+    assert g.edge_attr.shape == (g.edge_index.shape[1], 8)
+    assert torch.equal(g.edge_attr[:, 1].long(), g.edge_type)  # edge_type kept, the same kind
+    torch.testing.assert_close(g.edge_attr, edge_attr(g.region, g.edge_index, g.frame))
 
 
 def test_graph_nodes_are_the_block_node_states(setup):
@@ -109,12 +118,12 @@ def test_gatv2_classifier_learns_on_exported_graphs(setup):
         def __init__(self, channels: int, classes: int, hidden: int = 32) -> None:
             super().__init__()
             self.norm = torch.nn.BatchNorm1d(channels)
-            self.conv1 = GATv2Conv(channels, hidden, heads=2, edge_dim=2)
-            self.conv2 = GATv2Conv(2 * hidden, hidden, edge_dim=2)
+            self.conv1 = GATv2Conv(channels, hidden, heads=2, edge_dim=8)
+            self.conv2 = GATv2Conv(2 * hidden, hidden, edge_dim=8)
             self.head = torch.nn.Linear(hidden, classes)
 
         def forward(self, data):
-            e = F.one_hot(data.edge_type, 2).float()  # spatial / temporal edges
+            e = data.edge_attr  # edge kind one-hot + region geometry
             x = self.conv1(self.norm(data.x), data.edge_index, e).relu()
             x = self.conv2(x, data.edge_index, e).relu()
             return self.head(global_mean_pool(x, data.batch))
@@ -247,3 +256,91 @@ def test_dense_backend_graphs_equal_the_pyg_backend():
         assert ga.x.shape == (3 * 4, 8) and ga.video_id == gb.video_id
         assert torch.allclose(ga.x, gb.x, atol=1e-5)
         assert torch.equal(ga.edge_index, gb.edge_index) and torch.equal(ga.region, gb.region)
+
+
+def test_pyg_transforms_work_on_the_exported_graphs(setup):
+    """AddSelfLoops (with the self-loop's edge_attr), ToUndirected, Distance, Cartesian and
+    to_hetero on the exported items, batched by PyG's DataLoader into a GATv2Conv with
+    edge_dim."""
+    from torch_geometric.loader import DataLoader
+    from torch_geometric.nn import GATv2Conv
+
+    ds = RegionGraphDataset(setup["out"])
+    g0 = ds[0]
+    e0, n = g0.edge_index.shape[1], g0.num_nodes
+    assert e0 == T * 9 * 9 + (T - 1) * 9
+    fill = self_loop_edge_attr(True)
+    looped = transforms.AddSelfLoops(attr="edge_attr", fill_value=fill)(g0.clone())
+    assert looped.edge_index.shape[1] == looped.edge_attr.shape[0] == e0 + n
+    assert bool((looped.edge_attr[e0:] == fill).all())
+    # the added rows are what the geometry of a self-loop is
+    torch.testing.assert_close(looped.edge_attr, with_geometry(looped.clone()).edge_attr)
+    und = transforms.ToUndirected()(g0.clone())  # + the reversed temporal edges
+    assert und.edge_index.shape[1] == und.edge_attr.shape[0] == e0 + (T - 1) * 9
+    fixed = RegionGeometry()(und.clone())  # ToUndirected sums an edge's attrs with its reverse's
+    src, dst = fixed.edge_index
+    torch.testing.assert_close(fixed.edge_attr[:, 2:4], fixed.pos[src] - fixed.pos[dst])
+    assert torch.equal(fixed.edge_attr[:, 1] == 1, fixed.frame[src] != fixed.frame[dst])
+    geo = transforms.Compose([transforms.Distance(norm=False), transforms.Cartesian(norm=False)])
+    d = geo(g0.clone())
+    assert d.edge_attr.shape == (e0, 8 + 1 + 2)
+    torch.testing.assert_close(d.edge_attr[:, 8], g0.edge_attr[:, 4])  # distance
+    torch.testing.assert_close(d.edge_attr[:, 9:], g0.edge_attr[:, 2:4])  # dx, dy
+    pipeline = transforms.Compose([transforms.ToUndirected(), RegionGeometry(),
+                                   transforms.AddSelfLoops(attr="edge_attr", fill_value=fill)])
+    batch = next(iter(DataLoader(RegionGraphDataset(setup["out"], transform=pipeline),
+                                 batch_size=4)))
+    out = GATv2Conv(64, 8, edge_dim=8)(batch.x, batch.edge_index, batch.edge_attr)
+    assert out.shape == (4 * n, 8) and bool(torch.isfinite(out).all())
+    assert batch.edge_attr.shape[0] == batch.edge_index.shape[1] == 4 * (e0 + (T - 1) * 9 + n)
+    h = to_hetero(looped)
+    assert h["region", "spatial", "region"].edge_index.shape[1] == T * 9 * 9 + n
+    assert h["region", "temporal", "region"].edge_attr.shape == ((T - 1) * 9, 8)
+    assert int(h.y) == int(g0.y) and h["region"].pos.shape == (n, 2)
+
+
+def _write_v1_export(src: RegionGraphDataset, root: Path, count: int) -> None:
+    """An export as the code before issue 35 wrote it (format v1: no pos / edge_attr
+    columns; the same table, schema and export.json otherwise)."""
+    from torch_geometric.data import OnDiskDataset
+
+    c = src.num_node_features
+    f32, i64 = torch.float32, torch.long
+    schema = {"x": dict(dtype=f32, size=(-1, c)), "edge_index": dict(dtype=i64, size=(2, -1)),
+              "edge_type": dict(dtype=i64, size=(-1,)), "region": dict(dtype=f32, size=(-1, 4)),
+              "box": dict(dtype=f32, size=(-1, 4)), "frame": dict(dtype=i64, size=(-1,)),
+              "region_id": dict(dtype=i64, size=(-1,)), "y": int, "video_id": str}
+    keys = ("x", "edge_index", "edge_type", "region", "box", "frame", "region_id")
+
+    class RegionGraphDataset(OnDiskDataset):  # the table is named after the class
+        def serialize(self, data):
+            return {**{k: data[k] for k in keys}, "y": int(data.y), "video_id": data.video_id}
+
+    meta = {**src.meta, "format": EXPORT_FORMAT_V1}
+    meta.pop("edge_attr_columns")
+    root.mkdir()
+    (root / "export.json").write_text(json.dumps(meta))
+    old = RegionGraphDataset(str(root), backend="sqlite", schema=schema, log=False)
+    old.extend([src[i] for i in range(count)])
+    old.close()
+
+
+def test_a_v1_export_opens_with_its_geometry_computed_on_load(setup, tmp_path):
+    new = RegionGraphDataset(setup["out"])
+    _write_v1_export(new, tmp_path / "v1", 3)
+    old = RegionGraphDataset(tmp_path / "v1")
+    assert len(old) == 3 and old.format == EXPORT_FORMAT_V1
+    for i in range(3):
+        a, b = old[i], new[i]
+        assert a.video_id == b.video_id
+        for key in ("x", "edge_index", "edge_type", "region", "pos", "edge_attr"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    looped = RegionGraphDataset(tmp_path / "v1", transform=transforms.AddSelfLoops(
+        attr="edge_attr", fill_value=self_loop_edge_attr(True)))[0]
+    assert looped.edge_attr.shape[0] == looped.edge_index.shape[1]
+    # the exporter does not extend it: it says to export again
+    with pytest.raises(ValueError, match="older format.*export again"):
+        export_graphs(str(setup["ckpt"]), setup["data"], str(tmp_path / "v1"), progress=False)
+    (tmp_path / "v1" / "export.json").write_text(json.dumps({"format": "something v0"}))
+    with pytest.raises(ValueError, match="something v0.*export it again"):
+        RegionGraphDataset(tmp_path / "v1")

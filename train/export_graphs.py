@@ -24,6 +24,7 @@ from typing import Any
 
 from dyreg_pyg.data import make_clip_loader
 from dyreg_pyg.export import RegionGraphWriter, record_region_graphs
+from dyreg_pyg.geometry import edge_attr_columns
 
 from .data import external_regions, normalise, read_split_size
 from .logs import progress_bar_wanted
@@ -182,6 +183,7 @@ def _meta(checkpoint: str, data: str, name: str, blk, cfg, num_classes: int) -> 
         "node_channels": blk.gnn.node_channels, "num_classes": num_classes,
         "class_names": class_names_for(cfg, num_classes), "self_loops": blk.gnn.config.self_loops,
         "edge_types": {"spatial": 0, "temporal": 1}, "node_order": "(t, n)",
+        "edge_attr_columns": list(edge_attr_columns(True)), "pos_format": "cx, cy",
         "region_format": "cx, cy, w, h normalised to the feature map (w, h: half-widths)",
         "box_format": "x0, y0, x1, y1 normalised, clipped to [0, 1]",
     }
