@@ -121,7 +121,7 @@ def test_geometry_gradient_reaches_the_region_generator(flavor):
                           temporal_edges=True)
     loss = g.edge_attr[:, 2:].pow(2).sum() + g.pos.sum()
     loss.backward()
-    gen = gnn.authors.regions if flavor == "authors" else gnn.region_generator
+    gen = gnn.regions if flavor == "authors" else gnn.region_generator
     grads = [p.grad for p in gen.parameters() if p.requires_grad]
     assert grads and all(gr is not None and bool(torch.isfinite(gr).all()) for gr in grads)
     assert max(float(gr.abs().max()) for gr in grads) > 0
