@@ -261,6 +261,11 @@ def test_study_paper_protocol_on_the_authors_geometry_tiny_run(tmp_path):
     assert [(r["variant"], r["protocol"], r["geometry"]) for r in rows] == [
         ("nograph-paper", "paper", "authors")]
     assert "| nograph-paper | paper | authors |" in (out / "table.md").read_text()
+    # the authors' geometry's data rule (issue 38), named in the result and the table
+    assert manifest["config"]["sync_sizes"] == [2, 3, 4, 5] and result["rule"] == "2to5"
+    head = (out / "table.md").read_text().splitlines()[0]
+    assert "Data rule: 2to5" in head and "appearance-only ceiling: 50.75 %" in head
+    assert "Geometry: authors" in head and "of a paper run's 60-72M" in head
 
     # a run folder resumes only under the settings it was started with
     other = out / "fixed-paper" / "seed0"
@@ -585,3 +590,33 @@ def test_study_train_windows_weight_each_log_by_its_steps(tmp_path, caplog):
     assert list(curve) == [200, 400, 450]
     assert "skipped 2 unreadable line(s) of 9" in caplog.text
     assert study._val_curve(run, 10) == {200: pytest.approx(90.0)}
+
+
+def test_study_data_rules_levels_and_refusal(tmp_path):
+    # issue 38: the authors' geometry defaults to the 2to5 rule, the demo keeps 2or3; a data
+    # folder of one rule refuses another; results written before rules hold 2or3
+    study = _load(SCRIPT)
+    assert study.levels("multisync", "authors") == pytest.approx((100 / 56, 50.75), abs=5e-3)
+    assert study.levels("multisync", "authors", "2or3") == pytest.approx((100 / 56, 31.98),
+                                                                         abs=5e-3)
+    assert study.levels("multisync", "demo", "2to5") == pytest.approx((100 / 56, 50.75),
+                                                                      abs=5e-3)
+    assert study.levels("binding2", "authors") == pytest.approx((50.0, 50.0))
+    data = tmp_path / "data"
+    study.make_data(data, 4, 4, workers=1, geometry="demo", rule="2to5")
+    from dyreg_pyg.data.syncmnist import SyncMNISTConfig, data_rule_of
+
+    manifest = json.loads((data / "val-manifest.json").read_text())
+    assert data_rule_of(SyncMNISTConfig.from_manifest(manifest)) == "2to5"
+    study.make_data(data, 4, 4, workers=1, geometry="demo", rule="2to5")  # the same: kept
+    with pytest.raises(SystemExit, match="data rule 2to5, not 2or3: .*--rule 2to5"):
+        study.make_data(data, 4, 4, workers=1, geometry="demo")
+    assert study.rule_of_result({"task": "multisync"}) == "2or3"
+    assert study.rule_of_result({}) == "2or3" and study.rule_of_result({"rule": "2to5"}) == "2to5"
+    assert study.rule_of_result({"task": "sync2"}) is None
+    assert study.budget_fraction(259_200) == "1/231-1/278"
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "x"),
+                              "--task", "binding2", "--geometry", "demo", "--rule", "2to5",
+                              "--data-only"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and "--rule: the data rules are multisync's" in refused.stderr

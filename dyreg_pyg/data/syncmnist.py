@@ -261,6 +261,8 @@ class SyncMNISTConfig:
                 given.get("label", "pair") == "pair" and given.get("digits", 5) == 5:
             base.update(DATA_RULES[rule])
         fields = {**base, **given}
+        if fields.get("sync_size_rule") == "binomial_nosync" and "p_no_sync" not in given:
+            fields.pop("p_no_sync", None)  # that rule sets it; the geometry's would clash
         if "sync_sizes" in fields:
             fields["sync_sizes"] = tuple(fields["sync_sizes"])
         try:
