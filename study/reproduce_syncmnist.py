@@ -493,6 +493,25 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     return result
 
 
+def _extends(run: Path, variant: str, seed: int, args: argparse.Namespace) -> bool:
+    """Whether the finished ``run`` is to be continued to ``--budget``: only with
+    ``--resume``, a budget above the one it finished at, and a constant learning rate
+    (``--schedule none``), under which a longer run is the same run continued; a schedule
+    shaped by the budget (one-cycle, cosine) would jump. Otherwise it is skipped (logged)."""
+    done = json.loads((run / "result.json").read_text())["budget"]
+    if args.budget <= done:
+        log.info("%s seed %d: finished earlier, skipped", variant, seed)
+        return False
+    if args.schedule != "none" or not args.resume:
+        log.warning("%s seed %d: finished earlier at %d videos, skipped: continuing it to %d "
+                    "needs --resume and a constant learning rate (--schedule none); use "
+                    "another --out", variant, seed, done, args.budget)
+        return False
+    log.info("%s seed %d: finished at %d videos, continued to %d", variant, seed, done,
+             args.budget)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="study folder (keep it outside the repo)")
@@ -610,8 +629,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for v in variants:
             run = out / run_name(v, args.protocol, args.tag) / f"seed{seed}"
-            if (run / "result.json").exists():
-                log.info("%s seed %d: finished earlier, skipped", v, seed)
+            if (run / "result.json").exists() and not _extends(run, v, seed, args):
                 continue
             if run.exists() and not args.resume:
                 raise SystemExit(f"{run} exists: pass --resume to continue it")

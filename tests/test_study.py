@@ -620,3 +620,24 @@ def test_study_data_rules_levels_and_refusal(tmp_path):
                               "--data-only"], cwd=ROOT, capture_output=True, text=True,
                              timeout=120)
     assert refused.returncode != 0 and "--rule: the data rules are multisync's" in refused.stderr
+
+
+def test_study_constant_lr_run_continues_to_a_larger_budget(tmp_path):
+    # issue 38: a finished run under a constant learning rate is continued, from its last
+    # checkpoint, when the budget grows (with --resume); without --resume it is skipped
+    out = tmp_path / "study"
+    base = ("--variants", "nograph", "--seeds", "0", "--schedule", "none", "--lr", "1e-3",
+            "--precision", "fp32")
+    first = _run(out, *base)
+    assert first.returncode == 0, first.stderr[-2000:]
+    result = out / "nograph" / "seed0" / "result.json"
+    assert json.loads(result.read_text())["budget"] == 16
+    skipped = _run(out, *base, "--budget", "24")
+    assert skipped.returncode == 0 and "needs --resume" in skipped.stderr
+    assert json.loads(result.read_text())["budget"] == 16
+    more = _run(out, *base, "--budget", "24", "--resume")
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "finished at 16 videos, continued to 24" in more.stderr
+    assert json.loads(result.read_text())["budget"] == 24
+    ckpt = load_checkpoint(out / "nograph" / "seed0" / "last.pt")
+    assert ckpt["state"]["step"] == 3  # 2 steps of 8, then one more
