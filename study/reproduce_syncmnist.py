@@ -388,8 +388,11 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
         optim = (f"{s['optim']} lr {s['lr']} ({s['schedule']} schedule), batch "
                  f"{s['batch_size']}, weight decay {s['weight_decay']}")
         said = f" Data rule: {rule} (our guess: the paper does not give it)." if rule else ""
-        head = (f"Task: {task}.{said} Geometry: {rows[0]['geometry']}. Protocol "
-                f"{rows[0]['protocol']}: {optim} (the paper: SGD lr 1e-3, momentum 0.9). "
+        protocol = rows[0]["protocol"]
+        changed = any(s.get(k) != v for k, v in PROTOCOLS.get(protocol, {}).items())
+        head = (f"Task: {task}.{said} Geometry: {rows[0]['geometry']}. Optimiser: {optim} "
+                f"(--protocol {protocol}{' with overrides' if changed else ''}; the paper: SGD "
+                f"lr 1e-3, momentum 0.9). "
                 f"Budget: {rows[0]['budget']} training videos per run, "
                 f"{budget_fraction(rows[0]['budget'])} of a paper run's 60-72M. Settings of "
                 f"the first row (see table.json for each row's): {s}. Chance: "
