@@ -641,3 +641,19 @@ def test_study_constant_lr_run_continues_to_a_larger_budget(tmp_path):
     assert json.loads(result.read_text())["budget"] == 24
     ckpt = load_checkpoint(out / "nograph" / "seed0" / "last.pt")
     assert ckpt["state"]["step"] == 3  # 2 steps of 8, then one more
+
+
+def test_appearance_ceiling_rule_table():
+    # issue 38: every candidate data rule's exact ceiling and its distance to the paper's 52.29
+    ceiling = _load(ROOT / "study" / "appearance_ceiling.py")
+    rows = {r["rule"]: r for r in ceiling.rule_ceilings()}
+    assert len(rows) == len(ceiling.RULES) == 13
+    named = {r["rule"].split("(")[-1].rstrip(")"): r for r in rows.values() if "(" in r["rule"]}
+    assert named["2to5"]["ceiling"] == pytest.approx(50.75, abs=5e-3)
+    assert named["2to5"]["minus_paper"] == pytest.approx(50.75 - 52.29, abs=5e-3)
+    assert named["2or3"]["ceiling"] == pytest.approx(31.98, abs=5e-3)
+    assert named["2to5iid"]["ceiling"] == pytest.approx(55.85, abs=5e-3)
+    # the default of the authors' geometry is the candidate nearest the paper's first row
+    nearest = min(rows.values(), key=lambda r: abs(r["minus_paper"]))
+    assert nearest is named["2to5"]
+    assert all(0.0 < r["p_no_sync"] < 0.2 for r in rows.values())
