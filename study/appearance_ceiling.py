@@ -9,8 +9,14 @@ a model that uses appearance only. A paper number above it needs motion; a model
 it may have learnt none.
 
     python study/appearance_ceiling.py                       # the ceilings only
+    python study/appearance_ceiling.py --rules --out study/results/probes/rule_ceilings.json
     python study/appearance_ceiling.py --study /data/study --variants nograph,oracle \\
         --seeds 0 --out study/results/b48k/appearance.json
+
+With ``--rules`` it also prints the ceiling of every candidate data rule (``RULES``: how many
+digits move in sync, how the classes and "no sync" are drawn - what the paper does not say;
+issue 38) and its distance to the paper's no-graph ResNet-18, 52.29 %: a model blind to the
+frames' order has no natural reason to stop elsewhere than near its rule's ceiling.
 
 With ``--study`` (a folder of ``study/reproduce_syncmnist.py``) every
 ``<variant>/seed<k>/last.pt`` is run on the study's validation shards and compared, video by
@@ -39,14 +45,57 @@ import torch
 
 from dyreg_pyg.data import load_manifest
 from dyreg_pyg.data.syncmnist import (
+    DATA_RULES,
     SyncMNISTConfig,
     appearance_only_accuracy,
+    appearance_only_loss,
     appearance_only_table,
 )
 from train.data import external_regions, make_loader, normalise, split_pattern
 from train.loop import load_trained
 
 log = logging.getLogger("appearance_ceiling")
+
+PAPER_NOGRAPH = 52.29
+"""The paper's no-graph ResNet-18 on MultiSyncMNIST (Table 6), top-1 %."""
+
+_SIZES = (2, 3, 4, 5)
+RULES: dict[str, dict[str, Any]] = {
+    "exactly 2, label first": dict(sync_sizes=(2,)),
+    "exactly 2, iid": dict(sync_sizes=(2,), class_rule="iid"),
+    "2 or 3, label first (2or3)": DATA_RULES["2or3"],
+    "2 or 3, iid": dict(sync_sizes=(2, 3), class_rule="iid"),
+    "2-5 uniform, label first": dict(sync_sizes=_SIZES),
+    "2-5 uniform, label first, no sync 1/92": dict(sync_sizes=_SIZES, p_no_sync=1 / 92),
+    "2-5 uniform, label first, no sync 1/102 (2to5)": DATA_RULES["2to5"],
+    "2-5 uniform, iid": dict(sync_sizes=_SIZES, class_rule="iid"),
+    "2-5 uniform, iid, no sync 1/102 (2to5iid)": DATA_RULES["2to5iid"],
+    "binomial 1/2 given 2-5, label first": dict(sync_sizes=_SIZES, sync_size_rule="binomial"),
+    "binomial 1/2 given 2-5, iid": dict(sync_sizes=_SIZES, sync_size_rule="binomial",
+                                        class_rule="iid"),
+    "binomial 1/2, under 2 = no sync, label first": dict(sync_sizes=_SIZES,
+                                                          sync_size_rule="binomial_nosync"),
+    "binomial 1/2, under 2 = no sync, iid": dict(sync_sizes=_SIZES, class_rule="iid",
+                                                 sync_size_rule="binomial_nosync"),
+}
+"""Candidate MultiSyncMNIST data rules (5 digits; "no sync" 1/56 unless named): the sizes of
+the in-sync subset (uniform over the listed sizes, or every digit in with probability 1/2),
+how the classes are drawn (``label_first``: the pair first, uniform; ``iid``: every class
+uniform, the label follows) and P("no sync")."""
+
+
+def rule_ceilings() -> list[dict[str, Any]]:
+    """Every :data:`RULES` candidate's exact appearance-only ceiling (%), cross-entropy floor
+    (nats), P("no sync") and distance to the paper's no-graph 52.29 %."""
+    rows = []
+    for name, fields in RULES.items():
+        cfg = SyncMNISTConfig(**fields)
+        top1 = 100 * appearance_only_accuracy(cfg)
+        rows.append({"rule": name, "fields": {k: list(v) if isinstance(v, tuple) else v
+                                              for k, v in fields.items()},
+                     "p_no_sync": cfg.no_sync_probability, "ceiling": top1,
+                     "floor": appearance_only_loss(cfg), "minus_paper": top1 - PAPER_NOGRAPH})
+    return rows
 
 
 def compare_with_guess(checkpoint: Path, data: str) -> dict[str, Any]:
@@ -96,6 +145,8 @@ def main() -> None:
     ap.add_argument("--variants", default="nograph,fixed,dyreg")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", default=None, help="also write the results here (JSON)")
+    ap.add_argument("--rules", action="store_true",
+                    help="also the ceilings of the candidate data rules (issue 38)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     results: dict[str, Any] = {
@@ -103,6 +154,13 @@ def main() -> None:
                     for v in ("multi", "single")}}
     print(f"appearance-only ceiling: MultiSyncMNIST {100 * results['ceiling']['multi']:.2f} %, "
           f"SyncMNIST {100 * results['ceiling']['single']:.2f} %")
+    if args.rules:
+        rows = results["rules"] = rule_ceilings()
+        print(f"| data rule | P(no sync) | appearance-only top-1 % | cross-entropy floor | "
+              f"minus the paper's no graph ({PAPER_NOGRAPH} %) |\n|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['rule']} | {r['p_no_sync']:.4f} | {r['ceiling']:.2f} | "
+                  f"{r['floor']:.3f} | {r['minus_paper']:+.2f} |")
     if args.study:
         study = Path(args.study)
         try:

@@ -74,7 +74,7 @@ from dyreg_pyg.data import (
     syncmnist_task_of,
     write_syncmnist_shards,
 )
-from dyreg_pyg.data.syncmnist import appearance_only_accuracy
+from dyreg_pyg.data.syncmnist import DATA_RULES, appearance_only_accuracy, data_rule_of
 from dyreg_pyg.models import build_preset
 from dyreg_pyg.models.presets import PRESETS
 from train.config import load_config
@@ -115,6 +115,29 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 TASKS: dict[str, dict[str, Any]] = SYNCMNIST_TASKS
 """``--task`` -> the :class:`~dyreg_pyg.data.SyncMNISTConfig` fields of its data."""
 
+GEOMETRY_RULES = {"authors": "2to5", "demo": "2or3"}
+"""``--geometry`` -> its default ``--rule`` (:data:`dyreg_pyg.data.syncmnist.DATA_RULES`):
+the authors' geometry takes issue 38's guess of the authors' rule, the demo keeps the rule of
+the study's earlier runs."""
+
+PAPER_RUN_VIDEOS = (60_000_000, 72_000_000)
+"""Training videos one paper run saw: 600k videos x 100 epochs (RSTG's MNIST setting) to x 120
+(the authors' ``opts.py`` default) - what our budgets are fractions of."""
+
+
+def budget_fraction(budget: int) -> str:
+    """``budget`` as a fraction of a paper run, e.g. ``"1/250-1/278"`` for 259,200."""
+    lo, hi = (v / budget for v in PAPER_RUN_VIDEOS)
+    return f"1/{lo:,.0f}-1/{hi:,.0f}"
+
+
+def rule_of_result(result: dict[str, Any]) -> str | None:
+    """The data rule of a run's ``result.json``: recorded since issue 38; a multisync run
+    written before holds the rule of that time, ``"2or3"``; a reduced task has none."""
+    if result.get("task", "multisync") != "multisync":
+        return None
+    return result.get("rule") or "2or3"
+
 
 task_of = syncmnist_task_of
 """The task of a data manifest (:func:`dyreg_pyg.data.syncmnist_task_of`)."""
@@ -146,9 +169,12 @@ def run_name(variant: str, protocol: str, tag: str = "") -> str:
 
 
 def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2,
-              geometry: str = "authors", task: str = "multisync") -> None:
+              geometry: str = "authors", task: str = "multisync", rule: str | None = None
+              ) -> None:
     """Generate the study's shards once; refuse a folder holding a different amount, another
-    geometry (manifests written before geometries existed hold the demo's) or another task."""
+    geometry (manifests written before geometries existed hold the demo's), another task or
+    (``multisync``) another data rule (``None``: the geometry's, :data:`GEOMETRY_RULES`)."""
+    rule = rule or GEOMETRY_RULES[geometry]
     for split, n, seed in (("train", train_videos, 0), ("val", val_videos, VAL_SEED)):
         manifest = folder / f"{split}-manifest.json"
         if manifest.exists():  # read as the loaders read it: a corrupt one is a named error
@@ -162,6 +188,13 @@ def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2
                 what = f"task {have}" if have else "no named task"
                 raise SystemExit(f"{folder} holds {split} videos of {what}, not {task}: use "
                                  f"another --out" + (f" or --task {have}" if have else ""))
+            # manifests without a config predate the authors' geometry: the 2or3 rule's
+            have = data_rule_of(SyncMNISTConfig.from_manifest(saved)) \
+                if "config" in saved else "2or3"
+            if task == "multisync" and have != rule and "config" in saved:
+                raise SystemExit(f"{folder} holds {split} videos of data rule {have}, not "
+                                 f"{rule}: use another --out" +
+                                 (f" or --rule {have}" if have else ""))
             have = saved["num_samples"]
             if have != n:
                 raise SystemExit(f"{folder} holds {have} {split} videos, not {n}: use another "
@@ -169,7 +202,7 @@ def make_data(folder: Path, train_videos: int, val_videos: int, workers: int = 2
             continue
         t0 = time.time()
         write_syncmnist_shards(folder, split, n, seed=seed, workers=workers, geometry=geometry,
-                               **TASKS[task])
+                               **TASKS[task], **_rule_fields(task, rule))
         log.info("generated %d %s videos in %.0f s", n, split, time.time() - t0)
 
 
@@ -256,15 +289,23 @@ def _run_names(out: Path) -> list[str]:
     return [v for v in PAPER if v in found] + sorted(found - set(PAPER))
 
 
-def task_config(task: str, geometry: str) -> SyncMNISTConfig:
-    """The generator config of the study data of ``task`` on ``geometry`` (as
-    :func:`make_data` writes it)."""
-    return SyncMNISTConfig.from_geometry(geometry, **TASKS[task])
+def _rule_fields(task: str, rule: str | None) -> dict[str, Any]:
+    """The :class:`~dyreg_pyg.data.SyncMNISTConfig` fields of data rule ``rule`` (the
+    ``multisync`` task's; the reduced tasks have their own rules)."""
+    return dict(DATA_RULES[rule]) if task == "multisync" and rule else {}
 
 
-def levels(task: str, geometry: str) -> tuple[float, float]:
-    """Chance top-1 (%) and appearance-only ceiling (%) of ``task`` on ``geometry``."""
-    cfg = task_config(task, geometry)
+def task_config(task: str, geometry: str, rule: str | None = None) -> SyncMNISTConfig:
+    """The generator config of the study data of ``task`` on ``geometry`` under data rule
+    ``rule`` (``None``: the geometry's; as :func:`make_data` writes it)."""
+    return SyncMNISTConfig.from_geometry(
+        geometry, **TASKS[task], **_rule_fields(task, rule or GEOMETRY_RULES[geometry]))
+
+
+def levels(task: str, geometry: str, rule: str | None = None) -> tuple[float, float]:
+    """Chance top-1 (%) and appearance-only ceiling (%) of ``task`` on ``geometry`` under
+    data rule ``rule`` (``None``: the geometry's)."""
+    cfg = task_config(task, geometry, rule)
     return 100 / cfg.num_classes, 100 * appearance_only_accuracy(cfg)
 
 
@@ -309,7 +350,7 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
             "params_m": res[0]["params_m"], "task": task,
             "paper_acc": PAPER.get(v.split("-")[0]) if task == "multisync" else None,
             "protocol": res[0].get("protocol", "onecycle"),
-            "geometry": res[0].get("geometry", "demo"),
+            "geometry": res[0].get("geometry", "demo"), "rule": rule_of_result(res[0]),
             "dyreg_overrides": res[0].get("dyreg_overrides") or {},
             "train_overrides": res[0].get("train_overrides") or {},
             "distance": statistics.mean(dists) if dists else None,
@@ -341,10 +382,20 @@ def write_tables(out: Path) -> list[dict[str, Any]]:
     if rows:
         s = rows[0]["settings"]
         task = rows[0]["task"]
-        chance, ceiling = levels(task, rows[0]["geometry"])
+        rule = rows[0]["rule"]
+        chance, ceiling = levels(task, rows[0]["geometry"], rule)
         grid = next((r["grid_distance"] for r in rows if r["grid_distance"] is not None), None)
-        head = (f"Task: {task}. Budget: {rows[0]['budget']} training videos per run; settings "
-                f"of the first row (see table.json for each row's): {s}. Chance: "
+        optim = (f"{s['optim']} lr {s['lr']} ({s['schedule']} schedule), batch "
+                 f"{s['batch_size']}, weight decay {s['weight_decay']}")
+        said = f" Data rule: {rule} (our guess: the paper does not give it)." if rule else ""
+        protocol = rows[0]["protocol"]
+        changed = any(s.get(k) != v for k, v in PROTOCOLS.get(protocol, {}).items())
+        head = (f"Task: {task}.{said} Geometry: {rows[0]['geometry']}. Optimiser: {optim} "
+                f"(--protocol {protocol}{' with overrides' if changed else ''}; the paper: SGD "
+                f"lr 1e-3, momentum 0.9). "
+                f"Budget: {rows[0]['budget']} training videos per run, "
+                f"{budget_fraction(rows[0]['budget'])} of a paper run's 60-72M. Settings of "
+                f"the first row (see table.json for each row's): {s}. Chance: "
                 f"{chance:.1f} %; appearance-only ceiling: {ceiling:.2f} %. Region-object "
                 f"distance of a fixed 3x3 grid on the same clips: "
                 f"{'-' if grid is None else f'{grid:.3f}'}.")
@@ -380,7 +431,7 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     preset = preset_name(variant, args.geometry)
     clip = "null" if args.clip_grad is None else args.clip_grad
     settings = {"protocol": args.protocol, "geometry": args.geometry, "task": args.task,
-                "preset": preset,
+                "preset": preset, "rule": args.rule,
                 "optim": args.optim, "lr": args.lr, "momentum": args.momentum,
                 "schedule": args.schedule,
                 "warmup_steps": args.warmup, "batch_size": args.batch_size,
@@ -432,7 +483,7 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     params = sum(p.numel() for p in model.parameters())
     result = {"variant": name, "seed": seed, "protocol": args.protocol,
               "geometry": args.geometry, "task": args.task, "preset": preset,
-              "dyreg_overrides": dyreg,
+              "rule": args.rule, "dyreg_overrides": dyreg,
               "train_overrides": _parse_items(args.set),
               "budget": steps * args.batch_size,
               "top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"],
@@ -443,6 +494,25 @@ def run_one(out: Path, variant: str, seed: int, args: argparse.Namespace,
     _write(run / "result.json", json.dumps(result, indent=1))
     log.info("%s seed %d: val top-1 %.2f %%", name, seed, 100 * result["top1"])
     return result
+
+
+def _extends(run: Path, variant: str, seed: int, args: argparse.Namespace) -> bool:
+    """Whether the finished ``run`` is to be continued to ``--budget``: only with
+    ``--resume``, a budget above the one it finished at, and a constant learning rate
+    (``--schedule none``), under which a longer run is the same run continued; a schedule
+    shaped by the budget (one-cycle, cosine) would jump. Otherwise it is skipped (logged)."""
+    done = json.loads((run / "result.json").read_text())["budget"]
+    if args.budget <= done:
+        log.info("%s seed %d: finished earlier, skipped", variant, seed)
+        return False
+    if args.schedule != "none" or not args.resume:
+        log.warning("%s seed %d: finished earlier at %d videos, skipped: continuing it to %d "
+                    "needs --resume and a constant learning rate (--schedule none); use "
+                    "another --out", variant, seed, done, args.budget)
+        return False
+    log.info("%s seed %d: finished at %d videos, continued to %d", variant, seed, done,
+             args.budget)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -464,6 +534,11 @@ def main(argv: list[str] | None = None) -> None:
                          "the label 'right' / 'left'; binding2: 2 digits drift opposite ways, "
                          "the label which way the lower class goes (reduced tasks, "
                          "appearance-only ceiling 50 %%)")
+    ap.add_argument("--rule", default=None, choices=sorted(DATA_RULES),
+                    help="the multisync data rule (how many digits move in sync; not given by "
+                         "the paper): 2to5 (our guess of the authors', appearance-only ceiling "
+                         "50.75 %%; the authors' geometry's default), 2or3 (the study's runs "
+                         "before issue 38, 31.98 %%; the demo's default), 2to5iid (55.85 %%)")
     ap.add_argument("--protocol", default="onecycle", choices=sorted(PROTOCOLS),
                     help="onecycle: Adam one-cycle, peak lr 2e-3, batch 32, clip 5; paper: SGD "
                          "lr 1e-3 momentum 0.9, constant lr, batch 10, weight decay 5e-4, no "
@@ -512,6 +587,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tag", default="", help="name suffix of investigation runs")
     args = ap.parse_args(argv)
     resolve_protocol(args)
+    if args.task != "multisync" and args.rule:
+        raise SystemExit(f"--rule: the data rules are multisync's; --task {args.task} has its own")
+    if args.task == "multisync":
+        args.rule = args.rule or GEOMETRY_RULES[args.geometry]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
     variants = args.variants.split(",")
@@ -539,7 +618,7 @@ def main(argv: list[str] | None = None) -> None:
         write_tables(out)
         return
     make_data(out / "data", args.train_videos, args.val_videos, args.data_workers,
-              args.geometry, args.task)
+              args.geometry, args.task, args.rule)
     if args.data_only:
         if args.in_memory and args.cache:  # decode once, for the runs started next
             data = out / "data"
@@ -553,8 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for v in variants:
             run = out / run_name(v, args.protocol, args.tag) / f"seed{seed}"
-            if (run / "result.json").exists():
-                log.info("%s seed %d: finished earlier, skipped", v, seed)
+            if (run / "result.json").exists() and not _extends(run, v, seed, args):
                 continue
             if run.exists() and not args.resume:
                 raise SystemExit(f"{run} exists: pass --resume to continue it")

@@ -261,6 +261,11 @@ def test_study_paper_protocol_on_the_authors_geometry_tiny_run(tmp_path):
     assert [(r["variant"], r["protocol"], r["geometry"]) for r in rows] == [
         ("nograph-paper", "paper", "authors")]
     assert "| nograph-paper | paper | authors |" in (out / "table.md").read_text()
+    # the authors' geometry's data rule (issue 38), named in the result and the table
+    assert manifest["config"]["sync_sizes"] == [2, 3, 4, 5] and result["rule"] == "2to5"
+    head = (out / "table.md").read_text().splitlines()[0]
+    assert "Data rule: 2to5" in head and "appearance-only ceiling: 50.75 %" in head
+    assert "Geometry: authors" in head and "of a paper run's 60-72M" in head
 
     # a run folder resumes only under the settings it was started with
     other = out / "fixed-paper" / "seed0"
@@ -585,3 +590,70 @@ def test_study_train_windows_weight_each_log_by_its_steps(tmp_path, caplog):
     assert list(curve) == [200, 400, 450]
     assert "skipped 2 unreadable line(s) of 9" in caplog.text
     assert study._val_curve(run, 10) == {200: pytest.approx(90.0)}
+
+
+def test_study_data_rules_levels_and_refusal(tmp_path):
+    # issue 38: the authors' geometry defaults to the 2to5 rule, the demo keeps 2or3; a data
+    # folder of one rule refuses another; results written before rules hold 2or3
+    study = _load(SCRIPT)
+    assert study.levels("multisync", "authors") == pytest.approx((100 / 56, 50.75), abs=5e-3)
+    assert study.levels("multisync", "authors", "2or3") == pytest.approx((100 / 56, 31.98),
+                                                                         abs=5e-3)
+    assert study.levels("multisync", "demo", "2to5") == pytest.approx((100 / 56, 50.75),
+                                                                      abs=5e-3)
+    assert study.levels("binding2", "authors") == pytest.approx((50.0, 50.0))
+    data = tmp_path / "data"
+    study.make_data(data, 4, 4, workers=1, geometry="demo", rule="2to5")
+    from dyreg_pyg.data.syncmnist import SyncMNISTConfig, data_rule_of
+
+    manifest = json.loads((data / "val-manifest.json").read_text())
+    assert data_rule_of(SyncMNISTConfig.from_manifest(manifest)) == "2to5"
+    study.make_data(data, 4, 4, workers=1, geometry="demo", rule="2to5")  # the same: kept
+    with pytest.raises(SystemExit, match="data rule 2to5, not 2or3: .*--rule 2to5"):
+        study.make_data(data, 4, 4, workers=1, geometry="demo")
+    assert study.rule_of_result({"task": "multisync"}) == "2or3"
+    assert study.rule_of_result({}) == "2or3" and study.rule_of_result({"rule": "2to5"}) == "2to5"
+    assert study.rule_of_result({"task": "sync2"}) is None
+    assert study.budget_fraction(259_200) == "1/231-1/278"
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "x"),
+                              "--task", "binding2", "--geometry", "demo", "--rule", "2to5",
+                              "--data-only"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and "--rule: the data rules are multisync's" in refused.stderr
+
+
+def test_study_constant_lr_run_continues_to_a_larger_budget(tmp_path):
+    # issue 38: a finished run under a constant learning rate is continued, from its last
+    # checkpoint, when the budget grows (with --resume); without --resume it is skipped
+    out = tmp_path / "study"
+    base = ("--variants", "nograph", "--seeds", "0", "--schedule", "none", "--lr", "1e-3",
+            "--precision", "fp32")
+    first = _run(out, *base)
+    assert first.returncode == 0, first.stderr[-2000:]
+    result = out / "nograph" / "seed0" / "result.json"
+    assert json.loads(result.read_text())["budget"] == 16
+    skipped = _run(out, *base, "--budget", "24")
+    assert skipped.returncode == 0 and "needs --resume" in skipped.stderr
+    assert json.loads(result.read_text())["budget"] == 16
+    more = _run(out, *base, "--budget", "24", "--resume")
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "finished at 16 videos, continued to 24" in more.stderr
+    assert json.loads(result.read_text())["budget"] == 24
+    ckpt = load_checkpoint(out / "nograph" / "seed0" / "last.pt")
+    assert ckpt["state"]["step"] == 3  # 2 steps of 8, then one more
+
+
+def test_appearance_ceiling_rule_table():
+    # issue 38: every candidate data rule's exact ceiling and its distance to the paper's 52.29
+    ceiling = _load(ROOT / "study" / "appearance_ceiling.py")
+    rows = {r["rule"]: r for r in ceiling.rule_ceilings()}
+    assert len(rows) == len(ceiling.RULES) == 13
+    named = {r["rule"].split("(")[-1].rstrip(")"): r for r in rows.values() if "(" in r["rule"]}
+    assert named["2to5"]["ceiling"] == pytest.approx(50.75, abs=5e-3)
+    assert named["2to5"]["minus_paper"] == pytest.approx(50.75 - 52.29, abs=5e-3)
+    assert named["2or3"]["ceiling"] == pytest.approx(31.98, abs=5e-3)
+    assert named["2to5iid"]["ceiling"] == pytest.approx(55.85, abs=5e-3)
+    # the default of the authors' geometry is the candidate nearest the paper's first row
+    nearest = min(rows.values(), key=lambda r: abs(r["minus_paper"]))
+    assert nearest is named["2to5"]
+    assert all(0.0 < r["p_no_sync"] < 0.2 for r in rows.values())

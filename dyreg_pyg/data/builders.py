@@ -102,6 +102,17 @@ def syncmnist_parser(prog: str | None = None) -> argparse.ArgumentParser:
                     help="possible sizes of the in-sync subset (MultiSyncMNIST; 2 3)")
     ap.add_argument("--p-no-sync", type=float, default=None,
                     help="probability of 'no sync' (default 1 / number of classes)")
+    ap.add_argument("--sync-size-rule", choices=("uniform", "binomial", "binomial_nosync"),
+                    default=None, help="how the in-sync subset's size is drawn from "
+                    "--sync-sizes: uniform (default), binomial (each digit joins with "
+                    "--p-digit-sync, given a listed size), binomial_nosync (the same, fewer "
+                    "than 2 = 'no sync')")
+    ap.add_argument("--p-digit-sync", type=float, default=None,
+                    help="per-digit probability of the binomial rules (0.5)")
+    ap.add_argument("--rule", choices=("2or3", "2to5", "2to5iid"), default=None,
+                    help="a named MultiSyncMNIST data rule (sync sizes, class rule, 'no sync'; "
+                    "the flags above override its fields); default: the geometry's (demo "
+                    "2or3, authors 2to5)")
     return ap
 
 
@@ -109,16 +120,21 @@ def syncmnist_main(argv: Sequence[str] | None = None, prog: str | None = None) -
     """Build (Multi)SyncMNIST shards from the command line ``argv``; see ``--help``."""
     args = syncmnist_parser(prog).parse_args(argv)
     _setup_logging()
-    from .syncmnist import write_syncmnist_shards
+    from .syncmnist import DATA_RULES, write_syncmnist_shards
 
+    rule = dict(DATA_RULES[args.rule]) if args.rule else {}
+    given = dict(sync_sizes=tuple(args.sync_sizes) if args.sync_sizes else None,
+                 p_no_sync=args.p_no_sync, class_rule=args.class_rule,
+                 sync_size_rule=args.sync_size_rule, p_digit_sync=args.p_digit_sync)
+    if given["sync_size_rule"] == "binomial_nosync" and args.p_no_sync is None:
+        rule.pop("p_no_sync", None)  # the binomial draw sets it
+    fields = {**rule, **{k: v for k, v in given.items() if v is not None}}
     manifest = write_syncmnist_shards(
         args.out, args.split, args.num_videos, seed=args.seed, variant=args.variant,
         frames=args.frames, digits=args.digits, size=args.size, shard_size=args.shard_size,
-        workers=args.workers, mnist_dir=args.mnist_dir,
-        sync_sizes=tuple(args.sync_sizes) if args.sync_sizes else None,
-        p_no_sync=args.p_no_sync, geometry=args.geometry, digit_source=args.digit_source,
-        canvas=args.canvas, digit_size=args.digit_size, max_jump=args.max_jump,
-        max_sync_dist=args.max_sync_dist, class_rule=args.class_rule, label=args.label)
+        workers=args.workers, mnist_dir=args.mnist_dir, geometry=args.geometry,
+        digit_source=args.digit_source, canvas=args.canvas, digit_size=args.digit_size,
+        max_jump=args.max_jump, max_sync_dist=args.max_sync_dist, label=args.label, **fields)
     _print_summary(manifest, ("dataset", "split", "num_samples", "num_classes", "pattern",
                               "digit_source", "geometry"))
     return 0

@@ -15,7 +15,8 @@ Protocol (following the synthetic datasets of the DyReg-GNN and RSTG papers):
 * **SyncMNIST** (``variant="single"``): 5 distinct digit classes, exactly 2 in sync; the label
   is the unordered pair of their classes: 45 pairs + "no sync" = 46 classes.
 * **MultiSyncMNIST** (``variant="multi"``): classes may repeat; the in-sync subset has one of
-  ``sync_sizes`` digits (2 or 3); the label is (smallest, largest) digit class of that subset:
+  ``sync_sizes`` digits (2 or 3 by default, 2 to 5 in the authors' geometry; drawn by
+  ``sync_size_rule``); the label is (smallest, largest) digit class of that subset:
   45 pairs + 10 same-class pairs + "no sync" = 56 classes. How the classes are drawn is
   ``class_rule`` (see :class:`SyncMNISTConfig`).
 * ``label="sync"`` (a reduced task, ours, not the paper's): the same videos, but the label is
@@ -51,7 +52,9 @@ Two geometries (:data:`GEOMETRIES`, :meth:`SyncMNISTConfig.from_geometry`):
   ``ops/models.py``): 128 x 128 network input, digit boxes ``(coords, coords + 28) // 2``,
   i.e. 28-pixel digits on a 256-pixel canvas halved to 128 (digits 14 pixels wide), with the
   in-sync digits at most 160 canvas pixels apart (their folder names carry
-  ``max_sync_dist_160``). The default of the MultiSyncMNIST study.
+  ``max_sync_dist_160``), and the data rule ``"2to5"`` (:data:`DATA_RULES`: 2 to 5 digits in
+  sync, our guess of the authors' unreleased rule, issue 38). The default of the
+  MultiSyncMNIST study.
 
 Class indices: the pairs ``(lo, hi)`` in lexicographic order (``lo < hi`` for SyncMNIST,
 ``lo <= hi`` for MultiSyncMNIST), then "no sync" last (45 or 55). See :func:`syncmnist_label`;
@@ -99,7 +102,7 @@ __all__ = [
     "generate_video", "write_syncmnist_shards", "appearance_only_table",
     "appearance_only_accuracy", "appearance_only_loss", "GEOMETRIES", "authors_label_order",
     "SYNCMNIST_TASKS", "syncmnist_task_of", "direction_one_frame_accuracy",
-    "binding_one_frame_accuracy",
+    "binding_one_frame_accuracy", "DATA_RULES", "data_rule_of",
 ]
 
 #: Number of classes of SyncMNIST (45 unordered pairs of distinct digits + "no sync").
@@ -154,6 +157,7 @@ def _label_pair(variant: str, label: int) -> tuple[int, int] | None:
 
 
 _CLASS_RULES = ("label_first", "iid")
+_SYNC_SIZE_RULES = ("uniform", "binomial", "binomial_nosync")
 _LABELS = ("pair", "sync", "direction", "binding")
 _DRIFT_LABELS = ("direction", "binding")
 
@@ -212,7 +216,18 @@ class SyncMNISTConfig:
         p_no_sync: probability that nothing is in sync; ``None``: one over the number of
             classes (our choice: uniform labels under ``"label_first"``; RSTG's code uses
             1/92 for its 46 classes, because its label dictionary holds both orders of each
-            pair).
+            pair). Must be ``None`` under ``sync_size_rule="binomial_nosync"``, which sets it.
+        sync_size_rule: how the size ``k`` of the in-sync subset is drawn from ``sync_sizes``
+            (MultiSyncMNIST; not released, our candidates, issue 38).
+            ``"uniform"``: each size equally likely (the rule of the study's runs before
+            issue 38). ``"binomial"``: every digit joins the subset independently with
+            probability ``p_digit_sync``, conditioned on the size being one of
+            ``sync_sizes`` (with ``p_digit_sync=0.5`` and sizes 2-5: every subset of at least
+            2 digits equally likely); "no sync" still with ``p_no_sync``.
+            ``"binomial_nosync"``: the same per-digit draws, and fewer than 2 digits drawn
+            means "no sync" (``P(no sync) = P(k < 2)``, 6/32 for 5 digits at 1/2); sizes of 2
+            or more outside ``sync_sizes`` are redrawn. See :meth:`sync_size_probabilities`.
+        p_digit_sync: the per-digit probability of the two binomial rules (0 < p < 1).
     """
 
     variant: str = "multi"
@@ -227,6 +242,8 @@ class SyncMNISTConfig:
     max_sync_dist: float | None = None
     class_rule: str = "label_first"
     label: str = "pair"
+    sync_size_rule: str = "uniform"
+    p_digit_sync: float = 0.5
 
     @classmethod
     def from_geometry(cls, geometry: str = "demo", **overrides: Any) -> SyncMNISTConfig:
@@ -234,7 +251,18 @@ class SyncMNISTConfig:
         field (``None`` values are ignored, so command-line defaults pass through)."""
         if geometry not in GEOMETRIES:
             raise ValueError(f"geometry: expected one of {sorted(GEOMETRIES)}, got {geometry!r}")
-        fields = {**GEOMETRIES[geometry], **{k: v for k, v in overrides.items() if v is not None}}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        base = dict(GEOMETRIES[geometry])
+        rule = base.pop("rule", None)
+        # the geometry's data rule is MultiSyncMNIST's (5 digits, the pair label): other
+        # digit counts, the reduced tasks and SyncMNIST keep the dataclass defaults
+        # (explicit fields win either way)
+        if rule is not None and given.get("variant", "multi") == "multi" and \
+                given.get("label", "pair") == "pair" and given.get("digits", 5) == 5:
+            base.update(DATA_RULES[rule])
+        fields = {**base, **given}
+        if fields.get("sync_size_rule") == "binomial_nosync" and "p_no_sync" not in given:
+            fields.pop("p_no_sync", None)  # that rule sets it; the geometry's would clash
         if "sync_sizes" in fields:
             fields["sync_sizes"] = tuple(fields["sync_sizes"])
         try:
@@ -289,6 +317,15 @@ class SyncMNISTConfig:
                              f"got {self.class_rule!r}")
         if self.label not in _LABELS:
             raise ValueError(f"label: expected one of {_LABELS}, got {self.label!r}")
+        if self.sync_size_rule not in _SYNC_SIZE_RULES:
+            raise ValueError(f"sync_size_rule: expected one of {_SYNC_SIZE_RULES}, "
+                             f"got {self.sync_size_rule!r}")
+        if not 0.0 < self.p_digit_sync < 1.0:
+            raise ValueError(f"p_digit_sync: expected a probability in (0, 1), "
+                             f"got {self.p_digit_sync}")
+        if self.sync_size_rule == "binomial_nosync" and p is not None:
+            raise ValueError(f"p_no_sync: sync_size_rule 'binomial_nosync' sets it (the "
+                             f"chance of fewer than 2 digits in sync); expected None, got {p}")
         drift = self.label in _DRIFT_LABELS
         if drift and (self.canvas - self.digit_size) < self.frames - 1:
             raise ValueError(f"canvas: label {self.label!r} needs room for {self.frames - 1} "
@@ -325,7 +362,31 @@ class SyncMNISTConfig:
 
     @property
     def no_sync_probability(self) -> float:
+        """P("no sync"): ``p_no_sync``, or one over the number of classes when ``None``;
+        under ``sync_size_rule="binomial_nosync"`` (MultiSyncMNIST) the chance that fewer
+        than 2 of the digits are drawn into the subset."""
+        if self.sync_size_rule == "binomial_nosync" and self._multi_subset():
+            q, n = self.p_digit_sync, self.digits
+            return (1 - q) ** n + n * q * (1 - q) ** (n - 1)
         return 1.0 / self.num_classes if self.p_no_sync is None else self.p_no_sync
+
+    def _multi_subset(self) -> bool:
+        """Whether the in-sync subset's size is drawn (MultiSyncMNIST's pair / sync labels)."""
+        return self.variant == "multi" and self.label not in _DRIFT_LABELS
+
+    def sync_size_probabilities(self) -> dict[int, float]:
+        """``{k: P(k digits in sync | some are in sync)}`` over ``sync_sizes`` under
+        ``sync_size_rule`` (SyncMNIST and the drift labels: ``{2: 1.0}``)."""
+        if not self._multi_subset():
+            return {2: 1.0}
+        if self.sync_size_rule == "uniform":  # as drawn: a size listed twice counts twice
+            return {k: self.sync_sizes.count(k) / len(self.sync_sizes)
+                    for k in sorted(set(self.sync_sizes))}
+        sizes = sorted(set(self.sync_sizes))
+        q, n = self.p_digit_sync, self.digits
+        w = {k: math.comb(n, k) * q ** k * (1 - q) ** (n - k) for k in sizes}
+        total = sum(w.values())
+        return {k: v / total for k, v in w.items()}
 
     def final_label(self, pair_label: int) -> int:
         """The label of a video drawn with pair label ``pair_label`` (the identity under
@@ -341,8 +402,43 @@ class SyncMNISTConfig:
 #: :class:`SyncMNISTConfig` for where each value comes from.
 GEOMETRIES: dict[str, dict[str, Any]] = {
     "demo": dict(size=64, canvas=100, digit_size=_DIGIT, max_jump=10, max_sync_dist=None),
-    "authors": dict(size=128, canvas=256, digit_size=_DIGIT, max_jump=10, max_sync_dist=160.0),
+    "authors": dict(size=128, canvas=256, digit_size=_DIGIT, max_jump=10, max_sync_dist=160.0,
+                    rule="2to5"),
 }
+"""Each geometry's ``rule`` (a :data:`DATA_RULES` name) applies to MultiSyncMNIST's pair
+label only; without one, the dataclass defaults (``"2or3"``'s values) hold."""
+
+#: Named MultiSyncMNIST data rules: how many digits move in sync and how the classes and
+#: "no sync" are drawn - what the paper leaves unsaid (issue 38; study/LOG.md, "The
+#: authors' data rule"). ``"2or3"``: the study's rule until issue 38 (2 or 3 in sync, label
+#: first, "no sync" 1/56; appearance-only ceiling 31.98 %), the default of the demo
+#: geometry and of :class:`SyncMNISTConfig`. ``"2to5"``: our best guess of the authors'
+#: (2 to 5 in sync, each size equally likely, label first, "no sync" 1/102 as RSTG's
+#: ``1 / (len(labels_dict) + 1)`` gives for the authors' 101-key dictionary; ceiling
+#: 50.75 %, the nearest of the candidates to the paper's no-graph 52.29 %), the default of
+#: the authors' geometry. ``"2to5iid"``: the same sizes with every class drawn independently
+#: and the label following from the subset (ceiling 55.85 %).
+DATA_RULES: dict[str, dict[str, Any]] = {
+    "2or3": dict(sync_sizes=(2, 3), class_rule="label_first", sync_size_rule="uniform",
+                 p_no_sync=1 / 56),
+    "2to5": dict(sync_sizes=(2, 3, 4, 5), class_rule="label_first", sync_size_rule="uniform",
+                 p_no_sync=1 / 102),
+    "2to5iid": dict(sync_sizes=(2, 3, 4, 5), class_rule="iid", sync_size_rule="uniform",
+                    p_no_sync=1 / 102),
+}
+
+
+def data_rule_of(cfg: SyncMNISTConfig) -> str | None:
+    """The :data:`DATA_RULES` name whose draws ``cfg`` makes (MultiSyncMNIST, pair label;
+    ``p_no_sync=None`` counts as its value, 1/56), or ``None``."""
+    if cfg.variant != "multi" or cfg.label != "pair":
+        return None
+    for name, rule in DATA_RULES.items():
+        if (tuple(cfg.sync_sizes) == rule["sync_sizes"] and cfg.class_rule == rule["class_rule"]
+                and cfg.sync_size_rule == rule["sync_size_rule"]
+                and math.isclose(cfg.no_sync_probability, rule["p_no_sync"], rel_tol=1e-9)):
+            return name
+    return None
 
 
 #: Named tasks: the :class:`SyncMNISTConfig` fields of their data (any geometry).
@@ -581,7 +677,7 @@ def _choose_classes(cfg: SyncMNISTConfig, rng: np.random.Generator
         if pair is None:
             sync_idx = []
         else:
-            k = int(rng.choice(np.asarray(cfg.sync_sizes)))
+            k = _draw_sync_size(cfg, rng)
             sync_idx = sorted(int(i) for i in rng.permutation(n)[:k])
             sync = [classes[i] for i in sync_idx]
             label = syncmnist_label(cfg.variant, (min(sync), max(sync)))
@@ -590,7 +686,7 @@ def _choose_classes(cfg: SyncMNISTConfig, rng: np.random.Generator
             classes = [int(c) for c in rng.integers(0, 10, n)]
             sync_idx = []
         else:
-            k = int(rng.choice(np.asarray(cfg.sync_sizes)))
+            k = _draw_sync_size(cfg, rng)
             lo, hi = pair
             extra = [int(c) for c in rng.integers(lo, hi + 1, k - 2)]
             others = [int(c) for c in rng.integers(0, 10, n - k)]
@@ -600,6 +696,16 @@ def _choose_classes(cfg: SyncMNISTConfig, rng: np.random.Generator
     classes = [classes[i] for i in order]
     in_sync = [bool(int(i) in sync_idx) for i in order]
     return label, classes, in_sync
+
+
+def _draw_sync_size(cfg: SyncMNISTConfig, rng: np.random.Generator) -> int:
+    """The in-sync subset's size (MultiSyncMNIST), by ``cfg.sync_size_rule``. ``"uniform"``
+    draws exactly as before the rule existed, so its videos are unchanged."""
+    if cfg.sync_size_rule == "uniform":
+        return int(rng.choice(np.asarray(cfg.sync_sizes)))
+    probs = cfg.sync_size_probabilities()
+    sizes = list(probs)
+    return int(sizes[int(rng.choice(len(sizes), p=np.array([probs[k] for k in sizes])))])
 
 
 def _multisets(values: range, k: int) -> list[tuple[tuple[int, ...], float]]:
@@ -656,22 +762,22 @@ def _pair_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndarray]:
         return table
     for classes, p in _multisets(range(10), n):
         add(classes, nc - 1, p_none * p)
-    p_size = 1.0 / len(cfg.sync_sizes)
+    p_size = cfg.sync_size_probabilities()
     if cfg.class_rule == "iid":
         # Given the multiset of classes, the in-sync subset is a uniform k-subset of the
         # digits: enumerate the k-subsets of the sorted classes' positions.
         for classes, p in _multisets(range(10), n):
-            for k in cfg.sync_sizes:
+            for k, pk in p_size.items():
                 subsets = list(itertools.combinations(classes, k))
                 for sub in subsets:
                     label = syncmnist_label(cfg.variant, (min(sub), max(sub)))
-                    add(classes, label, (1.0 - p_none) * p * p_size / len(subsets))
+                    add(classes, label, (1.0 - p_none) * p * pk / len(subsets))
         return table
     for label, (lo, hi) in enumerate(_pairs(cfg.variant)):
-        for k in cfg.sync_sizes:
+        for k, pk in p_size.items():
             for extra, pe in _multisets(range(lo, hi + 1), k - 2):
                 for others, po in _multisets(range(10), n - k):
-                    add((lo, hi, *extra, *others), label, p_pair * p_size * pe * po)
+                    add((lo, hi, *extra, *others), label, p_pair * pk * pe * po)
     return table
 
 
