@@ -43,6 +43,7 @@ def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_vide
 
     from .checkpoint import load_checkpoint
     from .loop import evaluate, fit
+    from .step import cpu_has_bf16
     from .visualize import visualize
 
     if task not in DEMO_TASKS:
@@ -59,6 +60,9 @@ def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_vide
         overrides.append(f"max_minutes={minutes}")
     if epochs is not None:
         overrides.append(f"epochs={epochs}")
+    if not cpu_has_bf16():  # emulated bf16 is ~17x slower than fp32 on an AVX2-only CPU
+        log.info("demo: this CPU has no native bf16 (AVX-512 / AMX): training in fp32")
+        overrides += ["precision=fp32", "channels_last=false"]
     cfg = load_config("syncmnist_cpu", overrides)
     fit(cfg)
     ckpt = run_dir / "last.pt"

@@ -15,7 +15,8 @@ from .data import external_regions, normalise
 from .dist import DistEnv
 from .model import ddp_of, dyreg_blocks, needs_regions
 
-__all__ = ["NonFiniteLossError", "autocast", "warn_precision", "train_step", "distill_loss"]
+__all__ = ["NonFiniteLossError", "autocast", "warn_precision", "cpu_has_bf16", "train_step",
+           "distill_loss"]
 
 
 log = logging.getLogger("train")
@@ -45,7 +46,22 @@ def warn_precision(cfg: TrainConfig, device: torch.device) -> bool:
             "precision=fp16 needs CUDA; on the %s this run computes in fp32 (set "
             "precision=bf16 for mixed precision on the CPU)", device.type)
         return True
+    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        log.warning(
+            "precision=bf16 on a CPU without native bf16 (no AVX-512 / AMX): autocast is "
+            "emulated, about 17x slower than fp32 on an AVX2 EPYC (measured, study/LOG.md); "
+            "set precision=fp32 on this machine")
+        return True
     return False
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs oneDNN's bf16 kernels natively (AVX-512 BW/VL/DQ, AMX, or Arm's
+    bf16); on an AVX2-only x86 CPU bf16 autocast is emulated and far slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def train_step(model, micro, cfg: TrainConfig, env: DistEnv, optimizer, scaler,
