@@ -137,7 +137,7 @@ def test_only_singleton_dimensions_are_reshaped():
     # a 1 x 1 conv's weight for a linear layer loads (the same values)
     lin = "dynamic_graph.rstg.att_q.weight"  # [N, N] -> spatial.0.lin_query.weight
     state = convert_official(ours, dict(good, **{lin: good[lin][..., None, None]}))
-    assert torch.equal(state["gnn.authors.spatial.0.lin_query.weight"], good[lin])
+    assert torch.equal(state["gnn.spatial.0.lin_query.weight"], good[lin])
 
 
 def test_whole_model_refuses_a_transposed_classifier_and_a_permuted_stem():
