@@ -25,6 +25,24 @@ log = logging.getLogger("train")
 DEMO_TASKS = ("multisync", "direction2", "binding2")
 
 
+def _overrides(pats: dict[str, str], run_dir: Path, seed: int, minutes: float | None,
+               epochs: int | None) -> list[str]:
+    """The demo's settings over the ``syncmnist_cpu`` preset: its data, folder and budget, and
+    fp32 on a CPU without native bf16 (emulated bf16 is ~17x slower than fp32 on AVX2 only)."""
+    from .step import cpu_has_bf16
+
+    overrides = [f"data.train={pats['train']}", f"data.val={pats['val']}",
+                 f"out_dir={run_dir}", f"seed={seed}"]
+    if minutes is not None:
+        overrides.append(f"max_minutes={minutes}")
+    if epochs is not None:
+        overrides.append(f"epochs={epochs}")
+    if not cpu_has_bf16():
+        log.info("demo: this CPU has no native bf16 (AVX-512 / AMX): training in fp32")
+        overrides += ["precision=fp32", "channels_last=false"]
+    return overrides
+
+
 def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_videos: int = 6000,
              val_videos: int = 500, seed: int = 0, epochs: int | None = None,
              task: str = "multisync") -> dict:
@@ -43,7 +61,6 @@ def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_vide
 
     from .checkpoint import load_checkpoint
     from .loop import evaluate, fit
-    from .step import cpu_has_bf16
     from .visualize import visualize
 
     if task not in DEMO_TASKS:
@@ -54,16 +71,7 @@ def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_vide
             for split, count in (("train", train_videos), ("val", val_videos))}
     t_data = time.time() - t0
     run_dir = root / "run"
-    overrides = [f"data.train={pats['train']}", f"data.val={pats['val']}",
-                 f"out_dir={run_dir}", f"seed={seed}"]
-    if minutes is not None:
-        overrides.append(f"max_minutes={minutes}")
-    if epochs is not None:
-        overrides.append(f"epochs={epochs}")
-    if not cpu_has_bf16():  # emulated bf16 is ~17x slower than fp32 on an AVX2-only CPU
-        log.info("demo: this CPU has no native bf16 (AVX-512 / AMX): training in fp32")
-        overrides += ["precision=fp32", "channels_last=false"]
-    cfg = load_config("syncmnist_cpu", overrides)
+    cfg = load_config("syncmnist_cpu", _overrides(pats, run_dir, seed, minutes, epochs))
     fit(cfg)
     ckpt = run_dir / "last.pt"
     trained = load_checkpoint(ckpt)["state"]
