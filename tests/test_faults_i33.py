@@ -320,17 +320,9 @@ def test_a_second_export_into_the_same_folder_is_told_another_is_running(graphs,
 
 # ------------------------------------------------------------------ item 13: export-model
 def _encode(path, frames: np.ndarray):
-    import av
+    from test_predict import _encode as encode  # the suite's one video writer
 
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=12)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    return path
+    return encode(path, frames, "libx264")
 
 
 def test_export_model_at_the_trained_crop_ships_its_preprocessing(tmp_path, monkeypatch):
