@@ -68,6 +68,11 @@ class DyRegConfig:
             means ``(s, s)``.
         backend: ``"pyg"`` (message passing on a PyG ``Batch``) or ``"dense"`` (batched
             matmuls; ``gnn="rstg"`` only, same parameters and result).
+        edge_geometry: hand the region geometry to space layers whose ``forward`` takes it
+            (``pos``, ``edge_attr``, ``edge_weight``; :mod:`dyreg_pyg.nn.inputs`) and
+            ``edge_dim`` to their constructors; ``False``: ``(x, edge_index)`` only, as before
+            issue 35 (configs saved before it load so, :func:`~dyreg_pyg.compat.legacy_config`).
+            The RSTG layers take none either way.
         norm: normalisation of the block output in :class:`~dyreg_pyg.DyRegBlock`; ``None``:
             the flavour's (paper ``"batch"``, authors ``"layer"``: their LayerNorm write-back).
         gate_init: starting value of :class:`~dyreg_pyg.DyRegBlock`'s residual scale
@@ -96,6 +101,7 @@ class DyRegConfig:
     position_scale: float = 1.0
     spatial_size: tuple[int, int] | None = None
     backend: str = "pyg"
+    edge_geometry: bool = True
     norm: str | None = None
     gate_init: float = 0.0
     flavor: str = "paper"
@@ -156,6 +162,8 @@ class DyRegConfig:
                 f"backend: 'dense' implements gnn='rstg' and 'rstg_authors' only, got "
                 f"gnn={self.gnn!r}"
             )
+        if not isinstance(self.edge_geometry, bool):
+            raise ValueError(f"edge_geometry: expected True or False, got {self.edge_geometry!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations: expected >= 1, got {self.iterations}")
 

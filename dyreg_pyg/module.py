@@ -33,6 +33,7 @@ from .kernels import (
     remap_residual,
 )
 from .nn import TemporalUpdate, make_spatial_layer
+from .nn.inputs import GraphInputs, needs_geometry
 from .nn.registry import SpatialLayerSpec
 from .nn.stack import paper_graph_stack
 from .regions import make_region_generator
@@ -217,7 +218,7 @@ class DyRegGNN(nn.Module):
         cfg = self.config
         n_layers = 1 if cfg.share_weights else cfg.iterations
         self.spatial = nn.ModuleList(
-            make_spatial_layer(cfg.gnn, channels) for _ in range(n_layers))
+            make_spatial_layer(cfg.gnn, channels, cfg.edge_geometry) for _ in range(n_layers))
         self.temporal = nn.ModuleList(
             TemporalUpdate(channels, cfg.temporal) for _ in range(n_layers))
 
@@ -251,11 +252,13 @@ class DyRegGNN(nn.Module):
             nodes = nodes + self.pos_embed(where).to(nodes.dtype)
         return nodes
 
-    def graph_stack(self, nodes: Tensor, want_attention: bool) -> tuple[Tensor, Tensor | None]:
-        """Eq. 8-9 on ``nodes [B, T, N, C']`` (:func:`~dyreg_pyg.nn.stack.paper_graph_stack`)."""
+    def graph_stack(self, nodes: Tensor, want_attention: bool,
+                    graph_inputs: GraphInputs | None = None) -> tuple[Tensor, Tensor | None]:
+        """Eq. 8-9 on ``nodes [B, T, N, C']`` (:func:`~dyreg_pyg.nn.stack.paper_graph_stack`);
+        ``graph_inputs``: the live regions, given when a space layer takes the geometry."""
         cfg = self.config
         return paper_graph_stack(nodes, self.spatial, self.temporal, cfg.iterations,
-                                 cfg.backend, cfg.self_loops, want_attention)
+                                 cfg.backend, cfg.self_loops, want_attention, graph_inputs)
 
     def project_out(self, nodes: Tensor) -> tuple[Tensor, Tensor | None]:
         """Nodes back to the input's channels and a per-channel shift (or ``None``) added
@@ -331,8 +334,9 @@ class DyRegGNN(nn.Module):
         b, t = x.shape[:2]
         xf, regions, kernels = self.compute_regions(x, regions)  # Eq. 1-6
         nodes = self.embed_nodes(xf, regions, kernels)  # Eq. 7
+        inputs = GraphInputs(regions) if needs_geometry(self.spatial) else None
         nodes, attention = self.graph_stack(nodes.reshape(b, t, self.num_nodes, -1),
-                                            want_attention)  # Eq. 8-9
+                                            want_attention, inputs)  # Eq. 8-9
         return nodes.reshape(b * t, self.num_nodes, -1), regions, kernels, attention
 
     def node_states(self, x: Tensor, regions: Tensor | None = None) -> Tensor:
