@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from dataclasses import replace as _replace
 from typing import Any
 
+from .nn.temporal import resolve_temporal
 from .regions import INITS, REGION_MODES, default_init
 
 __all__ = ["DyRegConfig", "FLAVORS", "BACKENDS", "NORMS", "POSITION_INPUTS"]
@@ -49,7 +50,9 @@ class DyRegConfig:
         gnn: spatial layer: ``"rstg"`` (the flavour's Eq. 8: :class:`~dyreg_pyg.nn.RSTGConv`
             or, for ``flavor="authors"``, their ``AuthorsRSTGConv``), ``"rstg_authors"``, or
             a ``torch_geometric.nn`` conv name.
-        temporal: ``"gru"`` (Eq. 9), ``"lstm"`` or ``"none"``.
+        temporal: ``"gru"`` (Eq. 9), ``"lstm"`` or ``"none"`` (any case, kept in lower case),
+            or a callable ``(channels) -> module`` mapping ``[B, T, N, C]`` to
+            ``[B, T, N, C]`` (:class:`~dyreg_pyg.nn.TemporalUpdate`; paper flavour).
         iterations: ``K`` alternations of space and time (paper: 3).
         share_weights: one spatial and one temporal layer reused by all iterations;
             ``None``: the flavour's (paper ``False``, authors ``True``).
@@ -92,7 +95,7 @@ class DyRegConfig:
     init_jitter: float = 0.0
     region_channels: int | None = None
     gnn: Any = "rstg"
-    temporal: str = "gru"
+    temporal: Any = "gru"
     iterations: int = 3
     share_weights: bool | None = None
     self_loops: bool = True
@@ -109,6 +112,7 @@ class DyRegConfig:
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor: expected one of {FLAVORS}, got {self.flavor!r}")
+        self.temporal = resolve_temporal(self.temporal)
         authors = self.flavor == "authors"
         if self.init is None:
             self.init = default_init(self.regions)
@@ -226,8 +230,10 @@ class DyRegConfig:
             raise ValueError(f"dyreg config: unknown keys {unknown}; valid keys: {sorted(valid)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain values (a callable ``gnn`` as its ``repr``), for YAML/JSON."""
+        """The fields as plain values (a callable ``gnn`` / ``temporal`` as its ``repr``), for
+        YAML/JSON."""
         d = asdict(self)
-        if not isinstance(self.gnn, str):
-            d["gnn"] = repr(self.gnn)
+        for key in ("gnn", "temporal"):
+            if not isinstance(getattr(self, key), str):
+                d[key] = repr(getattr(self, key))
         return d

@@ -36,6 +36,7 @@ from .nn import TemporalUpdate, make_spatial_layer
 from .nn.inputs import GraphInputs, needs_geometry
 from .nn.registry import SpatialLayerSpec
 from .nn.stack import paper_graph_stack
+from .nn.temporal import TemporalSpec
 from .regions import make_region_generator
 
 __all__ = ["DyRegConfig", "DyRegDetails", "DyRegGNN", "DyRegBlock", "register_flavor",
@@ -147,7 +148,7 @@ class DyRegGNN(nn.Module):
         regions: str = "dyreg",
         init: str | None = None,
         gnn: SpatialLayerSpec = "rstg",
-        temporal: str = "gru",
+        temporal: TemporalSpec = "gru",
         iterations: int = 3,
         *,
         config: DyRegConfig | None = None,
