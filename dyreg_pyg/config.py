@@ -76,6 +76,10 @@ class DyRegConfig:
             ``edge_dim`` to their constructors; ``False``: ``(x, edge_index)`` only, as before
             issue 35 (configs saved before it load so, :func:`~dyreg_pyg.compat.legacy_config`).
             The RSTG layers take none either way.
+        live_graph: ``details.graph`` (``return_details=True``) keeps its ``x``, ``pos`` and
+            ``edge_attr`` attached to autograd, so a PyG head on the region graph trains with
+            the video model (its loss reaches the backbone and the region generator); ``False``
+            (default): detached, nothing kept for backward beyond the forward's own graph.
         norm: normalisation of the block output in :class:`~dyreg_pyg.DyRegBlock`; ``None``:
             the flavour's (paper ``"batch"``, authors ``"layer"``: their LayerNorm write-back).
         gate_init: starting value of :class:`~dyreg_pyg.DyRegBlock`'s residual scale
@@ -105,6 +109,7 @@ class DyRegConfig:
     spatial_size: tuple[int, int] | None = None
     backend: str = "pyg"
     edge_geometry: bool = True
+    live_graph: bool = False
     norm: str | None = None
     gate_init: float = 0.0
     flavor: str = "paper"
@@ -166,8 +171,9 @@ class DyRegConfig:
                 f"backend: 'dense' implements gnn='rstg' and 'rstg_authors' only, got "
                 f"gnn={self.gnn!r}"
             )
-        if not isinstance(self.edge_geometry, bool):
-            raise ValueError(f"edge_geometry: expected True or False, got {self.edge_geometry!r}")
+        for key in ("edge_geometry", "live_graph"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key}: expected True or False, got {getattr(self, key)!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations: expected >= 1, got {self.iterations}")
 

@@ -76,14 +76,18 @@ def flavor_class(name: str) -> type[DyRegGNN]:
 
 @dataclass
 class DyRegDetails:
-    """What a :class:`DyRegGNN` forward predicted (detached from autograd).
+    """What a :class:`DyRegGNN` forward predicted (detached from autograd, but for
+    ``live_regions`` and, with ``live_graph=True``, ``graph``).
 
     Attributes:
         regions: ``[B, T, N, 4]`` ``(cx, cy, w, h)`` normalised to the feature map.
         boxes: ``[B, T, N, 4]`` ``(x0, y0, x1, y1)`` kernel supports, clipped to ``[0, 1]``.
         kernels: ``[B, T, N, H, W]`` pooling / re-mapping weights (each sums to 1).
         graph: the PyG ``Batch`` of ``B * T`` frame graphs; ``graph.x`` holds the nodes after
-            the last iteration (``[B*T*N, node_channels]``), ``graph.region`` the regions.
+            the last iteration (``[B*T*N, node_channels]``), ``graph.region`` the regions,
+            ``graph.pos`` / ``graph.edge_attr`` their geometry. Detached, unless the module was
+            built with ``live_graph=True``: then ``x``, ``region``, ``pos`` and ``edge_attr``
+            carry the gradient to the backbone and the region generator.
         attention: per-edge attention ``[E]`` of the last space step whose layer reports it
             (our RSTG layers; :mod:`dyreg_pyg.nn.stack`), else ``None``.
         live_regions: ``regions`` still attached to autograd, for losses on the regions
@@ -376,8 +380,10 @@ class DyRegGNN(nn.Module):
                  attention: Tensor | None) -> DyRegDetails:
         b, t, n = regions.shape[:3]
         graph = None
-        if self.config.backend == "pyg":
-            graph = build_graph_batch(nodes.detach().view(b, t, n, -1), regions.detach(),
+        if self.config.backend == "pyg":  # live_graph: x, pos, edge_attr keep their gradient
+            live = self.config.live_graph
+            graph = build_graph_batch((nodes if live else nodes.detach()).view(b, t, n, -1),
+                                      regions if live else regions.detach(),
                                       self.config.self_loops)
         return DyRegDetails(
             regions=regions.detach(),
