@@ -375,7 +375,7 @@ def test_pixel_sync_probe_video_head_reads_all_nodes():
 
 def test_sync_probe_authors_flavour_runs_and_its_control_has_no_messages(tmp_path):
     probe = _load(ROOT / "study" / "gnn_sync_probe.py")
-    from dyreg_pyg.nn.authors import AuthorsRSTGConv
+    from dyreg_pyg.nn.conv import AuthorsRSTGConv
 
     pos, _, classes, _ = probe.make_positions(3, seed=1)
     torch.manual_seed(0)
