@@ -15,7 +15,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.resolver import normalize_string, resolver
 
 from ..graph import frame_edge_index
-from .authors import AuthorsRSTGConv
+from .conv import AuthorsRSTGConv, RSTGConv
 from .inputs import (
     EDGE_DIM,
     POS_DIM,
@@ -26,7 +26,6 @@ from .inputs import (
     plan_of,
     space_inputs,
 )
-from .rstg import RSTGConv
 from .stack import call_space_layer
 
 __all__ = ["make_spatial_layer", "available_layers", "pyg_conv_classes", "TESTED_LAYERS"]
@@ -179,7 +178,7 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int, geometry: bool = T
 
     Args:
         spec: ``"rstg"`` (Eq. 8, default of :class:`~dyreg_pyg.DyRegGNN`); ``"rstg_authors"``
-            (:class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv`, the authors' code); the name of a
+            (:class:`~dyreg_pyg.nn.conv.AuthorsRSTGConv`, the authors' code); the name of a
             ``torch_geometric.nn`` conv class (case-insensitive, the ``Conv`` suffix optional,
             e.g. ``"GATConv"``, ``"gatv2"``, ``"sage"``), built with its channels, ``edge_dim``
             (or ``dim``) = :data:`~dyreg_pyg.nn.inputs.EDGE_DIM` where its ``forward`` takes
