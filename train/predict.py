@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import torch
 
 from dyreg_pyg._checks import check_finite_logits, not_a_file
-from dyreg_pyg.data import load_manifest, make_clip_loader, normalize_clip
+from dyreg_pyg.data import ClipLoaderConfig, load_manifest, make_clip_loader, normalize_clip
 from dyreg_pyg.data.remote import DEFAULT_READ_TIMEOUT
 from dyreg_pyg.inference import (
     MAX_SIDE,
@@ -202,11 +202,11 @@ def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dyreg-predict-") as tmp:
         shard, keys = pack_videos(videos, tmp, max_side)
-        loader = make_clip_loader(  # without a crop, videos of different sizes: one a batch
-            shard, split="test", num_frames=pred.num_frames,
+        loader = make_clip_loader(shard, "test", ClipLoaderConfig(
+            num_frames=pred.num_frames,  # without a crop, videos of different sizes: 1 a batch
             batch_size=batch_size if pred.crop_size else 1,
             num_workers=0, crop_size=pred.crop_size, dataset=pred.dataset, num_clips=num_clips,
-            num_crops=num_crops, num_classes=pred.num_classes, rank=0, world_size=1)
+            num_crops=num_crops, num_classes=pred.num_classes, rank=0, world_size=1))
         for batch in loader:
             probs, views, recorded = _batch_probs(model, pred, batch, dev, blk)
             results += _batch_entries(batch, probs, views, recorded, pred, keys, k, regions)
