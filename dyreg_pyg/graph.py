@@ -69,30 +69,21 @@ def _temporal_edge_index(num_frames: int, num_nodes: int, device: torch.device) 
     return torch.stack((src, src + num_nodes))
 
 
-def build_graph_batch(
-    x: Tensor,
-    regions: Tensor | None = None,
-    self_loops: bool = True,
-    temporal_edges: bool = False,
-    geometry: bool = True,
-) -> Batch:
+def build_graph_batch(x: Tensor, regions: Tensor | None = None, self_loops: bool = True,
+                      temporal_edges: bool = False, geometry: bool = True) -> Batch:
     """Assemble the graphs of a clip batch, vectorised.
 
-    With ``temporal_edges=False`` (the default, used by :class:`~dyreg_pyg.DyRegGNN`) the
-    result holds ``B * T`` frame graphs, each the complete graph on its ``N`` nodes. With
-    ``temporal_edges=True`` it holds ``B`` space-time graphs of ``T * N`` nodes: the same
-    spatial edges plus an edge from node ``n`` at ``t`` to node ``n`` at ``t + 1``, and an
-    ``edge_type`` attribute (:data:`SPATIAL` or :data:`TEMPORAL`), so a single PyG layer (e.g.
-    :class:`~torch_geometric.nn.conv.RGCNConv`) can run on the whole clip.
+    ``temporal_edges=False`` (default, as :class:`~dyreg_pyg.DyRegGNN`): ``B * T`` frame
+    graphs, each complete on its ``N`` nodes. ``temporal_edges=True``: ``B`` space-time graphs
+    of ``T * N`` nodes, the same spatial edges plus ``n@t -> n@t+1``, with an ``edge_type``
+    (:data:`SPATIAL` / :data:`TEMPORAL`) for one PyG layer over the clip (e.g. ``RGCNConv``).
 
-    With ``regions`` (and ``geometry``) each graph also carries ``pos [num_nodes, 2]``, the
-    regions' centres (the sizes stay in ``region[:, 2:]``), and ``edge_attr``: ``[E, 6]``
-    geometry columns on frame graphs, ``[E, 8]`` (one-hot spatial/temporal, then the
-    geometry) on space-time graphs - see :mod:`dyreg_pyg.geometry` for the columns and why.
-    They are computed from ``regions`` as given, differentiably: pass the live regions (e.g.
-    ``details.live_regions``) and a loss on ``pos`` / ``edge_attr`` reaches the region
-    generator; pass detached ones (as ``details.graph`` is built) and nothing is kept for
-    backward. Cost: a few gathers per edge (:func:`~dyreg_pyg.geometry.edge_attr`).
+    With ``regions`` (and ``geometry``) each graph also carries ``pos [num_nodes, 2]`` (the
+    centres; sizes stay in ``region[:, 2:]``) and ``edge_attr``: ``[E, 6]`` geometry on frame
+    graphs, ``[E, 8]`` (one-hot kind, then geometry) on space-time graphs
+    (:mod:`dyreg_pyg.geometry`: columns and why), differentiable in ``regions``: live regions
+    (``details.live_regions``, or ``live_graph=True``) let a loss on them reach the region
+    generator; detached ones keep nothing for backward. Cost: a few gathers per edge.
 
     Args:
         x: node features ``[B, T, N, C]``.
@@ -102,18 +93,16 @@ def build_graph_batch(
         geometry: add ``pos`` and ``edge_attr`` when ``regions`` are given.
 
     Returns:
-        A :class:`Batch` with ``x [B*T*N, C]``, ``region [B*T*N, 4]``, ``pos [B*T*N, 2]``,
-        ``edge_index``, ``edge_attr``, ``batch`` (graph id), ``ptr``, and per-node ``frame``
-        (``t``) and ``video`` (``b``) ids (``region``, ``pos``, ``edge_attr`` only with
-        ``regions``).
+        A :class:`Batch` with ``x [B*T*N, C]``, ``edge_index``, ``batch`` (graph id), ``ptr``,
+        per-node ``frame`` (``t``) and ``video`` (``b``) ids, and with ``regions`` also
+        ``region [B*T*N, 4]``, ``pos [B*T*N, 2]``, ``edge_attr``.
     """
     if x.dim() != 4:
         raise ValueError(f"x: expected node features [B, T, N, C], got shape {tuple(x.shape)}")
     b, t, n, c = x.shape
     if regions is not None and regions.shape != (b, t, n, 4):
-        raise ValueError(
-            f"regions: expected shape {(b, t, n, 4)} to match x, got {tuple(regions.shape)}"
-        )
+        raise ValueError(f"regions: expected shape {(b, t, n, 4)} to match x, got "
+                         f"{tuple(regions.shape)}")
     dev = x.device
     graphs, nodes_per_graph = (b, t * n) if temporal_edges else (b * t, n)
     edge_index, edge_type = _clip_edges(b, t, n, self_loops, temporal_edges, dev)
@@ -121,12 +110,8 @@ def build_graph_batch(
     ids = torch.arange(b * t * n, device=dev)
     video = ids // (t * n)
     frame = (ids // n) % t
-    store: dict[str, Tensor] = {
-        "x": x.reshape(b * t * n, c),
-        "edge_index": edge_index,
-        "frame": frame,
-        "video": video,
-    }
+    store: dict[str, Tensor] = {"x": x.reshape(b * t * n, c), "edge_index": edge_index,
+                                "frame": frame, "video": video}
     if regions is not None:
         store["region"] = regions.reshape(b * t * n, 4)
         if geometry:
