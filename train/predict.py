@@ -100,7 +100,7 @@ def load_predictor(checkpoint: str | Path, classes: str | None = None) -> Predic
                       info.get("dataset", "generic"), list(info["mean"]), list(info["std"]),
                       int(info["num_classes"]), info.get("class_names"), str(path), info)
     else:
-        from .checkpoint import load_checkpoint, load_model_state
+        from .checkpoint import checkpoint_config, load_checkpoint, load_model_state
         from .config import config_from_dict
         from .loop import build_model
 
@@ -108,7 +108,7 @@ def load_predictor(checkpoint: str | Path, classes: str | None = None) -> Predic
         if "config" not in ck or "num_classes" not in ck:
             raise ValueError(f"checkpoint: {path} has no training config (not written by "
                              "`python -m train fit`?)")
-        cfg = config_from_dict(ck["config"])
+        cfg = config_from_dict(checkpoint_config(ck))
         num_classes = int(ck["num_classes"])
         model = build_model(cfg, num_classes)
         load_model_state(model, ck["model"], str(path))
