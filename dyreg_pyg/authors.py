@@ -27,7 +27,7 @@ from .module import DyRegGNN, register_flavor
 from .nn.authors import GraphLayerNorm
 from .nn.registry import make_spatial_layer
 from .nn.stack import authors_graph_stack
-from .nn.temporal import TemporalUpdate, gru_over_time
+from .nn.temporal import SequenceRNN, TemporalUpdate, gru_over_time
 
 __all__ = [
     "AUTHORS_REGION_CHANNELS",
@@ -134,7 +134,7 @@ class AuthorsRegions(nn.Module):
         self.encoder = AuthorsRegionEncoder(in_channels, size)
         self.node_fc = nn.Conv2d(16, num_nodes * channels, self.encoder.out_size)
         self.feature_norm = GraphLayerNorm(channels)
-        self.gru = {"gru": nn.GRU, "lstm": nn.LSTM}[rnn](channels, channels, batch_first=True)
+        self.gru = SequenceRNN(channels, channels, rnn)
         self.gru_norm = GraphLayerNorm(channels)
         self.out = nn.Linear(channels, 4)
         self.gain = nn.Parameter(torch.empty(4))

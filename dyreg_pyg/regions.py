@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels import conv1x1, region_kernels
-from .nn.temporal import gru_over_time
+from .nn.temporal import SequenceRNN, gru_over_time
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class DynamicRegions(RegionGenerator):
     ) -> None:
         super().__init__(num_nodes)
         self.features = _RegionFeatures(in_channels, channels, num_nodes, g)
-        self.gru = nn.GRU(channels, channels, batch_first=True) if self.recurrent else None
+        self.gru = SequenceRNN(channels, channels) if self.recurrent else None
         self.out = ZeroLinear(channels, 4 if self.learn_size else 2)
         self.alpha = RegionAlpha(num_nodes, init, init_size, learn_size=self.learn_size,
                                  init_jitter=init_jitter)

@@ -2,12 +2,65 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TemporalUpdate", "TEMPORAL_UPDATES", "gru_over_time"]
+__all__ = ["TemporalUpdate", "TEMPORAL_UPDATES", "SequenceRNN", "gru_over_time"]
 
 TEMPORAL_UPDATES = ("gru", "lstm", "none")
+
+
+class SequenceRNN(nn.Module):
+    """A one-layer, batch-first, unidirectional GRU or LSTM with the parameters of
+    :class:`torch.nn.GRU` / :class:`torch.nn.LSTM` (names, shapes, initialisation: the same
+    state dict and, seeded, the same draws) and their call, ``rnn(seq [N, T, C]) -> (out,
+    h_n)`` (LSTM: ``(out, (h_n, c_n))``), through the same ``torch.gru`` / ``torch.lstm``.
+
+    Not an ``nn.RNNBase``: ``torch.compile`` traces a model holding it into one graph
+    (Dynamo refuses to trace into a model's ``nn.GRU`` / ``nn.LSTM`` modules; there
+    :func:`gru_over_time` runs the steps as plain operations).
+
+    Args:
+        input_size: ``C``.
+        hidden_size: ``H``.
+        kind: ``"gru"`` or ``"lstm"``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, kind: str = "gru") -> None:
+        super().__init__()
+        if kind not in ("gru", "lstm"):
+            raise ValueError(f"kind: expected 'gru' or 'lstm', got {kind!r}")
+        gates = 3 if kind == "gru" else 4
+        self.kind, self.input_size, self.hidden_size = kind, input_size, hidden_size
+        self.num_layers, self.bias, self.batch_first, self.bidirectional = 1, True, True, False
+        self.weight_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(gates * hidden_size, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(gates * hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, in order (as ``nn.GRU``)."""
+        std = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            nn.init.uniform_(w, -std, std)
+
+    def forward(self, seq: Tensor) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+        """``seq [N, T, C]`` from a zero state -> ``(out [N, T, H], h_n [1, N, H])`` (LSTM:
+        ``(out, (h_n, c_n))``), as ``nn.GRU`` / ``nn.LSTM``."""
+        weights = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
+        h0 = seq.new_zeros(1, seq.shape[0], self.hidden_size)
+        if self.kind == "gru":
+            return tuple(torch.gru(seq, h0, weights, True, 1, 0.0, self.training, False,
+                                   True))
+        out, h, c = torch.lstm(seq, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
+        return out, (h, c)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, kind={self.kind!r}"
 
 
 class _GRUSequence(torch.autograd.Function):
@@ -99,20 +152,58 @@ def _gru_state_gradients(grad: Tensor, hprev: Tensor, rz: Tensor, n: Tensor, ghn
     return d_gh.view(t, rows, 3 * hid), dh * c_n
 
 
-def gru_over_time(gru: nn.RNNBase, x: Tensor) -> Tensor:
+def _rnn_unrolled(rnn: nn.Module, kind: str, x: Tensor) -> Tensor:
+    """``rnn`` (one-layer, unidirectional, batch-first GRU or LSTM) over dim 1 of ``x [B, T,
+    S, C]`` from a zero state, as plain tensor operations with the step loop in Python:
+    what ``torch.compile`` traces into one graph (Dynamo does not trace ``nn.GRU`` /
+    ``nn.LSTM``); the same function as ``rnn``."""
+    gi = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)  # [B, T, S, G * H], all steps
+    h = x.new_zeros(*x.shape[:1], *x.shape[2:-1], rnn.hidden_size).to(gi.dtype)
+    cell = torch.zeros_like(h)
+    outs = []
+    for g in gi.unbind(1):
+        gh = F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)
+        if kind == "gru":
+            i_r, i_z, i_n = g.chunk(3, -1)
+            h_r, h_z, h_n = gh.chunk(3, -1)
+            r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+            h = torch.lerp(torch.tanh(i_n + r * h_n), h, z)  # (1 - z) n + z h
+        else:
+            i, f, gg, o = (g + gh).chunk(4, -1)
+            cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(gg)
+            h = torch.sigmoid(o) * torch.tanh(cell)
+        outs.append(h)
+    return torch.stack(outs, 1)
+
+
+def _plain_rnn(rnn: nn.Module) -> str | None:
+    """``"gru"`` / ``"lstm"`` for a one-layer, batch-first, unidirectional GRU / LSTM with
+    biases (a :class:`SequenceRNN`, or such an ``nn.GRU`` / ``nn.LSTM``), else ``None``."""
+    if isinstance(rnn, SequenceRNN):
+        return rnn.kind
+    plain = (type(rnn) in (nn.GRU, nn.LSTM) and rnn.num_layers == 1 and not rnn.bidirectional
+             and rnn.bias and rnn.batch_first and getattr(rnn, "proj_size", 0) == 0)
+    return ("gru" if type(rnn) is nn.GRU else "lstm") if plain else None
+
+
+def gru_over_time(gru: nn.Module, x: Tensor) -> Tensor:
     """Run a one-layer, batch-first GRU (or LSTM) over dim 1 of ``x [B, T, ..., C]`` for
     every sequence of the other dims, from a zero state: ``[B, T, ..., H]``.
 
     On CPU (float32/float64, outside autocast and ``torch.compile``) a GRU runs
     :class:`_GRUSequence`, the same function as ``gru`` with a cheaper backward and no
-    re-layout of the sequences; elsewhere ``gru`` itself (cuDNN on CUDA)."""
+    re-layout of the sequences; under ``torch.compile`` the steps as plain operations
+    (:func:`_rnn_unrolled`, one graph); elsewhere ``gru`` itself (cuDNN on CUDA)."""
     b, t = x.shape[:2]
     rest = x.shape[2:-1]
-    fast = (isinstance(gru, nn.GRU) and gru.num_layers == 1 and not gru.bidirectional
-            and gru.bias and gru.batch_first and x.device.type == "cpu"
+    kind = _plain_rnn(gru)
+    if torch.compiler.is_compiling() and kind is not None:
+        out = _rnn_unrolled(gru, kind, x.reshape(b, t, -1, x.shape[-1]))
+        return out.reshape(b, t, *rest, out.shape[-1])
+    fast = (kind == "gru" and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
-            and gru.weight_hh_l0.dtype == x.dtype
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+            and gru.weight_hh_l0.dtype == x.dtype and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
     if fast:
         xs = x.reshape(b, t, -1, x.shape[-1])
         out = _GRUSequence.apply(xs, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
@@ -149,8 +240,7 @@ class TemporalUpdate(nn.Module):
             raise ValueError(f"temporal: expected one of {TEMPORAL_UPDATES}, got {kind!r}")
         self.kind = kind
         self.channels = channels
-        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(kind)
-        self.rnn = rnn(channels, channels, batch_first=True) if rnn is not None else None
+        self.rnn = SequenceRNN(channels, channels, kind) if kind != "none" else None
 
     def reset_parameters(self) -> None:
         if self.rnn is not None:
