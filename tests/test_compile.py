@@ -55,3 +55,15 @@ def test_sequence_rnn_is_nn_rnn(kind, cls):
                                rtol=0, atol=1e-12)
     torch.testing.assert_close(_rnn_unrolled(rnn, kind, x), want, rtol=0, atol=1e-12)
     torch.testing.assert_close(gru_over_time(rnn, x), want, rtol=0, atol=1e-12)
+
+
+def test_oracle_regions_trace_into_one_graph():
+    """The finiteness check of external regions reads values back: eager mode only."""
+    torch.manual_seed(0)
+    block = DyRegBlock(8, dict(num_nodes=4, regions="external", iterations=1))
+    regions = torch.rand(2, 3, 4, 4) * 0.5 + 0.25
+    torch._dynamo.reset()
+    ex = torch._dynamo.explain(block)(torch.randn(2, 3, 8, 6, 6), regions)
+    assert (ex.graph_count, ex.graph_break_count) == (1, 0)
+    with pytest.raises(ValueError, match="finite"):
+        block(torch.randn(2, 3, 8, 6, 6), regions.masked_fill(regions > 0.7, float("nan")))

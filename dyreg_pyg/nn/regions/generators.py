@@ -442,6 +442,8 @@ class ExternalRegions(RegionGenerator):
             raise ValueError(
                 f"regions: expected shape {expected} (B, T, N, 4), got {tuple(regions.shape)}"
             )
+        if torch.compiler.is_compiling():  # the check reads the values back (a host
+            return regions.to(x.dtype)  # synchronisation): eager mode only
         bad = ~torch.isfinite(regions)
         if bad.any():
             first = [int(i) for i in bad.nonzero()[0]]
