@@ -232,8 +232,9 @@ def _wrap(run: _Run) -> None:
     if cfg.compile:
         # static shapes: with automatic dynamic shapes, inductor fails on the DyReg hook's
         # fold/unfold of [B*T, C, H, W] (symbolic stride comparison); a last, smaller batch
-        # just compiles once more
-        net = torch.compile(net, dynamic=False)
+        # just compiles once more. One graph (no break: tests/test_compile.py) but under
+        # DDP, whose optimizer splits the graph at its gradient buckets.
+        net = torch.compile(net, dynamic=False, fullgraph=not env.distributed)
     run.net = net
     run.logger = ScalarLog(run.out, env.is_main)
     run.val_loader = make_loader(cfg, "val", epoch=0) if cfg.data.val else None

@@ -2,22 +2,78 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["TemporalUpdate", "TEMPORAL_UPDATES", "TemporalSpec", "resolve_temporal",
-           "gru_over_time"]
+           "SequenceRNN", "gru_over_time"]
 
 TEMPORAL_UPDATES = ("gru", "lstm", "none")
 
 
+class SequenceRNN(nn.Module):
+    """A one-layer, batch-first, unidirectional GRU or LSTM with the parameters of
+    :class:`torch.nn.GRU` / :class:`torch.nn.LSTM` (names, shapes, initialisation: the same
+    state dict and, seeded, the same draws) and their call, ``rnn(seq [N, T, C]) -> (out,
+    h_n)`` (LSTM: ``(out, (h_n, c_n))``), through the same ``torch.gru`` / ``torch.lstm``.
+
+    Not an ``nn.RNNBase``: ``torch.compile`` traces a model holding it into one graph
+    (Dynamo refuses to trace into a model's ``nn.GRU`` / ``nn.LSTM`` modules; there
+    :func:`gru_over_time` runs the steps as plain operations).
+
+    Args:
+        input_size: ``C``.
+        hidden_size: ``H``.
+        kind: ``"gru"`` or ``"lstm"``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, kind: str = "gru") -> None:
+        super().__init__()
+        if kind not in ("gru", "lstm"):
+            raise ValueError(f"kind: expected 'gru' or 'lstm', got {kind!r}")
+        gates = 3 if kind == "gru" else 4
+        self.kind, self.input_size, self.hidden_size = kind, input_size, hidden_size
+        self.num_layers, self.bias, self.batch_first, self.bidirectional = 1, True, True, False
+        self.weight_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(gates * hidden_size, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(gates * hidden_size))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(gates * hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, in order (as ``nn.GRU``)."""
+        std = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            nn.init.uniform_(w, -std, std)
+
+    def forward(self, seq: Tensor) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+        """``seq [N, T, C]`` from a zero state -> ``(out [N, T, H], h_n [1, N, H])`` (LSTM:
+        ``(out, (h_n, c_n))``), as ``nn.GRU`` / ``nn.LSTM``."""
+        weights = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
+        h0 = seq.new_zeros(1, seq.shape[0], self.hidden_size)
+        if self.kind == "gru":
+            return tuple(torch.gru(seq, h0, weights, True, 1, 0.0, self.training, False,
+                                   True))
+        out, h, c = torch.lstm(seq, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
+        return out, (h, c)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, kind={self.kind!r}"
+
+
 class _GRUSequence(torch.autograd.Function):
     """One GRU layer over dim 1 of ``x [B, T, S, C]`` (``B * S`` sequences), from a zero
-    state, as :class:`torch.nn.GRU` computes it. The step loop is the same; the backward
-    keeps only the step-to-step product in the loop and computes the weight and input
-    gradients of all steps as three matmuls afterwards."""
+    state, as :class:`torch.nn.GRU` computes it.
+
+    What does not depend on the previous step runs once over the whole sequence (the input
+    projection and biases; in the backward the gate derivatives, the weight and input
+    gradients); the loops keep only the step-to-step work, written into per-step views of
+    preallocated buffers (no per-step slicing, stacking or bookkeeping): 6 operations a step
+    forward, 3 backward (:func:`_gru_state_gradients`)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
@@ -25,24 +81,22 @@ class _GRUSequence(torch.autograd.Function):
         b, t, s, c = x.shape
         hid = w_hh.shape[1]
         xt = x.transpose(0, 1).reshape(t * b * s, c)  # time-major rows
-        gi = torch.addmm(b_ih, xt, w_ih.t()).view(t, b * s, 3 * hid)
-        w_hh_t = w_hh.t()
+        # r and z see b_ih + b_hh; n sees b_ih, and b_hn inside r * (W_hn h + b_hn)
+        bias = torch.cat((b_ih[: 2 * hid] + b_hh[: 2 * hid], b_ih[2 * hid:]))
+        gi = torch.addmm(bias, xt, w_ih.t()).view(t, b * s, 3 * hid)
+        w_rz, w_n, b_n = w_hh[: 2 * hid].t(), w_hh[2 * hid:].t(), b_hh[2 * hid:]
+        out, ghn, n = (x.new_empty(t, b * s, hid) for _ in range(3))
+        rz = x.new_empty(t, b * s, 2 * hid)
+        steps = zip(gi[..., : 2 * hid].unbind(), gi[..., 2 * hid:].unbind(), out.unbind(),
+                    rz.unbind(), rz[..., :hid].unbind(), rz[..., hid:].unbind(),
+                    ghn.unbind(), n.unbind())
         h = x.new_zeros(b * s, hid)
-        hs, rzs, ns, ghns = [], [], [], []
-        for k in range(t):
-            gh = torch.addmm(b_hh, h, w_hh_t)
-            g = gi[k]
-            rz = torch.sigmoid(g[:, : 2 * hid] + gh[:, : 2 * hid])
-            ghn = gh[:, 2 * hid:]
-            n = torch.tanh(torch.addcmul(g[:, 2 * hid:], rz[:, :hid], ghn))
-            h = torch.lerp(n, h, rz[:, hid:])  # (1 - z) n + z h
-            hs.append(h)
-            rzs.append(rz)
-            ns.append(n)
-            ghns.append(ghn)
-        out = torch.stack(hs)  # [T, B*S, H]
-        ctx.save_for_backward(xt, w_ih, w_hh, out, torch.stack(rzs), torch.stack(ns),
-                              torch.stack(ghns))
+        for gi_rz, gi_n, h_k, rz_k, r_k, z_k, ghn_k, n_k in steps:
+            torch.addmm(gi_rz, h, w_rz, out=rz_k).sigmoid_()
+            torch.addmm(b_n, h, w_n, out=ghn_k)
+            torch.addcmul(gi_n, r_k, ghn_k, out=n_k).tanh_()
+            h = torch.lerp(n_k, h, z_k, out=h_k)  # (1 - z) n + z h
+        ctx.save_for_backward(xt, w_ih, w_hh, out, rz, n, ghn)
         ctx.dims = (b, t, s, c)
         return out.view(t, b, s, hid).transpose(0, 1)
 
@@ -51,22 +105,9 @@ class _GRUSequence(torch.autograd.Function):
         xt, w_ih, w_hh, out, rz, n, ghn = ctx.saved_tensors
         b, t, s, c = ctx.dims
         hid = w_hh.shape[1]
-        grad = grad.transpose(0, 1).reshape(t, b * s, hid)
-        r, z = rz[..., :hid], rz[..., hid:]
         hprev = torch.cat((out.new_zeros(1, b * s, hid), out[:-1]))
-        c_n = (1 - z) * (1 - n * n)  # d h / d n_pre
-        c_z = (hprev - n) * z * (1 - z)  # d h / d z_pre
-        c_r = ghn * r * (1 - r)  # d n_pre / d r_pre
-        d_gh = grad.new_empty(t, b * s, 3 * hid)
-        d_gin = grad.new_empty(t, b * s, hid)
-        dh = grad.new_zeros(b * s, hid)
-        for k in range(t - 1, -1, -1):
-            dh = dh + grad[k]
-            dn = torch.mul(dh, c_n[k], out=d_gin[k])
-            torch.mul(dn, c_r[k], out=d_gh[k, :, :hid])
-            torch.mul(dh, c_z[k], out=d_gh[k, :, hid: 2 * hid])
-            torch.mul(dn, r[k], out=d_gh[k, :, 2 * hid:])
-            dh = torch.addmm(dh * z[k], d_gh[k], w_hh)
+        d_gh, d_gin = _gru_state_gradients(grad.transpose(0, 1).reshape(t, b * s, hid),
+                                           hprev, rz, n, ghn, w_hh)
         d_gi = torch.cat((d_gh[..., : 2 * hid], d_gin), -1).view(-1, 3 * hid)
         d_gh = d_gh.view(-1, 3 * hid)
         gx = gw_ih = gw_hh = gb_ih = gb_hh = None
@@ -83,20 +124,88 @@ class _GRUSequence(torch.autograd.Function):
         return gx, gw_ih, gw_hh, gb_ih, gb_hh
 
 
-def gru_over_time(gru: nn.RNNBase, x: Tensor) -> Tensor:
+def _gru_state_gradients(grad: Tensor, hprev: Tensor, rz: Tensor, n: Tensor, ghn: Tensor,
+                         w_hh: Tensor) -> tuple[Tensor, Tensor]:
+    """The backward recurrence of :class:`_GRUSequence`, from the gradients of its outputs
+    ``grad [T, R, H]``: the gradients of the recurrent pre-activations ``W_hh h + b_hh``
+    ``[T, R, 3H]`` (r, z, n) and of the input's n pre-activation ``[T, R, H]``.
+
+    Each is the gradient ``dh[k]`` of the state at step ``k`` times coefficients computed
+    for all steps at once, so the loop runs 3 operations a step: ``dh[k] = grad[k] +
+    dh[k+1] z[k+1] + d_gh[k+1] W_hh`` and ``d_gh[k] = dh[k] coef[k]``."""
+    t, rows, hid = grad.shape
+    r, z = rz[..., :hid], rz[..., hid:]
+    c_n = (1 - z) * (1 - n * n)  # d h / d n_pre
+    coef = torch.stack((c_n * ghn * r * (1 - r),  # d h / d r_pre
+                        (hprev - n) * z * (1 - z),  # d h / d z_pre
+                        c_n * r), 2)  # d h / d (W_hn h + b_hn)
+    d_gh = grad.new_empty(t, rows, 3, hid)
+    dh = grad.new_empty(t, rows, hid)
+    steps = list(zip(grad.unbind(), z.unbind(), dh.unbind(), dh.unsqueeze(2).unbind(),
+                     coef.unbind(), d_gh.unbind(), d_gh.view(t, rows, 3 * hid).unbind()))
+    for k in range(t - 1, -1, -1):
+        g_k, _, dh_k, dh3_k, coef_k, d_gh_k, _ = steps[k]
+        if k == t - 1:
+            dh_k.copy_(g_k)
+        else:
+            _, z_next, dh_next, _, _, _, d_gh_next = steps[k + 1]
+            torch.addmm(torch.addcmul(g_k, dh_next, z_next), d_gh_next, w_hh, out=dh_k)
+        torch.mul(dh3_k, coef_k, out=d_gh_k)
+    return d_gh.view(t, rows, 3 * hid), dh * c_n
+
+
+def _rnn_unrolled(rnn: nn.Module, kind: str, x: Tensor) -> Tensor:
+    """``rnn`` (one-layer, unidirectional, batch-first GRU or LSTM) over dim 1 of ``x [B, T,
+    S, C]`` from a zero state, as plain tensor operations with the step loop in Python:
+    what ``torch.compile`` traces into one graph (Dynamo does not trace ``nn.GRU`` /
+    ``nn.LSTM``); the same function as ``rnn``."""
+    gi = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)  # [B, T, S, G * H], all steps
+    h = x.new_zeros(*x.shape[:1], *x.shape[2:-1], rnn.hidden_size).to(gi.dtype)
+    cell = torch.zeros_like(h)
+    outs = []
+    for g in gi.unbind(1):
+        gh = F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)
+        if kind == "gru":
+            i_r, i_z, i_n = g.chunk(3, -1)
+            h_r, h_z, h_n = gh.chunk(3, -1)
+            r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+            h = torch.lerp(torch.tanh(i_n + r * h_n), h, z)  # (1 - z) n + z h
+        else:
+            i, f, gg, o = (g + gh).chunk(4, -1)
+            cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(gg)
+            h = torch.sigmoid(o) * torch.tanh(cell)
+        outs.append(h)
+    return torch.stack(outs, 1)
+
+
+def _plain_rnn(rnn: nn.Module) -> str | None:
+    """``"gru"`` / ``"lstm"`` for a one-layer, batch-first, unidirectional GRU / LSTM with
+    biases (a :class:`SequenceRNN`, or such an ``nn.GRU`` / ``nn.LSTM``), else ``None``."""
+    if isinstance(rnn, SequenceRNN):
+        return rnn.kind
+    plain = (type(rnn) in (nn.GRU, nn.LSTM) and rnn.num_layers == 1 and not rnn.bidirectional
+             and rnn.bias and rnn.batch_first and getattr(rnn, "proj_size", 0) == 0)
+    return ("gru" if type(rnn) is nn.GRU else "lstm") if plain else None
+
+
+def gru_over_time(gru: nn.Module, x: Tensor) -> Tensor:
     """Run a one-layer, batch-first GRU (or LSTM) over dim 1 of ``x [B, T, ..., C]`` for
     every sequence of the other dims, from a zero state: ``[B, T, ..., H]``.
 
     On CPU (float32/float64, outside autocast and ``torch.compile``) a GRU runs
     :class:`_GRUSequence`, the same function as ``gru`` with a cheaper backward and no
-    re-layout of the sequences; elsewhere ``gru`` itself (cuDNN on CUDA)."""
+    re-layout of the sequences; under ``torch.compile`` the steps as plain operations
+    (:func:`_rnn_unrolled`, one graph); elsewhere ``gru`` itself (cuDNN on CUDA)."""
     b, t = x.shape[:2]
     rest = x.shape[2:-1]
-    fast = (isinstance(gru, nn.GRU) and gru.num_layers == 1 and not gru.bidirectional
-            and gru.bias and gru.batch_first and x.device.type == "cpu"
+    kind = _plain_rnn(gru)
+    if torch.compiler.is_compiling() and kind is not None:
+        out = _rnn_unrolled(gru, kind, x.reshape(b, t, -1, x.shape[-1]))
+        return out.reshape(b, t, *rest, out.shape[-1])
+    fast = (kind == "gru" and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
-            and gru.weight_hh_l0.dtype == x.dtype
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+            and gru.weight_hh_l0.dtype == x.dtype and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
     if fast:
         xs = x.reshape(b, t, -1, x.shape[-1])
         out = _GRUSequence.apply(xs, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
@@ -188,14 +297,13 @@ class TemporalUpdate(nn.Module):
         spec = resolve_temporal(kind)
         self.channels = channels
         self.module: nn.Module | None = None
-        self.rnn: nn.RNNBase | None = None
+        self.rnn: SequenceRNN | None = None
         if not isinstance(spec, str):
             self.kind = "custom"
             self.module = _check_temporal_module(spec(channels), channels)
             return
         self.kind = spec
-        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(spec)
-        self.rnn = rnn(channels, channels, batch_first=True) if rnn is not None else None
+        self.rnn = SequenceRNN(channels, channels, spec) if spec != "none" else None
 
     def reset_parameters(self) -> None:
         if self.rnn is not None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..norm import GraphLayerNorm
 from ..remap import conv1x1
-from ..temporal import gru_over_time
+from ..temporal import SequenceRNN, gru_over_time
 
 __all__ = [
     "AUTHORS_REGION_CHANNELS",
@@ -120,7 +120,7 @@ class AuthorsRegions(nn.Module):
         self.encoder = AuthorsRegionEncoder(in_channels, size)
         self.node_fc = nn.Conv2d(16, num_nodes * channels, self.encoder.out_size)
         self.feature_norm = GraphLayerNorm(channels)
-        self.gru = {"gru": nn.GRU, "lstm": nn.LSTM}[rnn](channels, channels, batch_first=True)
+        self.gru = SequenceRNN(channels, channels, rnn)
         self.gru_norm = GraphLayerNorm(channels)
         self.out = nn.Linear(channels, 4)
         self.gain = nn.Parameter(torch.empty(4))

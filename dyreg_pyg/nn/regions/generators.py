@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..kernels import region_kernels
 from ..remap import conv1x1
-from ..temporal import gru_over_time
+from ..temporal import SequenceRNN, gru_over_time
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class DynamicRegions(RegionGenerator):
     ) -> None:
         super().__init__(num_nodes)
         self.features = _RegionFeatures(in_channels, channels, num_nodes, g)
-        self.gru = nn.GRU(channels, channels, batch_first=True) if self.recurrent else None
+        self.gru = SequenceRNN(channels, channels) if self.recurrent else None
         self.out = ZeroLinear(channels, 4 if self.learn_size else 2)
         self.alpha = RegionAlpha(num_nodes, init, init_size, learn_size=self.learn_size,
                                  init_jitter=init_jitter)
@@ -442,6 +442,8 @@ class ExternalRegions(RegionGenerator):
             raise ValueError(
                 f"regions: expected shape {expected} (B, T, N, 4), got {tuple(regions.shape)}"
             )
+        if torch.compiler.is_compiling():  # the check reads the values back (a host
+            return regions.to(x.dtype)  # synchronisation): eager mode only
         bad = ~torch.isfinite(regions)
         if bad.any():
             first = [int(i) for i in bad.nonzero()[0]]
