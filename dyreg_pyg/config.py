@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from dataclasses import replace as _replace
 from typing import Any
 
-from .nn.regions import INITS, REGION_MODES, default_init
+from .nn.regions import INITS, REGION_GENERATORS, default_init
 from .nn.temporal import resolve_temporal
 
 __all__ = ["DyRegConfig", "FLAVORS", "BACKENDS", "NORMS", "POSITION_INPUTS"]
@@ -37,7 +37,8 @@ class DyRegConfig:
     Attributes:
         num_nodes: ``N`` regions / graph nodes per frame (paper: 9).
         node_channels: node feature size; ``None`` keeps the input's channel count.
-        regions: region mode, one of :data:`~dyreg_pyg.nn.regions.REGION_MODES`.
+        regions: region mode, one of :data:`~dyreg_pyg.nn.regions.REGION_MODES` or a mode
+            registered with :func:`~dyreg_pyg.nn.regions.register_region_mode`.
         init: reference points, ``"center"`` or ``"grid"``; ``None``: the mode's
             (:func:`~dyreg_pyg.nn.regions.default_init`: the grid for ``fixed`` and ``static``,
             which reject ``"center"`` - their N regions would be one region - and the centre
@@ -161,10 +162,9 @@ class DyRegConfig:
         _positive_int("num_nodes", self.num_nodes)
         _positive_int("region_channels", self.region_channels)
         _positive_int("node_channels", self.node_channels, allow_none=True)
-        if self.regions not in REGION_MODES:
-            raise ValueError(
-                f"regions: unknown mode {self.regions!r}; expected one of {REGION_MODES}"
-            )
+        if self.regions not in REGION_GENERATORS:  # the registry: built-in and registered
+            raise ValueError(f"regions: unknown mode {self.regions!r}; expected one of "
+                             f"{tuple(REGION_GENERATORS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "dense" and self.gnn not in ("rstg", "rstg_authors"):
@@ -172,11 +172,13 @@ class DyRegConfig:
                 f"backend: 'dense' implements gnn='rstg' and 'rstg_authors' only, got "
                 f"gnn={self.gnn!r}"
             )
-        for key in ("edge_geometry", "live_graph"):
+        for key in ("self_loops", "share_weights", "position_embedding", "edge_geometry",
+                    "live_graph"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key}: expected True or False, got {getattr(self, key)!r}")
-        if self.iterations < 1:
-            raise ValueError(f"iterations: expected >= 1, got {self.iterations}")
+        _positive_int("iterations", self.iterations)
+        if isinstance(self.gate_init, bool) or not isinstance(self.gate_init, (int, float)):
+            raise ValueError(f"gate_init: expected a number, got {self.gate_init!r}")
 
     def _check_authors(self) -> None:
         """Reject the fields the authors' module has no counterpart for."""

@@ -66,6 +66,38 @@ def test_config_replace_is_checked_again():
     assert DyRegConfig(spatial_size=7).spatial_size == (7, 7)
 
 
+def test_a_registered_region_mode_is_accepted_by_the_config():
+    """The config reads the region registry itself, not a snapshot of the built-in modes."""
+    from dyreg_pyg.nn.regions import REGION_GENERATORS, FixedRegions, register_region_mode
+
+    @register_region_mode("test_grid")
+    def build(in_channels, num_nodes, init, init_size, channels, init_jitter):
+        return FixedRegions(num_nodes, "grid", init_size)
+
+    try:
+        m = DyRegGNN(8, num_nodes=4, regions="test_grid", iterations=1)
+        assert m.config.regions == "test_grid" and isinstance(m.region_generator, FixedRegions)
+        assert m(torch.randn(1, 2, 8, 5, 5)).shape == (1, 2, 8, 5, 5)
+    finally:
+        REGION_GENERATORS.pop("test_grid")
+    with pytest.raises(ValueError, match="regions: unknown mode 'test_grid'; expected one of"):
+        DyRegConfig(regions="test_grid")
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("self_loops", "no", "self_loops: expected True or False, got 'no'"),
+    ("share_weights", 0, "share_weights: expected True or False, got 0"),
+    ("position_embedding", "off", "position_embedding: expected True or False, got 'off'"),
+    ("iterations", "3", "iterations: expected a positive integer, got '3'"),
+    ("iterations", 0, "iterations: expected a positive integer, got 0"),
+    ("gate_init", "x", "gate_init: expected a number, got 'x'"),
+])
+def test_config_refuses_wrong_types_in_one_line(field, value, match):
+    """A string where a flag belongs would be truthy (self_loops="no" kept the loops)."""
+    with pytest.raises(ValueError, match=match):
+        DyRegConfig(**{field: value})
+
+
 def test_legacy_keys_are_renamed():
     old = {"backbone.layer3.dyreg.gnn.authors.regions.gain": 1, "gnn.authors.spatial.0.x": 2,
            "authors.temporal_out.rnn.w": 3, "gnn.spatial.0.lin_key.bias": 4,

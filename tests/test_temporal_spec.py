@@ -86,3 +86,13 @@ def test_config_keeps_the_name_in_lower_case_and_authors_want_a_recurrent_one():
     assert DyRegConfig(flavor="authors", temporal="Gru").temporal == "gru"
     with pytest.raises(ValueError, match="temporal: flavor='authors' runs a recurrent network"):
         DyRegConfig(flavor="authors", temporal=TimeMix)
+
+
+@pytest.mark.parametrize(("spec", "tail"), [
+    (3, "or a callable.* got int"),
+    (lambda c: "gru", "the callable must return an nn.Module, got str"),
+])
+def test_gnn_and_temporal_refuse_the_same_mistakes_alike(spec, tail):
+    for field in ("gnn", "temporal"):
+        with pytest.raises(ValueError, match=f"^{field}: .*{tail}$"):
+            DyRegGNN(C, 8, **{field: spec})

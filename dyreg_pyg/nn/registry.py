@@ -196,10 +196,11 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int, geometry: bool = T
     if callable(spec) and not isinstance(spec, str):
         layer = spec(channels)
         if not isinstance(layer, nn.Module):
-            raise ValueError(f"gnn: the callable must return an nn.Module, got {type(layer)}")
+            raise ValueError(f"gnn: the callable must return an nn.Module, got "
+                             f"{type(layer).__name__}")
         return _with_plan(layer, channels, geometry)
     if not isinstance(spec, str):
-        raise ValueError(f"gnn: expected a layer name or a callable, got {type(spec)}")
+        raise ValueError(f"gnn: expected a layer name or a callable, got {type(spec).__name__}")
     try:  # PyG's own resolver, on a table of builders (it returns them as they are)
         build = resolver([], _factories(), spec, None, "Conv")
     except ValueError:
