@@ -24,6 +24,7 @@ With ``--device cuda`` the CUDA kernels of the counted step are also counted wit
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ def count_row(row: Row, batch: int, frames: int, size: int,
     """Build the row's model at ``frames`` x ``size`` and count one step (after a warm-up)."""
     torch.manual_seed(0)
     model = build_preset(row.preset, num_frames=frames, input_size=size,
-                         **json.loads(json.dumps(row.overrides))).to(device)
+                         **copy.deepcopy(row.overrides)).to(device)
     clips = torch.randn(batch, frames, model.in_chans, size, size, device=device)
     count_step_ops(model, clips)  # warm-up: lazily built buffers and caches
     model.zero_grad(set_to_none=True)
