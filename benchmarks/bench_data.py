@@ -20,6 +20,7 @@ import platform
 import sys
 import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dyreg_pyg.data import convert_something, make_clip_loader  # noqa: E402
+from dyreg_pyg.data import ClipLoaderConfig, convert_something, make_clip_loader  # noqa: E402
 from dyreg_pyg.data.loader import ClipDataset, collate_clips  # noqa: E402
 
 CLASSES = ["Pushing something from left to right", "Pushing something from right to left",
@@ -182,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                         sum((out / s["name"]).stat().st_size for s in m["shards"]))
     folder = work / "folder"
     records = _folder_from_shards(work / "shards_frames", folder)
-    kw = dict(num_frames=args.num_frames, batch_size=args.batch_size, crop_size=args.crop,
-              dataset="something", shuffle_buffer=64, seed=args.seed)
+    base = ClipLoaderConfig(num_frames=args.num_frames, batch_size=args.batch_size,
+                            crop_size=args.crop, dataset="something", shuffle_buffer=64,
+                            seed=args.seed)
     rates: dict[str, list[float]] = {"folder": [], "shards_frames": [], "shards_video": []}
     files = {"folder": sorted(folder.rglob("*.jpg")),
              "shards_frames": sorted((work / "shards_frames").glob("*.tar")),
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.cold:
                 _evict(files[name])
             if name == "folder":
-                proto = make_clip_loader(shard["frames"][0], "train", num_workers=0, **kw)
+                proto = make_clip_loader(shard["frames"][0], "train", base)
                 ds = FolderClips(folder, records, proto.dataset, args.seed + rep)
                 gen = torch.Generator().manual_seed(args.seed + rep)
                 sampler = torch.utils.data.RandomSampler(ds, replacement=True,
@@ -202,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  sampler=sampler, num_workers=args.workers,
                                                  collate_fn=collate_clips, drop_last=True)
             else:
-                it = make_clip_loader(shard[name.split("_")[1]][0], "train",
-                                      num_workers=args.workers, **{**kw, "seed": kw["seed"] + rep})
+                it = make_clip_loader(shard[name.split("_")[1]][0], "train", replace(
+                    base, num_workers=args.workers, seed=args.seed + rep))
             rate, _ = _time(it, args.batches, args.warmup)
             rates[name].append(rate)
             del it

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dyreg_pyg.data.loader as loader_mod  # noqa: E402
 import train.data as train_data  # noqa: E402
-from dyreg_pyg.data import InMemoryClips, make_clip_loader, write_syncmnist_shards  # noqa: E402
+from dyreg_pyg.data import ClipLoaderConfig, InMemoryClips, make_clip_loader, write_syncmnist_shards  # noqa: E402
 from train.config import load_config  # noqa: E402
 
 
@@ -93,8 +93,8 @@ def main() -> None:
         pattern = train_data.split_pattern(data, "train")
         cfg = load_config("syncmnist_demo", [f"data.train={pattern}", "data.in_memory=true",
                                              f"data.num_workers={args.workers}"])
-        batches = list(make_clip_loader(pattern, split="val", num_frames=10, batch_size=256,
-                                        num_workers=args.workers))
+        batches = list(make_clip_loader(pattern, "val", ClipLoaderConfig(
+            num_frames=10, batch_size=256, num_workers=args.workers)))
         for batch in batches:  # equal before timing anything
             new, ref = train_data.batch_object_boxes(batch), boxes_per_frame(batch)
             assert torch.equal(new[0], ref[0]) and torch.equal(new[1], ref[1])

@@ -39,11 +39,10 @@ import torch.nn.functional as F
 from dyreg_pyg.data.syncmnist import (
     DATA_RULES,
     SyncMNISTConfig,
-    appearance_only_accuracy,
-    appearance_only_loss,
     generate_video,
     load_digit_pool,
 )
+from dyreg_pyg.metrics.syncmnist_bounds import appearance_only_accuracy, appearance_only_loss
 from dyreg_pyg.models import build_preset
 
 RULES = {"exactly 2": (2,), "2 or 3": (2, 3), "2 to 5": (2, 3, 4, 5)}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .module import DyRegGNN, register_flavor
+from .nn.inputs import GraphInputs
 from .nn.kernels import pool_nodes
 from .nn.norm import GraphLayerNorm
 from .nn.position import KernelPositionEmbedding
@@ -109,7 +110,8 @@ class AuthorsDyRegGNN(DyRegGNN):
         self.input_norm = GraphLayerNorm(channels)
         gnn = "rstg_authors" if cfg.gnn == "rstg" else cfg.gnn
         n_layers = 1 if cfg.share_weights else cfg.iterations
-        self.spatial = nn.ModuleList(make_spatial_layer(gnn, channels) for _ in range(n_layers))
+        self.spatial = nn.ModuleList(make_spatial_layer(gnn, channels, cfg.edge_geometry)
+                                     for _ in range(n_layers))
         self.temporal = nn.ModuleList(
             TemporalUpdate(channels, cfg.temporal) for _ in range(n_layers))
         self.temporal_out = TemporalUpdate(channels, cfg.temporal)
@@ -147,12 +149,13 @@ class AuthorsDyRegGNN(DyRegGNN):
             nodes = nodes + self.pos_embed(kernels).to(nodes.dtype)
         return nodes
 
-    def graph_stack(self, nodes: Tensor, want_attention: bool) -> tuple[Tensor, Tensor | None]:
+    def graph_stack(self, nodes: Tensor, want_attention: bool,
+                    graph_inputs: GraphInputs | None = None) -> tuple[Tensor, Tensor | None]:
         """Their RSTG schedule (:func:`~dyreg_pyg.nn.stack.authors_graph_stack`)."""
         cfg = self.config
         return authors_graph_stack(nodes, self.input_norm, self.temporal, self.spatial,
                                    self.temporal_out, cfg.iterations, cfg.backend,
-                                   cfg.self_loops, want_attention)
+                                   cfg.self_loops, want_attention, graph_inputs)
 
     def project_out(self, nodes: Tensor) -> tuple[Tensor, Tensor | None]:
         """Their projection back (``project_back_i3d_linear``, a 1x1 conv after the

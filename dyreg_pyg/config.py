@@ -8,6 +8,7 @@ from dataclasses import replace as _replace
 from typing import Any
 
 from .nn.regions import INITS, REGION_MODES, default_init
+from .nn.temporal import resolve_temporal
 
 __all__ = ["DyRegConfig", "FLAVORS", "BACKENDS", "NORMS", "POSITION_INPUTS"]
 
@@ -50,7 +51,9 @@ class DyRegConfig:
         gnn: spatial layer: ``"rstg"`` (the flavour's Eq. 8: :class:`~dyreg_pyg.nn.RSTGConv`
             or, for ``flavor="authors"``, their ``AuthorsRSTGConv``), ``"rstg_authors"``, or
             a ``torch_geometric.nn`` conv name.
-        temporal: ``"gru"`` (Eq. 9), ``"lstm"`` or ``"none"``.
+        temporal: ``"gru"`` (Eq. 9), ``"lstm"`` or ``"none"`` (any case, kept in lower case),
+            or a callable ``(channels) -> module`` mapping ``[B, T, N, C]`` to
+            ``[B, T, N, C]`` (:class:`~dyreg_pyg.nn.TemporalUpdate`; paper flavour).
         iterations: ``K`` alternations of space and time (paper: 3).
         share_weights: one spatial and one temporal layer reused by all iterations;
             ``None``: the flavour's (paper ``False``, authors ``True``).
@@ -69,6 +72,15 @@ class DyRegConfig:
             means ``(s, s)``.
         backend: ``"pyg"`` (message passing on a PyG ``Batch``) or ``"dense"`` (batched
             matmuls; ``gnn="rstg"`` only, same parameters and result).
+        edge_geometry: hand the region geometry to space layers whose ``forward`` takes it
+            (``pos``, ``edge_attr``, ``edge_weight``; :mod:`dyreg_pyg.nn.inputs`) and
+            ``edge_dim`` to their constructors; ``False``: ``(x, edge_index)`` only, as before
+            issue 35 (configs saved before it load so, :func:`~dyreg_pyg.compat.legacy_config`).
+            The RSTG layers take none either way.
+        live_graph: ``details.graph`` (``return_details=True``) keeps its ``x``, ``pos`` and
+            ``edge_attr`` attached to autograd, so a PyG head on the region graph trains with
+            the video model (its loss reaches the backbone and the region generator); ``False``
+            (default): detached, nothing kept for backward beyond the forward's own graph.
         norm: normalisation of the block output in :class:`~dyreg_pyg.DyRegBlock`; ``None``:
             the flavour's (paper ``"batch"``, authors ``"layer"``: their LayerNorm write-back).
         gate_init: starting value of :class:`~dyreg_pyg.DyRegBlock`'s residual scale
@@ -88,7 +100,7 @@ class DyRegConfig:
     init_jitter: float = 0.0
     region_channels: int | None = None
     gnn: Any = "rstg"
-    temporal: str = "gru"
+    temporal: Any = "gru"
     iterations: int = 3
     share_weights: bool | None = None
     self_loops: bool = True
@@ -97,6 +109,8 @@ class DyRegConfig:
     position_scale: float = 1.0
     spatial_size: tuple[int, int] | None = None
     backend: str = "pyg"
+    edge_geometry: bool = True
+    live_graph: bool = False
     norm: str | None = None
     gate_init: float = 0.0
     flavor: str = "paper"
@@ -104,6 +118,7 @@ class DyRegConfig:
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor: expected one of {FLAVORS}, got {self.flavor!r}")
+        self.temporal = resolve_temporal(self.temporal)
         authors = self.flavor == "authors"
         if self.init is None:
             self.init = default_init(self.regions)
@@ -157,6 +172,9 @@ class DyRegConfig:
                 f"backend: 'dense' implements gnn='rstg' and 'rstg_authors' only, got "
                 f"gnn={self.gnn!r}"
             )
+        for key in ("edge_geometry", "live_graph"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key}: expected True or False, got {getattr(self, key)!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations: expected >= 1, got {self.iterations}")
 
@@ -219,8 +237,10 @@ class DyRegConfig:
             raise ValueError(f"dyreg config: unknown keys {unknown}; valid keys: {sorted(valid)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain values (a callable ``gnn`` as its ``repr``), for YAML/JSON."""
+        """The fields as plain values (a callable ``gnn`` / ``temporal`` as its ``repr``), for
+        YAML/JSON."""
         d = asdict(self)
-        if not isinstance(self.gnn, str):
-            d["gnn"] = repr(self.gnn)
+        for key in ("gnn", "temporal"):
+            if not isinstance(getattr(self, key), str):
+                d[key] = repr(getattr(self, key))
         return d

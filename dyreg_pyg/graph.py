@@ -69,30 +69,21 @@ def _temporal_edge_index(num_frames: int, num_nodes: int, device: torch.device) 
     return torch.stack((src, src + num_nodes))
 
 
-def build_graph_batch(
-    x: Tensor,
-    regions: Tensor | None = None,
-    self_loops: bool = True,
-    temporal_edges: bool = False,
-    geometry: bool = True,
-) -> Batch:
+def build_graph_batch(x: Tensor, regions: Tensor | None = None, self_loops: bool = True,
+                      temporal_edges: bool = False, geometry: bool = True) -> Batch:
     """Assemble the graphs of a clip batch, vectorised.
 
-    With ``temporal_edges=False`` (the default, used by :class:`~dyreg_pyg.DyRegGNN`) the
-    result holds ``B * T`` frame graphs, each the complete graph on its ``N`` nodes. With
-    ``temporal_edges=True`` it holds ``B`` space-time graphs of ``T * N`` nodes: the same
-    spatial edges plus an edge from node ``n`` at ``t`` to node ``n`` at ``t + 1``, and an
-    ``edge_type`` attribute (:data:`SPATIAL` or :data:`TEMPORAL`), so a single PyG layer (e.g.
-    :class:`~torch_geometric.nn.conv.RGCNConv`) can run on the whole clip.
+    ``temporal_edges=False`` (default, as :class:`~dyreg_pyg.DyRegGNN`): ``B * T`` frame
+    graphs, each complete on its ``N`` nodes. ``temporal_edges=True``: ``B`` space-time graphs
+    of ``T * N`` nodes, the same spatial edges plus ``n@t -> n@t+1``, with an ``edge_type``
+    (:data:`SPATIAL` / :data:`TEMPORAL`) for one PyG layer over the clip (e.g. ``RGCNConv``).
 
-    With ``regions`` (and ``geometry``) each graph also carries ``pos [num_nodes, 2]``, the
-    regions' centres (the sizes stay in ``region[:, 2:]``), and ``edge_attr``: ``[E, 6]``
-    geometry columns on frame graphs, ``[E, 8]`` (one-hot spatial/temporal, then the
-    geometry) on space-time graphs - see :mod:`dyreg_pyg.geometry` for the columns and why.
-    They are computed from ``regions`` as given, differentiably: pass the live regions (e.g.
-    ``details.live_regions``) and a loss on ``pos`` / ``edge_attr`` reaches the region
-    generator; pass detached ones (as ``details.graph`` is built) and nothing is kept for
-    backward. Cost: a few gathers per edge (:func:`~dyreg_pyg.geometry.edge_attr`).
+    With ``regions`` (and ``geometry``) each graph also carries ``pos [num_nodes, 2]`` (the
+    centres; sizes stay in ``region[:, 2:]``) and ``edge_attr``: ``[E, 6]`` geometry on frame
+    graphs, ``[E, 8]`` (one-hot kind, then geometry) on space-time graphs
+    (:mod:`dyreg_pyg.geometry`: columns and why), differentiable in ``regions``: live regions
+    (``details.live_regions``, or ``live_graph=True``) let a loss on them reach the region
+    generator; detached ones keep nothing for backward. Cost: a few gathers per edge.
 
     Args:
         x: node features ``[B, T, N, C]``.
@@ -102,88 +93,78 @@ def build_graph_batch(
         geometry: add ``pos`` and ``edge_attr`` when ``regions`` are given.
 
     Returns:
-        A :class:`Batch` with ``x [B*T*N, C]``, ``region [B*T*N, 4]``, ``pos [B*T*N, 2]``,
-        ``edge_index``, ``edge_attr``, ``batch`` (graph id), ``ptr``, and per-node ``frame``
-        (``t``) and ``video`` (``b``) ids (``region``, ``pos``, ``edge_attr`` only with
-        ``regions``).
+        A :class:`Batch` with ``x [B*T*N, C]``, ``edge_index``, ``batch`` (graph id), ``ptr``,
+        per-node ``frame`` (``t``) and ``video`` (``b``) ids, and with ``regions`` also
+        ``region [B*T*N, 4]``, ``pos [B*T*N, 2]``, ``edge_attr``.
     """
     if x.dim() != 4:
         raise ValueError(f"x: expected node features [B, T, N, C], got shape {tuple(x.shape)}")
     b, t, n, c = x.shape
     if regions is not None and regions.shape != (b, t, n, 4):
-        raise ValueError(
-            f"regions: expected shape {(b, t, n, 4)} to match x, got {tuple(regions.shape)}"
-        )
+        raise ValueError(f"regions: expected shape {(b, t, n, 4)} to match x, got "
+                         f"{tuple(regions.shape)}")
     dev = x.device
-    if temporal_edges:
-        graphs, nodes_per_graph = b, t * n
-    else:
-        graphs, nodes_per_graph = b * t, n
-
-    # Edges of one graph, then offset copies for every graph.
-    spatial = complete_edge_index(n, self_loops, dev)  # [2, Es]
-    if temporal_edges:
-        frame_off = (torch.arange(t, device=dev) * n).repeat_interleave(spatial.shape[1])
-        spatial = spatial.repeat(1, t) + frame_off
-        temporal = _temporal_edge_index(t, n, dev)
-        one = torch.cat((spatial, temporal), 1)
-        one_type = torch.cat(
-            (
-                torch.full((spatial.shape[1],), SPATIAL, device=dev, dtype=torch.long),
-                torch.full((temporal.shape[1],), TEMPORAL, device=dev, dtype=torch.long),
-            )
-        )
-        offsets = torch.arange(graphs, device=dev) * nodes_per_graph
-        edge_index = (one.unsqueeze(1) + offsets.view(1, -1, 1)).reshape(2, -1)
-    else:
-        one, one_type = spatial, None
-        edge_index = frame_edge_index(graphs, n, self_loops, dev)
-    e = one.shape[1]
+    graphs, nodes_per_graph = (b, t * n) if temporal_edges else (b * t, n)
+    edge_index, edge_type = _clip_edges(b, t, n, self_loops, temporal_edges, dev)
 
     ids = torch.arange(b * t * n, device=dev)
     video = ids // (t * n)
     frame = (ids // n) % t
-    graph_id = video if temporal_edges else ids // n
-
-    store: dict[str, Tensor] = {
-        "x": x.reshape(b * t * n, c),
-        "edge_index": edge_index,
-        "frame": frame,
-        "video": video,
-    }
-    with_geo = regions is not None and geometry
+    store: dict[str, Tensor] = {"x": x.reshape(b * t * n, c), "edge_index": edge_index,
+                                "frame": frame, "video": video}
     if regions is not None:
         store["region"] = regions.reshape(b * t * n, 4)
-    if with_geo:
-        store["pos"] = region_centres(store["region"])
-        store["edge_attr"] = geometry_edge_attr(store["region"], edge_index,
-                                                frame if temporal_edges else None)
-    if one_type is not None:
-        store["edge_type"] = one_type.repeat(graphs)
+        if geometry:
+            store["pos"] = region_centres(store["region"])
+            store["edge_attr"] = geometry_edge_attr(store["region"], edge_index,
+                                                    frame if temporal_edges else None)
+    if edge_type is not None:
+        store["edge_type"] = edge_type
 
     batch = Batch(_base_cls=Data, **store)
-    batch.batch = graph_id
+    batch.batch = video if temporal_edges else ids // n
     batch.ptr = torch.arange(graphs + 1, device=dev) * nodes_per_graph
+    _set_bookkeeping(batch, graphs, edge_index.shape[1] // graphs, list(store))
+    return batch
 
-    # The bookkeeping `Batch.from_data_list` writes, so `to_data_list()` works.
+
+def _clip_edges(b: int, t: int, n: int, self_loops: bool, temporal_edges: bool,
+                dev: torch.device) -> tuple[Tensor, Tensor | None]:
+    """``edge_index`` of all the graphs of :func:`build_graph_batch` and, for space-time
+    graphs, the ``edge_type`` of every edge (else ``None``)."""
+    if not temporal_edges:
+        return frame_edge_index(b * t, n, self_loops, dev), None
+    # Edges of one space-time graph, then offset copies for every video.
+    spatial = complete_edge_index(n, self_loops, dev)  # [2, Es]
+    frame_off = (torch.arange(t, device=dev) * n).repeat_interleave(spatial.shape[1])
+    spatial = spatial.repeat(1, t) + frame_off
+    temporal = _temporal_edge_index(t, n, dev)
+    one = torch.cat((spatial, temporal), 1)
+    one_type = torch.cat((
+        torch.full((spatial.shape[1],), SPATIAL, device=dev, dtype=torch.long),
+        torch.full((temporal.shape[1],), TEMPORAL, device=dev, dtype=torch.long),
+    ))
+    offsets = torch.arange(b, device=dev) * t * n
+    edge_index = (one.unsqueeze(1) + offsets.view(1, -1, 1)).reshape(2, -1)
+    return edge_index, one_type.repeat(b)
+
+
+_EDGE_KEYS = ("edge_index", "edge_attr", "edge_type")
+
+
+def _set_bookkeeping(batch: Batch, graphs: int, edges_per_graph: int, keys: list[str]) -> None:
+    """The slices and increments :meth:`Batch.from_data_list` would have written for
+    ``keys``, so ``to_data_list()`` / ``get_example(i)`` work."""
     node_slices = batch.ptr.cpu()
-    edge_slices = torch.arange(graphs + 1) * e
+    edge_slices = torch.arange(graphs + 1) * edges_per_graph
     zeros = torch.zeros(graphs, dtype=torch.long)
-    slice_dict = {"x": node_slices, "edge_index": edge_slices, "frame": node_slices,
-                  "video": node_slices}
-    inc_dict = {"x": zeros, "edge_index": node_slices[:-1].clone(), "frame": zeros,
-                "video": zeros}
-    if regions is not None:
-        slice_dict["region"], inc_dict["region"] = node_slices, zeros
-    if with_geo:
-        slice_dict["pos"], inc_dict["pos"] = node_slices, zeros
-        slice_dict["edge_attr"], inc_dict["edge_attr"] = edge_slices, zeros
-    if one_type is not None:
-        slice_dict["edge_type"], inc_dict["edge_type"] = edge_slices, zeros
+    slice_dict, inc_dict = {}, {}
+    for key in keys:
+        slice_dict[key] = edge_slices if key in _EDGE_KEYS else node_slices
+        inc_dict[key] = node_slices[:-1].clone() if key == "edge_index" else zeros
     batch._num_graphs = graphs
     batch._slice_dict = slice_dict
     batch._inc_dict = inc_dict
-    return batch
 
 
 def with_geometry(data: Data, kind: bool | None = None) -> Data:

@@ -387,7 +387,7 @@ def preprocess_video(video: str | Path | np.ndarray, spec: dict[str, Any]) -> Te
             (the message says why)."""
     import tempfile
 
-    from .data import make_clip_loader, normalize_clip
+    from .data import ClipLoaderConfig, make_clip_loader, normalize_clip
     from .data.loader import DATASETS
 
     crop, short = spec["crop"], spec["resize_short_side"]
@@ -401,10 +401,9 @@ def preprocess_video(video: str | Path | np.ndarray, spec: dict[str, Any]) -> Te
             shard = _frames_shard(video, Path(tmp))
         else:
             shard, _ = pack_videos([video], tmp)
-        loader = make_clip_loader(
-            shard, split="test", num_frames=spec["num_frames"], batch_size=1, num_workers=0,
-            crop_size=crop, dataset=spec["dataset"], resize_size=resize, rank=0,
-            world_size=1)
+        loader = make_clip_loader(shard, "test", ClipLoaderConfig(
+            num_frames=spec["num_frames"], batch_size=1, num_workers=0, crop_size=crop,
+            dataset=spec["dataset"], resize_size=resize, rank=0, world_size=1))
         batches = list(loader)
         if not batches:
             why = "; ".join(f"{r}: {d[:200]}" for _, r, d in loader.epoch_skips.examples)

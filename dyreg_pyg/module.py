@@ -25,12 +25,14 @@ from .config import FLAVORS, DyRegConfig
 from .geometry import regions_to_boxes
 from .graph import build_graph_batch
 from .nn import TemporalUpdate, make_spatial_layer
+from .nn.inputs import GraphInputs, needs_geometry
 from .nn.kernels import pool_nodes
 from .nn.position import KernelPositionEmbedding, RegionPositionEmbedding
 from .nn.regions import make_region_generator
 from .nn.registry import SpatialLayerSpec
 from .nn.remap import fold_norm, remap_nodes, remap_residual
 from .nn.stack import paper_graph_stack
+from .nn.temporal import TemporalSpec
 
 __all__ = ["DyRegConfig", "DyRegDetails", "DyRegGNN", "DyRegBlock", "register_flavor",
            "flavor_class", "FLAVOR_CLASSES"]
@@ -69,14 +71,18 @@ def flavor_class(name: str) -> type[DyRegGNN]:
 
 @dataclass
 class DyRegDetails:
-    """What a :class:`DyRegGNN` forward predicted (detached from autograd).
+    """What a :class:`DyRegGNN` forward predicted (detached from autograd, but for
+    ``live_regions`` and, with ``live_graph=True``, ``graph``).
 
     Attributes:
         regions: ``[B, T, N, 4]`` ``(cx, cy, w, h)`` normalised to the feature map.
         boxes: ``[B, T, N, 4]`` ``(x0, y0, x1, y1)`` kernel supports, clipped to ``[0, 1]``.
         kernels: ``[B, T, N, H, W]`` pooling / re-mapping weights (each sums to 1).
         graph: the PyG ``Batch`` of ``B * T`` frame graphs; ``graph.x`` holds the nodes after
-            the last iteration (``[B*T*N, node_channels]``), ``graph.region`` the regions.
+            the last iteration (``[B*T*N, node_channels]``), ``graph.region`` the regions,
+            ``graph.pos`` / ``graph.edge_attr`` their geometry. Detached, unless the module was
+            built with ``live_graph=True``: then ``x``, ``region``, ``pos`` and ``edge_attr``
+            carry the gradient to the backbone and the region generator.
         attention: per-edge attention ``[E]`` of the last space step whose layer reports it
             (our RSTG layers; :mod:`dyreg_pyg.nn.stack`), else ``None``.
         live_regions: ``regions`` still attached to autograd, for losses on the regions
@@ -141,7 +147,7 @@ class DyRegGNN(nn.Module):
         regions: str = "dyreg",
         init: str | None = None,
         gnn: SpatialLayerSpec = "rstg",
-        temporal: str = "gru",
+        temporal: TemporalSpec = "gru",
         iterations: int = 3,
         *,
         config: DyRegConfig | None = None,
@@ -212,7 +218,7 @@ class DyRegGNN(nn.Module):
         cfg = self.config
         n_layers = 1 if cfg.share_weights else cfg.iterations
         self.spatial = nn.ModuleList(
-            make_spatial_layer(cfg.gnn, channels) for _ in range(n_layers))
+            make_spatial_layer(cfg.gnn, channels, cfg.edge_geometry) for _ in range(n_layers))
         self.temporal = nn.ModuleList(
             TemporalUpdate(channels, cfg.temporal) for _ in range(n_layers))
 
@@ -246,11 +252,13 @@ class DyRegGNN(nn.Module):
             nodes = nodes + self.pos_embed(where).to(nodes.dtype)
         return nodes
 
-    def graph_stack(self, nodes: Tensor, want_attention: bool) -> tuple[Tensor, Tensor | None]:
-        """Eq. 8-9 on ``nodes [B, T, N, C']`` (:func:`~dyreg_pyg.nn.stack.paper_graph_stack`)."""
+    def graph_stack(self, nodes: Tensor, want_attention: bool,
+                    graph_inputs: GraphInputs | None = None) -> tuple[Tensor, Tensor | None]:
+        """Eq. 8-9 on ``nodes [B, T, N, C']`` (:func:`~dyreg_pyg.nn.stack.paper_graph_stack`);
+        ``graph_inputs``: the live regions, given when a space layer takes the geometry."""
         cfg = self.config
         return paper_graph_stack(nodes, self.spatial, self.temporal, cfg.iterations,
-                                 cfg.backend, cfg.self_loops, want_attention)
+                                 cfg.backend, cfg.self_loops, want_attention, graph_inputs)
 
     def project_out(self, nodes: Tensor) -> tuple[Tensor, Tensor | None]:
         """Nodes back to the input's channels and a per-channel shift (or ``None``) added
@@ -326,8 +334,9 @@ class DyRegGNN(nn.Module):
         b, t = x.shape[:2]
         xf, regions, kernels = self.compute_regions(x, regions)  # Eq. 1-6
         nodes = self.embed_nodes(xf, regions, kernels)  # Eq. 7
+        inputs = GraphInputs(regions) if needs_geometry(self.spatial) else None
         nodes, attention = self.graph_stack(nodes.reshape(b, t, self.num_nodes, -1),
-                                            want_attention)  # Eq. 8-9
+                                            want_attention, inputs)  # Eq. 8-9
         return nodes.reshape(b * t, self.num_nodes, -1), regions, kernels, attention
 
     def node_states(self, x: Tensor, regions: Tensor | None = None) -> Tensor:
@@ -366,8 +375,10 @@ class DyRegGNN(nn.Module):
                  attention: Tensor | None) -> DyRegDetails:
         b, t, n = regions.shape[:3]
         graph = None
-        if self.config.backend == "pyg":
-            graph = build_graph_batch(nodes.detach().view(b, t, n, -1), regions.detach(),
+        if self.config.backend == "pyg":  # live_graph: x, pos, edge_attr keep their gradient
+            live = self.config.live_graph
+            graph = build_graph_batch((nodes if live else nodes.detach()).view(b, t, n, -1),
+                                      regions if live else regions.detach(),
                                       self.config.self_loops)
         return DyRegDetails(
             regions=regions.detach(),

@@ -4,9 +4,9 @@ do more than that?
 The label is (smallest, largest) digit class of the subset that moves in sync. A model that
 recognises every digit but detects no synchrony can still guess the most likely label of the
 digits it sees. ``appearance_only_accuracy`` computes that guess's accuracy exactly from the
-generator's sampling (:func:`dyreg_pyg.data.syncmnist.appearance_only_table`): the ceiling of
-a model that uses appearance only. A paper number above it needs motion; a model at or below
-it may have learnt none.
+generator's sampling (:func:`dyreg_pyg.metrics.syncmnist_bounds.appearance_only_table`): the
+ceiling of a model that uses appearance only. A paper number above it needs motion; a model at
+or below it may have learnt none.
 
     python study/appearance_ceiling.py                       # the ceilings only
     python study/appearance_ceiling.py --rules --out study/results/probes/rule_ceilings.json
@@ -44,9 +44,8 @@ from typing import Any
 import torch
 
 from dyreg_pyg.data import load_manifest
-from dyreg_pyg.data.syncmnist import (
-    DATA_RULES,
-    SyncMNISTConfig,
+from dyreg_pyg.data.syncmnist import DATA_RULES, SyncMNISTConfig
+from dyreg_pyg.metrics.syncmnist_bounds import (
     appearance_only_accuracy,
     appearance_only_loss,
     appearance_only_table,

@@ -70,12 +70,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dyreg_pyg.data.syncmnist import (
-    SyncMNISTConfig,
-    appearance_only_accuracy,
-    generate_video,
-    load_digit_pool,
-)
+from dyreg_pyg.data.syncmnist import SyncMNISTConfig, generate_video, load_digit_pool
+from dyreg_pyg.metrics.syncmnist_bounds import appearance_only_accuracy
 from dyreg_pyg.nn import TemporalUpdate, make_spatial_layer
 from dyreg_pyg.nn.kernels import region_kernels
 from dyreg_pyg.nn.norm import GraphLayerNorm

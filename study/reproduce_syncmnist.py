@@ -74,7 +74,8 @@ from dyreg_pyg.data import (
     syncmnist_task_of,
     write_syncmnist_shards,
 )
-from dyreg_pyg.data.syncmnist import DATA_RULES, appearance_only_accuracy, data_rule_of
+from dyreg_pyg.data.syncmnist import DATA_RULES, data_rule_of
+from dyreg_pyg.metrics.syncmnist_bounds import appearance_only_accuracy
 from dyreg_pyg.models import build_preset
 from dyreg_pyg.models.presets import PRESETS
 from train.config import load_config

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import torch_geometric.transforms as transforms
 
-from dyreg_pyg.data import make_clip_loader, write_syncmnist_shards
+from dyreg_pyg.data import ClipLoaderConfig, make_clip_loader, write_syncmnist_shards
 from dyreg_pyg.data.shards import ShardWriter
 from dyreg_pyg.export import EXPORT_FORMAT_V1, RegionGraphDataset
 from dyreg_pyg.geometry import edge_attr, self_loop_edge_attr
@@ -93,8 +93,8 @@ def test_graph_nodes_are_the_block_node_states(setup):
     blk = model.dyreg_blocks()["layer2"]
     seen = {}
     handle = blk.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
-    loader = make_clip_loader(setup["data"], split="val", num_frames=T, batch_size=3,
-                              rank=0, world_size=1)
+    loader = make_clip_loader(setup["data"], "val",
+                              ClipLoaderConfig(num_frames=T, batch_size=3, rank=0, world_size=1))
     batch = next(iter(loader))
     with torch.no_grad():
         model(normalise(batch["video"], cfg))

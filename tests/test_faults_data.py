@@ -15,6 +15,7 @@ import pytest
 
 from dyreg_pyg.data import (
     MAX_EMPTY_PASSES,
+    ClipLoaderConfig,
     EmptyDataError,
     ShardWriter,
     make_clip_loader,
@@ -76,8 +77,8 @@ def _keys(loader) -> list[str]:
 def test_training_on_an_empty_tar_raises_naming_it(tmp_path, num_workers):
     empty = tmp_path / "empty.tar"
     tarfile.open(empty, "w").close()  # a valid tar with zero members
-    loader = make_clip_loader(str(empty), "train", num_frames=4, batch_size=2, epoch_size=4,
-                              num_workers=num_workers)
+    loader = make_clip_loader(str(empty), "train", ClipLoaderConfig(
+        num_frames=4, batch_size=2, epoch_size=4, num_workers=num_workers))
     with bounded(), pytest.raises(EmptyDataError) as err:
         next(iter(loader))
     msg = str(err.value)
@@ -89,8 +90,8 @@ def test_training_on_garbage_shards_raises_naming_them(tmp_path):
     bad = [tmp_path / "junk-000000.tar", tmp_path / "junk-000001.tar"]
     bad[0].write_bytes(b"this is not a tar file" * 100)
     bad[1].write_bytes(b"")
-    loader = make_clip_loader([str(p) for p in bad], "train", num_frames=4, batch_size=2,
-                              epoch_size=4)
+    loader = make_clip_loader([str(p) for p in bad], "train", ClipLoaderConfig(
+        num_frames=4, batch_size=2, epoch_size=4))
     with bounded(), pytest.raises(EmptyDataError) as err:
         next(iter(loader))
     msg = str(err.value)
@@ -99,8 +100,8 @@ def test_training_on_garbage_shards_raises_naming_them(tmp_path):
 
 def test_training_on_unlabelled_samples_raises_and_says_so(tmp_path):
     url = _write(tmp_path, "test", 6, cls=False)
-    loader = make_clip_loader(url, "train", num_frames=4, batch_size=2, epoch_size=4,
-                              shuffle_buffer=4)
+    loader = make_clip_loader(url, "train", ClipLoaderConfig(
+        num_frames=4, batch_size=2, epoch_size=4, shuffle_buffer=4))
     with bounded(), pytest.raises(EmptyDataError) as err:
         next(iter(loader))
     assert "no .cls label" in str(err.value) and url in str(err.value)
@@ -113,8 +114,8 @@ def test_training_with_one_usable_shard_among_empty_ones_keeps_going(tmp_path):
         p = tmp_path / f"empty-{i}.tar"
         tarfile.open(p, "w").close()
         empties.append(str(p))
-    loader = make_clip_loader([*empties, good], "train", num_frames=4, batch_size=2,
-                              epoch_size=40, shuffle_buffer=1)
+    loader = make_clip_loader([*empties, good], "train", ClipLoaderConfig(
+        num_frames=4, batch_size=2, epoch_size=40, shuffle_buffer=1))
     with bounded():
         assert len(_keys(loader)) == 40  # 20 batches: the empty shards only cost reads
 
@@ -127,7 +128,8 @@ def test_stop_signals_are_not_swallowed_as_shard_errors(tmp_path, monkeypatch, e
         raise exc("stop reading")
 
     monkeypatch.setattr(loader_mod, "_open_shard", stop)
-    loader = make_clip_loader(url, "train", num_frames=4, batch_size=2, epoch_size=4)
+    loader = make_clip_loader(url, "train", ClipLoaderConfig(
+        num_frames=4, batch_size=2, epoch_size=4))
     with bounded(), pytest.raises(exc, match="stop reading"):
         next(iter(loader))
 
@@ -141,7 +143,7 @@ def test_truncated_shard_is_a_named_shard_error_with_the_loss(tmp_path, cut, man
     at = offsets[2 * 32]  # the header of sample 32's first member
     data = open(url, "rb").read()
     open(url, "wb").write(data[:at] if cut == "at_member" else data[:at + 700])
-    loader = make_clip_loader(url, "val", num_frames=4, batch_size=8)
+    loader = make_clip_loader(url, "val", ClipLoaderConfig(num_frames=4, batch_size=8))
     with bounded():
         keys = _keys(loader)
     # cut between two samples, the last one read cannot be told complete: it is not used
@@ -162,7 +164,7 @@ def test_shard_with_fewer_samples_than_its_manifest_is_reported(tmp_path):
     url = _write(tmp_path, "val", 10)
     write_manifest(tmp_path / "val-manifest.json",
                    {"num_classes": 3, "shards": [{"name": "val-000000.tar", "count": 12}]})
-    loader = make_clip_loader(url, "val", num_frames=4, batch_size=4)
+    loader = make_clip_loader(url, "val", ClipLoaderConfig(num_frames=4, batch_size=4))
     assert len(_keys(loader)) == 10
     assert dict(loader.skips.reasons) == {"shard_short": 2}
     assert loader.skips.examples[0][0] == f"<shard {url}>"
@@ -170,7 +172,8 @@ def test_shard_with_fewer_samples_than_its_manifest_is_reported(tmp_path):
 
 def test_intact_shard_reports_nothing(tmp_path):
     url = _write(tmp_path, "val", 10)
-    loader = make_clip_loader(url, "val", num_frames=4, batch_size=4, num_workers=1)
+    loader = make_clip_loader(url, "val", ClipLoaderConfig(
+        num_frames=4, batch_size=4, num_workers=1))
     assert len(_keys(loader)) == 10 and loader.skips.count == 0
 
 
@@ -178,7 +181,8 @@ def test_garbage_shard_in_evaluation_is_counted_with_its_name(tmp_path):
     good = _write(tmp_path, "val", 6)
     junk = tmp_path / "val-000001.tar"
     junk.write_bytes(np.random.default_rng(0).bytes(5000))
-    loader = make_clip_loader([good, str(junk)], "val", num_frames=4, batch_size=4)
+    loader = make_clip_loader([good, str(junk)], "val", ClipLoaderConfig(
+        num_frames=4, batch_size=4))
     assert len(_keys(loader)) == 6
     assert dict(loader.skips.reasons) == {"shard_error": 1}
     assert loader.skips.examples[0][0] == f"<shard {junk}>"
@@ -395,8 +399,8 @@ def test_visualize_draws_a_box_outside_the_centre_crop(tmp_path):
                                                     "frame_size": [60, 40]}).encode()}
         members["frames.npy"] = _npy_rgb(4, 40, 60)
         w.write("something_else", members)
-    loader = make_clip_loader(str(tmp_path / "val-000000.tar"), "val", num_frames=4,
-                              batch_size=1, crop_size=32, dataset="something", num_classes=3)
+    loader = make_clip_loader(str(tmp_path / "val-000000.tar"), "val", ClipLoaderConfig(
+        num_frames=4, batch_size=1, crop_size=32, dataset="something", num_classes=3))
     batch = next(iter(loader))
     meta = batch["meta"][0]
     x0, _, x1, _ = meta["boxes"][0][0]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dyreg_pyg.data import ShardWriter, make_clip_loader
+from dyreg_pyg.data import ClipLoaderConfig, ShardWriter, make_clip_loader
 
 
 # ------------------------------------------------------------------ item 7: visualize
@@ -64,9 +64,8 @@ def test_visualize_draws_the_ground_truth_of_the_sampled_frames(tmp_path):
         w.write("moving", {"cls": b"0", "frames.npy": _npy_moving(n, side, side),
                            "json": json.dumps({"boxes": boxes,
                                                "frame_size": [side, side]}).encode()})
-    loader = make_clip_loader(str(tmp_path / "val-000000.tar"), "val", num_frames=4,
-                              batch_size=1, dataset="generic",
-                              num_classes=3)
+    loader = make_clip_loader(str(tmp_path / "val-000000.tar"), "val", ClipLoaderConfig(
+        num_frames=4, batch_size=1, dataset="generic", num_classes=3))
     batch = next(iter(loader))
     meta = batch["meta"][0]
     fidx = meta["frame_indices"]

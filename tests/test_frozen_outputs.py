@@ -14,12 +14,12 @@ import torch
 from dyreg_fixtures import CASES, FIXTURES, run_case
 
 from dyreg_pyg import DyRegBlock, DyRegConfig
-from dyreg_pyg.compat import remap_legacy_keys
+from dyreg_pyg.compat import legacy_config, remap_legacy_keys
 
 
 def _load(name: str) -> tuple[DyRegBlock, dict]:
     ck = torch.load(FIXTURES / f"{name}.pt", map_location="cpu", weights_only=True)
-    cfg = DyRegConfig.from_dict(ck["config"])
+    cfg = DyRegConfig.from_dict(legacy_config(ck["config"]))
     block = DyRegBlock(ck["in_channels"], cfg).double().eval()
     block.load_state_dict(remap_legacy_keys(ck["model"]), strict=True)
     return block, ck

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from dyreg_pyg.data import (
+    ClipLoaderConfig,
     ShardWriter,
     eval_indices,
     make_clip_loader,
@@ -60,8 +62,8 @@ def test_validation_exactly_once_over_2_nodes_x_2_workers(smnist, shards):
     expected = 46 if shards == "many" else 16
     seen = []
     for rank in range(2):
-        loader = make_clip_loader(pattern, "val", num_frames=10, batch_size=4, num_workers=2,
-                                  rank=rank, world_size=2)
+        loader = make_clip_loader(pattern, "val", ClipLoaderConfig(
+            num_frames=10, batch_size=4, num_workers=2, rank=rank, world_size=2))
         keys = _keys(loader)
         assert keys, "every rank gets work"
         seen += keys
@@ -72,8 +74,8 @@ def test_training_clip_shapes_dtypes_epoch_length_and_determinism(smnist):
     root, train, _ = smnist
 
     def run(seed):
-        loader = make_clip_loader(train["pattern"], "train", num_frames=4, batch_size=5,
-                                  crop_size=48, epoch_size=20, seed=seed, shuffle_buffer=10)
+        loader = make_clip_loader(train["pattern"], "train", ClipLoaderConfig(
+            num_frames=4, batch_size=5, crop_size=48, epoch_size=20, seed=seed, shuffle_buffer=10))
         assert len(loader) == 4
         return list(loader)
 
@@ -91,7 +93,8 @@ def test_training_clip_shapes_dtypes_epoch_length_and_determinism(smnist):
     other = run(1)
     assert [x["key"] for x in other] != [x["key"] for x in batches]
     # no crop: stored 64 x 64 frames; labels agree with the stored ones
-    loader = make_clip_loader(train["pattern"], "train", 10, 3, epoch_size=6, shuffle_buffer=0)
+    loader = make_clip_loader(train["pattern"], "train", ClipLoaderConfig(
+        num_frames=10, batch_size=3, epoch_size=6, shuffle_buffer=0))
     for b in loader:
         assert b["video"].shape == (3, 10, 1, 64, 64)
         for m, y in zip(b["meta"], b["label"].tolist()):
@@ -100,8 +103,8 @@ def test_training_clip_shapes_dtypes_epoch_length_and_determinism(smnist):
 
 def test_evaluation_views(smnist):
     _, _, val = smnist
-    loader = make_clip_loader(val["pattern"], "val", num_frames=5, batch_size=4, crop_size=56,
-                              num_clips=2, num_crops=3)
+    loader = make_clip_loader(val["pattern"], "val", ClipLoaderConfig(
+        num_frames=5, batch_size=4, crop_size=56, num_clips=2, num_crops=3))
     b = next(iter(loader))
     assert b["video"].shape == (4, 6, 5, 1, 56, 56)
     m = b["meta"][0]
@@ -114,9 +117,9 @@ def test_flip_swaps_left_right_labels(tmp_path):
     with ShardWriter(tmp_path, "train", maxcount=100) as w:
         for i in range(12):
             w.write(f"v{i:03d}", _rgb_sample(label=i % 3))
-    loader = make_clip_loader(str(tmp_path / "train-000000.tar"), "train", num_frames=3,
-                              batch_size=4, crop_size=32, dataset="something", flip=True,
-                              flip_pairs={0: 1, 1: 0}, epoch_size=24, shuffle_buffer=4, seed=2)
+    loader = make_clip_loader(str(tmp_path / "train-000000.tar"), "train", ClipLoaderConfig(
+        num_frames=3, batch_size=4, crop_size=32, dataset="something", flip=True,
+        flip_pairs={0: 1, 1: 0}, epoch_size=24, shuffle_buffer=4, seed=2))
     flipped = kept = 0
     for _ in range(2):
         for b in loader:
@@ -151,8 +154,8 @@ def test_corrupt_members_are_skipped_and_counted(tmp_path, caplog):
         w.write("ok3", good)
     url = str(tmp_path / "val-000000.tar")
     with caplog.at_level("WARNING"):
-        loader = make_clip_loader(url, "val", num_frames=3, batch_size=2, crop_size=32,
-                                  dataset="something", num_classes=10)
+        loader = make_clip_loader(url, "val", ClipLoaderConfig(
+            num_frames=3, batch_size=2, crop_size=32, dataset="something", num_classes=10))
         keys = _keys(loader)
     assert keys == ["ok0", "ok1", "ok2", "ok3"]
     assert loader.skips.count == 5 and loader.epoch_skips.count == 5
@@ -163,8 +166,8 @@ def test_corrupt_members_are_skipped_and_counted(tmp_path, caplog):
                                                         "badjson", "badnpy"}
     assert "5 samples skipped" in caplog.text and "badjpeg" in caplog.text
     # same with two workers: the counts travel from the workers to the loader
-    loader = make_clip_loader(url, "val", num_frames=3, batch_size=2, crop_size=32,
-                              dataset="something", num_classes=10, num_workers=2)
+    loader = make_clip_loader(url, "val", ClipLoaderConfig(num_frames=3, batch_size=2, crop_size=32,
+                              dataset="something", num_classes=10, num_workers=2))
     assert sorted(_keys(loader)) == ["ok0", "ok1", "ok2", "ok3"]
     assert loader.skips.count == 5
 
@@ -174,8 +177,8 @@ def test_truncated_shard_reports_and_continues(smnist, tmp_path):
     data = (root / "val-000000.tar").read_bytes()
     (tmp_path / "val-000000.tar").write_bytes(data[: len(data) // 2 + 100])
     (tmp_path / "val-000001.tar").write_bytes((root / "val-000001.tar").read_bytes())
-    loader = make_clip_loader(str(tmp_path / "val-{000000..000001}.tar"), "val", 10, 4,
-                              num_classes=56)
+    loader = make_clip_loader(str(tmp_path / "val-{000000..000001}.tar"), "val", ClipLoaderConfig(
+        num_frames=10, batch_size=4, num_classes=56))
     keys = _keys(loader)
     assert 8 <= len(keys) < 16  # the intact shard + what was readable of the truncated one
     assert loader.skips.count >= 1
@@ -183,18 +186,36 @@ def test_truncated_shard_reports_and_continues(smnist, tmp_path):
 
 def test_bad_urls_and_arguments(tmp_path, smnist):
     _, train, _ = smnist
+    cfg = ClipLoaderConfig(num_frames=10, batch_size=2)
     with pytest.raises(ValueError, match="urls"):
-        make_clip_loader([], "val", 10, 2)
+        make_clip_loader([], "val", cfg)
     with pytest.raises(ValueError, match="urls"):
-        make_clip_loader(str(tmp_path / "nothing-{000000..000003}.tar"), "val", 10, 2)
+        make_clip_loader(str(tmp_path / "nothing-{000000..000003}.tar"), "val", cfg)
     with pytest.raises(ValueError, match="urls"):
-        make_clip_loader(str(tmp_path), "val", 10, 2)  # a folder without shards
+        make_clip_loader(str(tmp_path), "val", cfg)  # a folder without shards
     with pytest.raises(ValueError, match="split"):
-        make_clip_loader(train["pattern"], "dev", 10, 2)
-    with pytest.raises(ValueError, match="num_crops"):
-        make_clip_loader(train["pattern"], "val", 10, 2, crop_size=32, num_crops=2)
-    with pytest.raises(ValueError, match="batch_size"):
-        make_clip_loader(train["pattern"], "val", 10, 0)
+        make_clip_loader(train["pattern"], "dev", cfg)
+    with pytest.raises(ValueError, match="num_crops: expected 1 or 3, got 2"):
+        ClipLoaderConfig(num_frames=10, batch_size=2, crop_size=32, num_crops=2)
+    with pytest.raises(ValueError, match="num_crops: 3 crops need crop_size"):
+        make_clip_loader(train["pattern"], "val", replace(cfg, num_crops=3))
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1, got 0"):
+        replace(cfg, batch_size=0)
+
+
+def test_the_settings_come_as_one_config(smnist):
+    """The former keywords are the config's fields; the old call forms fail saying so."""
+    _, train, _ = smnist
+    old = dict(num_frames=4, batch_size=2, epoch_size=6, scales=[1.0, 0.875], seed=3)
+    cfg = ClipLoaderConfig(**old)
+    assert cfg.scales == (1.0, 0.875) and cfg.num_workers == 0 and cfg.dataset == "syncmnist"
+    loader = make_clip_loader(train["pattern"], "train", cfg)
+    assert len(loader) == 3 and loader.dataset.p.scales == (1.0, 0.875)
+    with pytest.raises(TypeError, match="config: expected a ClipLoaderConfig .* got int"):
+        make_clip_loader(train["pattern"], "train", 4)
+    with pytest.raises(TypeError, match=r"config: expected a ClipLoaderConfig .* got keywords "
+                                        r"\['batch_size', 'epoch_size', 'num_frames'"):
+        make_clip_loader(train["pattern"], "train", **old)
 
 
 def test_frame_sampling():

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dyreg_pyg.data import load_manifest, make_clip_loader
+from dyreg_pyg.data import ClipLoaderConfig, load_manifest, make_clip_loader
 from dyreg_pyg.data import remote as remote_mod
 from dyreg_pyg.data.shards import write_manifest
 from train.data import read_class_names, read_num_classes, read_split_size
@@ -131,7 +131,8 @@ def test_callers_raise_on_a_corrupt_manifest(data):
     cfg = SimpleNamespace(data=SimpleNamespace(val="", train=str(data)))
     for call in (lambda: read_num_classes(str(data)), lambda: read_split_size(str(data)),
                  lambda: read_class_names(str(data), 3), lambda: class_names_for(cfg, 3),
-                 lambda: make_clip_loader(str(data), "train", num_frames=2, batch_size=1)):
+                 lambda: make_clip_loader(str(data), "train", ClipLoaderConfig(
+                     num_frames=2, batch_size=1))):
         with pytest.raises(ValueError, match="expected a JSON object") as err:
             call()
         assert str(path) in str(err.value)

@@ -6,7 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dyreg_pyg.data import InMemoryClips, SkipCounter, make_clip_loader, write_syncmnist_shards
+from dyreg_pyg.data import (
+    ClipLoaderConfig,
+    InMemoryClips,
+    SkipCounter,
+    make_clip_loader,
+    write_syncmnist_shards,
+)
 from dyreg_pyg.data.memory import CACHE_FORMAT
 from train.checkpoint import load_checkpoint
 from train.config import load_config
@@ -70,7 +76,7 @@ def test_decoded_clips_equal_the_streamed_ones_and_ignore_worker_count(shards):
     cfg.data.num_workers = 2
     assert torch.equal(load_train_in_memory(cfg).videos, mem.videos)
     streamed = {}
-    for b in make_clip_loader(pattern, "val", num_frames=10, batch_size=7):
+    for b in make_clip_loader(pattern, "val", ClipLoaderConfig(num_frames=10, batch_size=7)):
         for k, v, y in zip(b["key"], b["video"], b["label"]):
             streamed[k] = (v, int(y))
     for i, k in enumerate(mem.keys):

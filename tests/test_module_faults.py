@@ -287,12 +287,22 @@ def test_bfloat16_autocast_on_cpu_is_the_supported_path():
     assert torch.isfinite(y).all() and d.regions.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", ["PointNetConv", "FAConv", "GCN2Conv", "PPFConv"])
-def test_layers_that_need_more_than_edge_index_are_rejected(name):
-    with pytest.raises(ValueError, match=rf"gnn: {name} cannot run as .*\(x, edge_index\)"):
+@pytest.mark.parametrize(("name", "missing"), [("PPFConv", "forward needs normal"),
+                                              ("HypergraphConv", "no edge_index"),
+                                              ("RGCNConv", "needs num_relations")])
+def test_layers_that_need_more_than_the_region_graph_are_rejected(name, missing):
+    with pytest.raises(ValueError, match=rf"gnn: {name}.*{missing}"):
         make_spatial_layer(name, 8)
     with pytest.raises(ValueError, match=f"gnn: {name}"):
         DyRegGNN(C, 8, gnn=name)
+
+
+@pytest.mark.parametrize("name", ["PointNetConv", "GCN2Conv"])
+def test_layers_given_pos_or_x0_build_and_without_geometry_pos_is_missing(name):
+    assert make_spatial_layer(name, 8) is not None  # refused before issue 35
+    if name == "PointNetConv":
+        with pytest.raises(ValueError, match="gnn: PointNetConv's forward needs pos"):
+            make_spatial_layer(name, 8, geometry=False)
 
 
 def test_edge_conv_is_adapted_and_runs():
@@ -310,7 +320,7 @@ def test_edge_conv_is_adapted_and_runs():
 def test_a_callable_returning_a_layer_of_the_wrong_width_is_rejected():
     from torch_geometric.nn import GCNConv
 
-    with pytest.raises(ValueError, match=r"gnn: .*output of shape \(4, 3\).*\(4, 8\)"):
+    with pytest.raises(ValueError, match=r"gnn: .*output of shape \(6, 3\).*\(6, 8\)"):
         make_spatial_layer(lambda c: GCNConv(c, 3), 8)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dyreg_pyg.data import make_clip_loader, write_syncmnist_shards
+from dyreg_pyg.data import ClipLoaderConfig, make_clip_loader, write_syncmnist_shards
 from dyreg_pyg.data import remote as remote_mod
 from dyreg_pyg.data.remote import ShardStalledError, open_shard
 from train.checkpoint import load_checkpoint
@@ -77,9 +77,9 @@ def _keys(loader):
 
 def test_http_shards_read_like_local_ones(server, shards):
     url = f"{server.url}/val-{{000000..000001}}.tar"
-    remote = make_clip_loader(url, "val", num_frames=4, batch_size=3)
-    local = make_clip_loader(f"{shards}/val-{{000000..000001}}.tar", "val", num_frames=4,
-                             batch_size=3)
+    remote = make_clip_loader(url, "val", ClipLoaderConfig(num_frames=4, batch_size=3))
+    local = make_clip_loader(f"{shards}/val-{{000000..000001}}.tar", "val", ClipLoaderConfig(
+        num_frames=4, batch_size=3))
     assert _keys(remote) == _keys(local) and len(_keys(local)) == 8
     assert remote.skips.count == 0
     # the manifest came over HTTP too: classes and per-shard counts
@@ -90,8 +90,8 @@ def test_http_shards_read_like_local_ones(server, shards):
 @pytest.mark.parametrize("fault", ["drop", "stall"])
 def test_http_cut_or_stalled_mid_shard_is_a_counted_shard_error(server, caplog, fault):
     server.faults["val-000001.tar"] = fault
-    loader = make_clip_loader(f"{server.url}/val-{{000000..000001}}.tar", "val", num_frames=4,
-                              batch_size=2, read_timeout=1)
+    loader = make_clip_loader(f"{server.url}/val-{{000000..000001}}.tar", "val", ClipLoaderConfig(
+        num_frames=4, batch_size=2, read_timeout=1))
     t0 = time.time()
     with caplog.at_level("WARNING"):
         keys = _keys(loader)
@@ -111,8 +111,8 @@ def test_http_errors_are_shard_errors(server, monkeypatch):
     monkeypatch.setattr(remote_mod, "_BACKOFF", 0.01)
     closed = f"http://127.0.0.1:{_closed_port()}/train-000000.tar"
     loader = make_clip_loader([f"{server.url}/missing-000000.tar", closed,
-                               f"{server.url}/val-000000.tar"], "val", num_frames=4,
-                              batch_size=2, read_timeout=2)
+                               f"{server.url}/val-000000.tar"], "val",
+                              ClipLoaderConfig(num_frames=4, batch_size=2, read_timeout=2))
     assert len(_keys(loader)) == 4
     details = {k: d for k, _, d in loader.skips.examples}
     assert "HTTP 404" in details[f"<shard {server.url}/missing-000000.tar>"]
@@ -131,7 +131,8 @@ def _closed_port():
 def test_pipe_commands_read_stall_and_fail_with_their_error(shards):
     good = f"pipe:cat {shards}/val-000000.tar"
     loader = make_clip_loader([good, "pipe:sleep 20", "pipe:echo 'NoSuchKey: no such key' >&2;"
-                               " exit 3"], "val", num_frames=4, batch_size=2, read_timeout=1)
+                               " exit 3"], "val",
+                              ClipLoaderConfig(num_frames=4, batch_size=2, read_timeout=1))
     t0 = time.time()
     assert len(_keys(loader)) == 4
     assert time.time() - t0 < 10  # the sleeping command was killed after read_timeout
@@ -145,18 +146,19 @@ def test_pipe_of_concatenated_archives_yields_every_archive(shards):
     """tarfile stops at the first end-of-archive block: the zero blocks between archives are
     skipped and every archive of the stream is read (also compressed as one stream)."""
     a, b = shards / "train-000000.tar", shards / "train-000001.tar"
-    want = sorted(_keys(make_clip_loader([str(a), str(b)], "val", num_frames=4, batch_size=4)))
+    want = sorted(_keys(make_clip_loader([str(a), str(b)], "val", ClipLoaderConfig(
+        num_frames=4, batch_size=4))))
     assert len(want) == 16
     for cmd in (f"pipe:cat {a} {b}", f"pipe:cat {a} {b} | gzip -c",
                 f"pipe:gzip -c {a}; gzip -c {b}"):
-        loader = make_clip_loader(cmd, "val", num_frames=4, batch_size=4)
+        loader = make_clip_loader(cmd, "val", ClipLoaderConfig(num_frames=4, batch_size=4))
         assert sorted(_keys(loader)) == want, cmd
         assert loader.skips.count == 0, (cmd, loader.skips.summary())
 
 
 def test_pipe_that_exits_non_zero_after_its_data_is_a_named_shard_error(shards, caplog):
     cmd = f"pipe:cat {shards}/train-000000.tar; exit 5"
-    loader = make_clip_loader(cmd, "val", num_frames=4, batch_size=4)
+    loader = make_clip_loader(cmd, "val", ClipLoaderConfig(num_frames=4, batch_size=4))
     with caplog.at_level("WARNING"):
         keys = _keys(loader)
     assert len(keys) == 8  # the archive itself was whole
@@ -169,7 +171,7 @@ def test_pipe_that_exits_non_zero_after_its_data_is_a_named_shard_error(shards, 
 def test_data_after_an_archive_that_is_not_a_tar_is_a_shard_error(shards, tmp_path):
     path = tmp_path / "x.tar"
     path.write_bytes((shards / "train-000000.tar").read_bytes() + b"garbage!" * 64)
-    loader = make_clip_loader(str(path), "val", num_frames=4, batch_size=4)
+    loader = make_clip_loader(str(path), "val", ClipLoaderConfig(num_frames=4, batch_size=4))
     assert len(_keys(loader)) == 8
     assert loader.skips.reasons == {"shard_error": 1}
 
@@ -245,12 +247,13 @@ def test_a_cut_shard_read_again_in_an_epoch_counts_its_loss_once(server, caplog,
         server.faults[name] = "drop"
     urls = f"{server.url}/train-{{000000..000001}}.tar"
     # one plain pass: what the cut shards lose (per the manifest: 8 samples each)
-    once = make_clip_loader(urls, "val", num_frames=4, batch_size=4)
+    once = make_clip_loader(urls, "val", ClipLoaderConfig(num_frames=4, batch_size=4))
     read = len(_keys(once))
     lost = once.skips.count
     assert 0 < read < 16 and lost == 16 - read and once.skips.reasons == {"shard_error": lost}
-    loader = make_clip_loader(urls, "train", num_frames=4, batch_size=2, epoch_size=16,
-                              shuffle_buffer=32, train_shards=train_shards, seed=1)
+    loader = make_clip_loader(urls, "train", ClipLoaderConfig(
+        num_frames=4, batch_size=2, epoch_size=16, shuffle_buffer=32, train_shards=train_shards,
+        seed=1))
     before = len(server.requests)
     with caplog.at_level("INFO", logger="dyreg_pyg.data.loader"):
         for epoch in range(2):
@@ -273,8 +276,9 @@ def test_a_short_run_fetches_each_http_shard_once_per_pass(server, epoch_size, n
     buffer filled by downloading the shards again). The buffer is bounded by the manifest's
     count and filled one pass at a time: each shard is fetched once per pass."""
     urls = f"{server.url}/train-{{000000..000001}}.tar"  # 16 samples in 2 shards of 8
-    loader = make_clip_loader(urls, "train", num_frames=4, batch_size=2, epoch_size=epoch_size,
-                              shuffle_buffer=1000, num_workers=num_workers)
+    loader = make_clip_loader(urls, "train", ClipLoaderConfig(
+        num_frames=4, batch_size=2, epoch_size=epoch_size, shuffle_buffer=1000,
+        num_workers=num_workers))
     assert loader.dataset.pass_buffer() == 16
     before = len(server.requests)
     assert len(_keys(loader)) == epoch_size
@@ -339,9 +343,9 @@ def test_split_training_reads_each_sample_once_per_epoch_over_ranks(tmp_path, nu
     epoch = per_shard * num_shards
     seen = []
     for rank in range(2):
-        loader = make_clip_loader(pattern, "train", num_frames=2, batch_size=2,
+        loader = make_clip_loader(pattern, "train", ClipLoaderConfig(num_frames=2, batch_size=2,
                                   num_workers=2 if num_shards == 4 else 0, epoch_size=epoch,
-                                  train_shards="split", rank=rank, world_size=2, seed=5)
+                                  train_shards="split", rank=rank, world_size=2, seed=5))
         seen.append(_keys(loader))
     assert [len(s) for s in seen] == [epoch // 2] * 2
     if num_shards == 4:  # even: an exact partition
@@ -354,9 +358,9 @@ def test_split_training_reads_each_sample_once_per_epoch_over_ranks(tmp_path, nu
 def test_train_shards_and_read_timeout_are_checked(tmp_path):
     write_syncmnist_shards(tmp_path, "train", 2, seed=3, size=16, shard_size=2)
     with pytest.raises(ValueError, match="train_shards"):
-        make_clip_loader(tmp_path, "train", 2, 2, train_shards="once")
+        ClipLoaderConfig(num_frames=2, batch_size=2, train_shards="once")
     with pytest.raises(ValueError, match="read_timeout"):
-        make_clip_loader(tmp_path, "train", 2, 2, read_timeout=-1)
+        ClipLoaderConfig(num_frames=2, batch_size=2, read_timeout=-1)
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ from dyreg_pyg.nn import (
     available_layers,
     make_spatial_layer,
 )
+from dyreg_pyg.nn.inputs import GraphInputs, plan_of, space_inputs
+from dyreg_pyg.nn.stack import call_space_layer
 
 
 def _dense_eq8(conv: RSTGConv, v: torch.Tensor) -> torch.Tensor:
@@ -82,12 +84,16 @@ def test_temporal_gru_is_per_node_sequence():
 def test_layer_registry_forward_backward(name):
     torch.manual_seed(3)
     layer = make_spatial_layer(name, 8)
+    regions = torch.rand(1, 2, 4, 4).mul(0.4).add(0.1).requires_grad_()
     g = build_graph_batch(torch.randn(1, 2, 4, 8))
     x = g.x.clone().requires_grad_()
-    out = layer(x, g.edge_index)
+    inputs = space_inputs([layer], g.edge_index, g.batch, x, GraphInputs(regions))
+    out, _ = call_space_layer(layer, x, g.edge_index, g.batch, 2, False, inputs)
     assert out.shape == (8, 8)
-    out.sum().backward()
+    out.square().sum().backward()  # not out.sum(): rstg_authors normalises per frame graph
     assert x.grad is not None and x.grad.abs().sum() > 0
+    if plan_of(layer).geometry:  # GATConv, GATv2Conv, TransformerConv: edge_attr
+        assert regions.grad is not None and regions.grad.abs().sum() > 0
     assert any(p.grad is not None for p in layer.parameters())
 
 
@@ -98,7 +104,7 @@ def test_layer_registry_names_and_errors():
     assert isinstance(layer, GATConv)
     with pytest.raises(ValueError, match="unknown layer 'nope'.*GATConv"):
         make_spatial_layer("nope", 4)
-    with pytest.raises(ValueError, match="cannot be built"):
+    with pytest.raises(ValueError, match="gnn: RGCNConv needs num_relations"):
         make_spatial_layer("RGCNConv", 4)
 
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from dyreg_pyg.data import (
+    ClipLoaderConfig,
     convert_something,
     flip_pairs_from_names,
     make_clip_loader,
@@ -117,8 +118,8 @@ def test_ssv2_convert_and_read_back(ssv2, tmp_path, store):
     meta = json.loads(members["1001.json"])
     assert meta["boxes"][1] == [[4.0, 2.0, 20.0, 16.0]] and meta["boxes"][0] == []
     # read back through the loader: ids, labels and frame counts survive
-    loader = make_clip_loader(m["pattern"], "validation", num_frames=4, batch_size=3,
-                              crop_size=32, dataset="something")
+    loader = make_clip_loader(m["pattern"], "validation", ClipLoaderConfig(
+        num_frames=4, batch_size=3, crop_size=32, dataset="something"))
     got = {}
     for b in loader:
         assert b["video"].shape[1:] == (4, 3, 32, 32)
@@ -139,7 +140,8 @@ def test_ssv2_skips_are_counted(ssv2, tmp_path):
     assert {i for i, _ in sk["items"]} == {"2000", "2001", "2002"}
     test = convert_something(2, ssv2, tmp_path / "t", "test", videos=ssv2 / "videos")
     assert test["num_samples"] == 1 and "1000.cls" not in _members(tmp_path / "t", "test")
-    loader = make_clip_loader(test["pattern"], "test", 2, 1, crop_size=16, dataset="something")
+    loader = make_clip_loader(test["pattern"], "test", ClipLoaderConfig(
+        num_frames=2, batch_size=1, crop_size=16, dataset="something"))
     assert next(iter(loader))["label"].tolist() == [-1]
 
 
@@ -176,8 +178,8 @@ def test_ssv1_convert_cli_and_read_back(tmp_path):
         assert meta["fps"] == 12.0 and meta["frame_size"] == [132, 100]
         # frames already small: the original JPEG bytes are kept
         assert members[f"{vid}.00000.jpg"] == (frames / vid / "00001.jpg").read_bytes()
-    loader = make_clip_loader(m["pattern"], "train", num_frames=4, batch_size=2, crop_size=32,
-                              dataset="something", epoch_size=6, seed=0)
+    loader = make_clip_loader(m["pattern"], "train", ClipLoaderConfig(
+        num_frames=4, batch_size=2, crop_size=32, dataset="something", epoch_size=6, seed=0))
     batches = list(loader)
     assert len(batches) == 3 and batches[0]["video"].shape == (2, 4, 3, 32, 32)
     with pytest.raises(ValueError, match="store"):

@@ -40,6 +40,7 @@ def test_readme_stages_snippet_runs_and_counts_losses(shards, tmp_path, monkeypa
     ns: dict = {}
     exec(compile(_snippet(), "README.md", "exec"), ns)
     skips = ns["skips"]
+    assert len(ns["loader"]) == 2 and ns["loader"].dataset.p.num_frames == 4
     if not truncate:
         assert ns["clips"] == 12 and skips.count == 0
     else:

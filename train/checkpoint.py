@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from pathlib import Path
@@ -23,12 +24,35 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+CHECKPOINT_FORMAT = 2
+"""Written into every checkpoint (``"format"``). 2: since issue 35, PyG layers that take
+``edge_dim`` get the region graph's ``edge_attr`` (``DyRegConfig.edge_geometry``); a
+checkpoint without the field was trained without it (:func:`checkpoint_config`)."""
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically: temporary file in the same folder, fsync, rename.
+    """Write ``state`` (plus ``"format"``) atomically: temporary file in the same folder,
+    fsync, rename.
 
     A crash at any point leaves either the previous file or the new one, never a partial file.
     """
+    state = {**state, "format": CHECKPOINT_FORMAT}
     return write_atomic(path, lambda fh: torch.save(state, fh), sync_dir=True)
+
+
+def checkpoint_config(ck: dict[str, Any]) -> dict[str, Any]:
+    """The training config saved in ``ck``, as today's code reads it: a checkpoint written
+    before format 2 built its DyReg blocks without edge geometry, so they are rebuilt so
+    (``model.overrides.dyreg.edge_geometry: false`` unless the config set it) and its PyG
+    layers keep the state-dict keys they were saved with."""
+    values = copy.deepcopy(ck["config"])
+    if ck.get("format", 1) < 2:
+        model = values.setdefault("model", {})
+        overrides = model.get("overrides") or {}
+        dyreg = dict(overrides.get("dyreg") or {})
+        dyreg.setdefault("edge_geometry", False)
+        model["overrides"] = {**overrides, "dyreg": dyreg}
+    return values
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

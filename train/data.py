@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import TrainConfig
 
-__all__ = ["make_loader", "load_train_in_memory", "train_fingerprint", "DECODED_FORMAT",
+if TYPE_CHECKING:
+    from dyreg_pyg.data import ClipLoaderConfig
+
+__all__ = ["make_loader", "loader_config", "load_train_in_memory", "train_fingerprint",
+           "DECODED_FORMAT",
            "normalise", "read_num_classes", "read_split_size", "batch_object_centres",
            "batch_object_boxes", "external_regions", "split_pattern", "read_class_names"]
 
@@ -37,9 +41,16 @@ def make_loader(cfg: TrainConfig, split: str, epoch: int = 0, memory=None):
         ddp = dist.is_available() and dist.is_initialized()
         rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
         return memory.loader(d.batch_size, _seed(cfg, epoch), rank, world)
-    return make_clip_loader(
-        urls,
-        split="train" if train else "val",
+    return make_clip_loader(urls, "train" if train else "val", loader_config(cfg, split, epoch))
+
+
+def loader_config(cfg: TrainConfig, split: str, epoch: int = 0) -> ClipLoaderConfig:
+    """The :class:`~dyreg_pyg.data.ClipLoaderConfig` of ``cfg.data`` for ``split`` ("train"
+    or "val") in epoch ``epoch`` (its seed)."""
+    from dyreg_pyg.data import ClipLoaderConfig  # noqa: F811 (the annotation's, at run time)
+
+    d, train = cfg.data, split == "train"
+    return ClipLoaderConfig(
         num_frames=d.num_frames,
         batch_size=d.batch_size if train else (d.eval_batch_size or d.batch_size),
         num_workers=d.num_workers,
@@ -161,13 +172,13 @@ def _remove_stale_temporaries(cache: Path, older_than_s: float = 600.0) -> int:
 
 
 def _decode_train(cfg: TrainConfig):
-    from dyreg_pyg.data import InMemoryClips, make_clip_loader
+    from dyreg_pyg.data import ClipLoaderConfig, InMemoryClips, make_clip_loader
 
     d = cfg.data
-    loader = make_clip_loader(d.train, split="val", num_frames=d.num_frames,
-                              batch_size=256, num_workers=d.num_workers,
-                              crop_size=d.crop_size, dataset=d.dataset, rank=0, world_size=1,
-                              read_timeout=d.read_timeout)
+    loader = make_clip_loader(d.train, "val", ClipLoaderConfig(
+        num_frames=d.num_frames, batch_size=256, num_workers=d.num_workers,
+        crop_size=d.crop_size, dataset=d.dataset, rank=0, world_size=1,
+        read_timeout=d.read_timeout))
     def checked(batches):
         want = list(range(d.num_frames))
         for batch in batches:

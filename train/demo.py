@@ -57,7 +57,7 @@ def run_demo(out: str = "outputs/demo", minutes: float | None = None, train_vide
     is reused only when it was made for the same task and counts.
     """
     from dyreg_pyg.data import SYNCMNIST_TASKS, SyncMNISTConfig
-    from dyreg_pyg.data.syncmnist import appearance_only_accuracy
+    from dyreg_pyg.metrics.syncmnist_bounds import appearance_only_accuracy
 
     from .checkpoint import load_checkpoint
     from .loop import evaluate, fit

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dyreg_pyg.data import make_clip_loader
+from dyreg_pyg.data import ClipLoaderConfig, make_clip_loader
 from dyreg_pyg.export import RegionGraphWriter, record_region_graphs
 from dyreg_pyg.geometry import edge_attr_columns
 
@@ -101,10 +101,10 @@ def export_graphs(checkpoint: str, data: str, out: str, block: str | None = None
     if resume_from:
         log.info("export-graphs: resuming %s after %d graphs (last video %s)", out, resume_from,
                  writer.last_key)
-    loader = make_clip_loader(
-        data, split="val", num_frames=cfg.data.num_frames, batch_size=batch_size,
-        num_workers=num_workers, crop_size=cfg.data.crop_size, dataset=cfg.data.dataset,
-        num_clips=1, num_crops=1, num_classes=num_classes, rank=0, world_size=1)
+    loader = make_clip_loader(data, "val", ClipLoaderConfig(
+        num_frames=cfg.data.num_frames, batch_size=batch_size, num_workers=num_workers,
+        crop_size=cfg.data.crop_size, dataset=cfg.data.dataset, num_clips=1, num_crops=1,
+        num_classes=num_classes, rank=0, world_size=1))
     bar = _Progress(_split_size(data), resume_from, progress)
     recorder = _Recorder(model, blk, cfg, dev,
                          bool(getattr(model, "needs_regions", lambda: False)()))

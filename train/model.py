@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint, load_model_state
 from .config import TrainConfig, config_from_dict
 from .dist import DistEnv
 
@@ -37,7 +37,7 @@ def load_trained(checkpoint: str | Path, val: str, num_clips: int = 1, num_crops
     from .config import apply_overrides
 
     ck = load_checkpoint(checkpoint)
-    cfg = config_from_dict(apply_overrides(ck["config"], list(overrides or [])))
+    cfg = config_from_dict(apply_overrides(checkpoint_config(ck), list(overrides or [])))
     cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = val, num_clips, num_crops
     model = build_model(cfg, ck["num_classes"])
     load_model_state(model, ck["model"], str(checkpoint))
@@ -118,7 +118,7 @@ def load_teachers(cfg: TrainConfig, env: DistEnv) -> dict[str, nn.Module]:
     teachers = {}
     for block_name, path in cfg.distill.teachers.items():
         ck = load_checkpoint(path)
-        tcfg = config_from_dict(ck["config"])
+        tcfg = config_from_dict(checkpoint_config(ck))
         teacher = build_model(tcfg, ck["num_classes"])
         load_model_state(teacher, ck["model"], f"teacher {path}")
         teacher.to(env.device).eval()

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import torch
 
 from dyreg_pyg._checks import check_finite_logits, not_a_file
-from dyreg_pyg.data import load_manifest, make_clip_loader, normalize_clip
+from dyreg_pyg.data import ClipLoaderConfig, load_manifest, make_clip_loader, normalize_clip
 from dyreg_pyg.data.remote import DEFAULT_READ_TIMEOUT
 from dyreg_pyg.inference import (
     MAX_SIDE,
@@ -100,7 +100,7 @@ def load_predictor(checkpoint: str | Path, classes: str | None = None) -> Predic
                       info.get("dataset", "generic"), list(info["mean"]), list(info["std"]),
                       int(info["num_classes"]), info.get("class_names"), str(path), info)
     else:
-        from .checkpoint import load_checkpoint, load_model_state
+        from .checkpoint import checkpoint_config, load_checkpoint, load_model_state
         from .config import config_from_dict
         from .loop import build_model
 
@@ -108,7 +108,7 @@ def load_predictor(checkpoint: str | Path, classes: str | None = None) -> Predic
         if "config" not in ck or "num_classes" not in ck:
             raise ValueError(f"checkpoint: {path} has no training config (not written by "
                              "`python -m train fit`?)")
-        cfg = config_from_dict(ck["config"])
+        cfg = config_from_dict(checkpoint_config(ck))
         num_classes = int(ck["num_classes"])
         model = build_model(cfg, num_classes)
         load_model_state(model, ck["model"], str(path))
@@ -202,11 +202,11 @@ def predict(checkpoint: str | Path, videos: list[str], top_k: int = 5, num_clips
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dyreg-predict-") as tmp:
         shard, keys = pack_videos(videos, tmp, max_side)
-        loader = make_clip_loader(  # without a crop, videos of different sizes: one a batch
-            shard, split="test", num_frames=pred.num_frames,
+        loader = make_clip_loader(shard, "test", ClipLoaderConfig(
+            num_frames=pred.num_frames,  # without a crop, videos of different sizes: 1 a batch
             batch_size=batch_size if pred.crop_size else 1,
             num_workers=0, crop_size=pred.crop_size, dataset=pred.dataset, num_clips=num_clips,
-            num_crops=num_crops, num_classes=pred.num_classes, rank=0, world_size=1)
+            num_crops=num_crops, num_classes=pred.num_classes, rank=0, world_size=1))
         for batch in loader:
             probs, views, recorded = _batch_probs(model, pred, batch, dev, blk)
             results += _batch_entries(batch, probs, views, recorded, pred, keys, k, regions)

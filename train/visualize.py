@@ -10,7 +10,7 @@ import torch
 from dyreg_pyg.data import EmptyDataError
 from dyreg_pyg.viz import draw_regions, export_regions, save_regions_gif
 
-from .checkpoint import load_checkpoint, load_model_state
+from .checkpoint import checkpoint_config, load_checkpoint, load_model_state
 from .config import config_from_dict
 from .data import external_regions, make_loader, normalise
 
@@ -108,7 +108,7 @@ def visualize(checkpoint: str, data: str, out: str, num: int = 4, block: str | N
     from .model import build_model
 
     ck = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ck["config"])
+    cfg = config_from_dict(checkpoint_config(ck))
     cfg.data.val, cfg.data.num_clips, cfg.data.num_crops = data, 1, 1
     cfg.data.num_workers = 0
     model = build_model(cfg, ck["num_classes"])

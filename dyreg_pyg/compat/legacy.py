@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["LEGACY_KEY_RULES", "remap_legacy_keys"]
+__all__ = ["LEGACY_KEY_RULES", "remap_legacy_keys", "legacy_config"]
 
 V = TypeVar("V")
 
@@ -52,4 +52,14 @@ def remap_legacy_keys(state: Mapping[str, V]) -> dict[str, V]:
             raise ValueError(f"state dict: {key!r} and another key both map to {new!r} "
                              f"(an old and a new name of the same parameter?)")
         out[new] = value
+    return out
+
+
+def legacy_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A :class:`~dyreg_pyg.DyRegConfig` mapping saved by an earlier version, as today's
+    fields: one without ``edge_geometry`` predates issue 35, when PyG layers got
+    ``(x, edge_index)`` only and no ``edge_dim`` - it loads with ``edge_geometry=False``, the
+    same layers (and state-dict keys) it was saved with."""
+    out = dict(values)
+    out.setdefault("edge_geometry", False)
     return out

@@ -7,6 +7,7 @@ from .loader import (
     MAX_EMPTY_PASSES,
     ClipDataset,
     ClipLoader,
+    ClipLoaderConfig,
     EmptyDataError,
     SkipCounter,
     explain_skips,
@@ -46,7 +47,8 @@ from .transforms import (
 )
 
 __all__ = [
-    "make_clip_loader", "ClipLoader", "ClipDataset", "SkipCounter", "EmptyDataError",
+    "make_clip_loader", "ClipLoaderConfig", "ClipLoader", "ClipDataset", "SkipCounter",
+    "EmptyDataError",
     "MAX_EMPTY_PASSES", "explain_skips", "InMemoryClips", "stages",
     "InMemoryLoader",
     "write_syncmnist_shards", "generate_video", "load_digit_pool", "SyncMNISTConfig",

@@ -64,7 +64,8 @@ from .transforms import TSM_SCALES
 log = logging.getLogger(__name__)
 
 __all__ = ["SkipCounter", "EpochLosses", "ClipDataset", "ClipLoader", "make_clip_loader",
-           "collate_clips", "DATASETS", "EmptyDataError", "MAX_EMPTY_PASSES", "explain_skips"]
+           "ClipLoaderConfig", "collate_clips", "DATASETS", "EmptyDataError", "MAX_EMPTY_PASSES",
+           "explain_skips"]
 
 #: Known ``dataset`` values and their defaults.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -299,20 +300,107 @@ def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+@dataclass(frozen=True)
+class ClipLoaderConfig:
+    """How :func:`make_clip_loader` reads clips: every setting but the shards and the split.
+
+    The fields are the loader's former keyword arguments, with the same names and defaults,
+    so ``ClipLoaderConfig(**old_keywords)`` migrates a call. Checked when built (a bad value
+    raises ``ValueError`` naming the field); change one with :func:`dataclasses.replace`::
+
+        cfg = ClipLoaderConfig(num_frames=8, batch_size=16, crop_size=224,
+                               dataset="something", num_workers=8)
+        train = make_clip_loader("data/train-{000000..000099}.tar", "train", cfg)
+        val = make_clip_loader("data/val-{000000..000009}.tar", "val",
+                               dataclasses.replace(cfg, num_crops=3))
+
+    Attributes:
+        num_frames: Frames per clip (T).
+        batch_size: Clips per batch (per rank).
+        num_workers: DataLoader worker processes.
+        crop_size: Output side; ``None`` keeps the stored frames (SyncMNIST).
+        dataset: ``"syncmnist"``, ``"something"`` or ``"generic"`` (defaults for ``flip`` and
+            ``resize_size``, :data:`DATASETS`).
+        epoch_size: Training samples per epoch over all ranks (``None``: endless stream).
+        shuffle_buffer: Training shuffle buffer size (samples).
+        num_clips, num_crops: Evaluation views (``num_crops`` 1 or 3).
+        eval_crop_size: Evaluation crop side (default ``crop_size``; the paper uses 256).
+        resize_size: Short side before cropping (default 256 for ``"something"``).
+        flip: Random horizontal flip in training (default per ``dataset``).
+        flip_pairs: Class index -> class index swapped on flip; default: the manifest's
+            ``flip_pairs`` next to the shards (Something-Something), else none.
+        scales: Multi-scale crop scales (TSM).
+        num_classes: Labels outside ``[0, num_classes)`` are skipped; default: the manifest's.
+        seed: Seed of every random choice (shards, shuffle, frames, crops, flips); the loader
+            additionally mixes in its epoch counter, the rank and the worker id.
+        rank, world_size: Default: ``torch.distributed`` if initialised, else 0 and 1.
+        pin_memory, prefetch_factor: Passed to the DataLoader.
+        partial: Keep the last partial batch (default: only for evaluation).
+        jpeg_draft: Let libjpeg decode large JPEGs at reduced size when that still covers
+            the crop (faster; the result is resized anyway).
+        train_shards: Training shard order: ``"resample"`` (passes without end, each shard
+            once per pass in a fresh order) or ``"split"`` (each sample once per epoch over
+            all ranks: split by node and by worker; see :func:`make_clip_loader`).
+        read_timeout: Seconds a remote shard (HTTP, ``pipe:``) may deliver no byte, and the
+            HTTP connect time-out.
+    """
+
+    num_frames: int
+    batch_size: int
+    num_workers: int = 0
+    crop_size: int | None = None
+    dataset: str = "syncmnist"
+    epoch_size: int | None = None
+    shuffle_buffer: int = 1000
+    num_clips: int = 1
+    num_crops: int = 1
+    eval_crop_size: int | None = None
+    resize_size: int | None = None
+    flip: bool | None = None
+    flip_pairs: dict[int, int] | None = None
+    scales: tuple[float, ...] = TSM_SCALES
+    num_classes: int | None = None
+    seed: int = 0
+    rank: int | None = None
+    world_size: int | None = None
+    pin_memory: bool = False
+    prefetch_factor: int | None = None
+    partial: bool | None = None
+    jpeg_draft: bool = True
+    train_shards: str = "resample"
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(self.scales))
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {self.dataset!r}")
+        for name, low in (("num_frames", 1), ("batch_size", 1), ("num_workers", 0),
+                          ("num_clips", 1), ("shuffle_buffer", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+        if self.num_crops not in (1, 3):
+            raise ValueError(f"num_crops: expected 1 or 3, got {self.num_crops!r}")
+        for name in ("crop_size", "eval_crop_size", "resize_size", "epoch_size", "num_classes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}: expected None or an integer >= 1, got {value!r}")
+        if not self.scales or any(not 0 < s <= 1 for s in self.scales):
+            raise ValueError(f"scales: expected values in (0, 1], got {self.scales}")
+        if self.train_shards not in ("resample", "split"):
+            raise ValueError(f"train_shards: expected 'resample' or 'split', got "
+                             f"{self.train_shards!r}")
+        t = self.read_timeout
+        if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
+            raise ValueError(f"read_timeout: expected a number of seconds > 0, got {t!r}")
+
+
 def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], split: str,
-                     num_frames: int, batch_size: int, num_workers: int = 0,
-                     crop_size: int | None = None, *, dataset: str = "syncmnist",
-                     epoch_size: int | None = None, shuffle_buffer: int = 1000,
-                     num_clips: int = 1, num_crops: int = 1, eval_crop_size: int | None = None,
-                     resize_size: int | None = None, flip: bool | None = None,
-                     flip_pairs: dict[int, int] | None = None,
-                     scales: Sequence[float] = TSM_SCALES, num_classes: int | None = None,
-                     seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                     pin_memory: bool = False, prefetch_factor: int | None = None,
-                     partial: bool | None = None, jpeg_draft: bool = True,
-                     train_shards: str = "resample",
-                     read_timeout: float = DEFAULT_READ_TIMEOUT) -> ClipLoader:
-    """Streaming clip loader over WebDataset shards (TSN/TSM sampling and augmentation).
+                     config: ClipLoaderConfig | None = None, **old_keywords: Any) -> ClipLoader:
+    """Streaming clip loader over WebDataset shards (TSN/TSM sampling and augmentation)::
+
+        loader = make_clip_loader("data/train-{000000..000099}.tar", "train",
+                                  ClipLoaderConfig(num_frames=8, batch_size=16))
 
     Shards: a brace pattern (``data/train-{000000..000099}.tar``), several joined by ``::``,
     a list, a local folder (all ``*.tar``), ``http(s)://`` URLs, or ``pipe:`` commands for
@@ -322,7 +410,9 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     the stream goes on). The manifest next to the shards (:func:`~dyreg_pyg.data.load_manifest`;
     an HTTP folder's is fetched like a local one) gives defaults and per-shard counts; a
     corrupt one (not a JSON object) raises ``ValueError`` naming it. An empty list, a pattern
-    that matches nothing or a missing local shard raises ``ValueError``.
+    that matches nothing or a missing local shard raises ``ValueError``. The settings
+    (:class:`ClipLoaderConfig`, below by their field names) were keyword arguments before:
+    ``ClipLoaderConfig(**those_keywords)`` is the same loader.
 
     * ``split="train"``: shards are read pass after pass, each pass every shard once in a
       fresh order (each rank and worker its own seeded orders; ``train_shards="split"``:
@@ -378,77 +468,45 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
     Args:
         urls: Shards (see above).
         split: ``"train"`` or an evaluation split name.
-        num_frames: Frames per clip (T).
-        batch_size: Clips per batch (per rank).
-        num_workers: DataLoader worker processes.
-        crop_size: Output side; ``None`` keeps the stored frames (SyncMNIST).
-        dataset: ``"syncmnist"``, ``"something"`` or ``"generic"`` (defaults for ``flip`` and
-            ``resize_size``).
-        epoch_size: Training samples per epoch over all ranks (``None``: endless stream).
-        shuffle_buffer: Training shuffle buffer size (samples).
-        num_clips, num_crops: Evaluation views (``num_crops`` 1 or 3).
-        eval_crop_size: Evaluation crop side (default ``crop_size``; the paper uses 256).
-        resize_size: Short side before cropping (default 256 for ``"something"``).
-        flip: Random horizontal flip in training (default per ``dataset``).
-        flip_pairs: Class index -> class index swapped on flip; default: the manifest's
-            ``flip_pairs`` next to the shards (Something-Something), else none.
-        scales: Multi-scale crop scales (TSM).
-        num_classes: Labels outside ``[0, num_classes)`` are skipped; default: the manifest's.
-        seed: Seed of every random choice (shards, shuffle, frames, crops, flips); the loader
-            additionally mixes in its epoch counter, the rank and the worker id.
-        rank, world_size: Default: ``torch.distributed`` if initialised, else 0 and 1.
-        pin_memory, prefetch_factor: Passed to the DataLoader.
-        partial: Keep the last partial batch (default: only for evaluation).
-        jpeg_draft: Let libjpeg decode large JPEGs at reduced size when that still covers
-            the crop (faster; the result is resized anyway).
-        train_shards: Training shard order: ``"resample"`` (passes without end, each shard
-            once per pass in a fresh order) or
-            ``"split"`` (each sample once per epoch over all ranks: split by node and by
-            worker; see above).
-        read_timeout: Seconds a remote shard (HTTP, ``pipe:``) may deliver no byte, and the
-            HTTP connect time-out.
+        config: The settings (:class:`ClipLoaderConfig`; required).
+        old_keywords: The former keyword form (``num_frames=...``); refused with a
+            ``TypeError`` that says how to pass them.
 
     Returns:
         A :class:`ClipLoader` (iterable; ``len()`` when ``epoch_size`` is set).
+
+    Raises:
+        TypeError: ``config`` is not a :class:`ClipLoaderConfig`, or settings came as
+            keywords.
+        ValueError: an unknown split, 3 evaluation crops without ``crop_size``, no shards, or
+            a corrupt manifest.
     """
+    if old_keywords or not isinstance(config, ClipLoaderConfig):
+        got = f"keywords {sorted(old_keywords)}" if old_keywords else type(config).__name__
+        raise TypeError(f"config: expected a ClipLoaderConfig (make_clip_loader(urls, split, "
+                        f"ClipLoaderConfig(num_frames=..., batch_size=..., ...))), got {got}")
     if split in _TRAIN_SPLITS:
         train = True
     elif split in _EVAL_SPLITS:
         train = False
     else:
         raise ValueError(f"split: expected one of {_TRAIN_SPLITS + _EVAL_SPLITS}, got {split!r}")
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {dataset!r}")
-    for name, value, low in (("num_frames", num_frames, 1), ("batch_size", batch_size, 1),
-                             ("num_workers", num_workers, 0), ("num_clips", num_clips, 1),
-                             ("shuffle_buffer", shuffle_buffer, 0)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    if num_crops not in (1, 3):
-        raise ValueError(f"num_crops: expected 1 or 3, got {num_crops!r}")
-    for name, value in (("crop_size", crop_size), ("eval_crop_size", eval_crop_size),
-                        ("resize_size", resize_size), ("epoch_size", epoch_size),
-                        ("num_classes", num_classes)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}: expected None or an integer >= 1, got {value!r}")
-    if num_crops == 3 and crop_size is None and not train:
+    c = config
+    if c.num_crops == 3 and c.crop_size is None and not train:
         raise ValueError("num_crops: 3 crops need crop_size, got crop_size=None")
-    if not scales or any(not 0 < s <= 1 for s in scales):
-        raise ValueError(f"scales: expected values in (0, 1], got {tuple(scales)}")
-    if train_shards not in ("resample", "split"):
-        raise ValueError(f"train_shards: expected 'resample' or 'split', got {train_shards!r}")
-    if isinstance(read_timeout, bool) or not isinstance(read_timeout, int | float) \
-            or not read_timeout > 0:
-        raise ValueError(f"read_timeout: expected a number of seconds > 0, got {read_timeout!r}")
     shard_urls = expand_shard_urls(urls)
-    rank, world_size = _dist_info(rank, world_size)
-    defaults = DATASETS[dataset]
-    manifest = load_manifest(shard_urls, read_timeout)
-    if num_classes is None and manifest and "num_classes" in manifest:
-        num_classes = int(manifest["num_classes"])
-    if flip_pairs is None:
-        raw = (manifest or {}).get("flip_pairs") or {}
-        flip_pairs = {int(k): int(v) for k, v in dict(raw).items()}
+    rank, world_size = _dist_info(c.rank, c.world_size)
+    params = _params(c, shard_urls, split, train, rank, world_size)
+    num_batches = None
+    if train and c.epoch_size is not None:
+        num_batches = max(1, c.epoch_size // (c.batch_size * world_size))
+    _log_reader_split(params, c.num_workers, split)
+    return ClipLoader(ClipDataset(params), c.num_workers, num_batches, pin_memory=c.pin_memory,
+                      prefetch_factor=c.prefetch_factor)
+
+
+def _shard_counts(manifest: dict[str, Any] | None, shard_urls: list[str]) -> dict[str, int]:
+    """``{shard URL: samples}`` of the shards the manifest lists with a count."""
     shard_counts: dict[str, int] = {}
     if manifest and isinstance(manifest.get("shards"), list):
         remote = is_http(shard_urls[0])
@@ -458,33 +516,49 @@ def make_clip_loader(urls: str | os.PathLike | Sequence[str | os.PathLike], spli
                 name = str(entry["name"])
                 shard_counts[f"{folder}/{name}" if remote else str(folder / name)] = \
                     int(entry["count"])
-    do_flip = defaults["flip"] if flip is None else bool(flip)
-    if train and do_flip and dataset == "something" and not flip_pairs:
+    return shard_counts
+
+
+def _params(c: ClipLoaderConfig, shard_urls: list[str], split: str, train: bool, rank: int,
+            world_size: int) -> _Params:
+    """The resolved parameters of the workers: ``c`` with the manifest's and the dataset's
+    defaults filled in and the evaluation-only settings neutral in training."""
+    defaults = DATASETS[c.dataset]
+    manifest = load_manifest(shard_urls, c.read_timeout)
+    num_classes = c.num_classes
+    if num_classes is None and manifest and "num_classes" in manifest:
+        num_classes = int(manifest["num_classes"])
+    flip_pairs = c.flip_pairs
+    if flip_pairs is None:
+        raw = (manifest or {}).get("flip_pairs") or {}
+        flip_pairs = {int(k): int(v) for k, v in dict(raw).items()}
+    do_flip = defaults["flip"] if c.flip is None else bool(c.flip)
+    if train and do_flip and c.dataset == "something" and not flip_pairs:
         log.warning("flip: no left/right flip_pairs known for these Something-Something shards "
                     "(no manifest); horizontal flip is disabled")
         do_flip = False
-    params = _Params(
-        urls=shard_urls, train=train, test=split == "test", num_frames=num_frames,
-        batch_size=batch_size, crop_size=crop_size, eval_crop_size=eval_crop_size,
-        resize_size=resize_size if resize_size is not None else defaults["resize_size"],
-        num_clips=1 if train else num_clips, num_crops=1 if train else num_crops,
-        flip=do_flip and train, flip_pairs=dict(flip_pairs), scales=tuple(scales),
-        num_classes=num_classes, shuffle_buffer=shuffle_buffer, seed=int(seed), rank=rank,
-        world_size=world_size, partial=(not train) if partial is None else bool(partial),
-        channels=None, jpeg_draft=jpeg_draft, shard_counts=shard_counts,
-        read_timeout=float(read_timeout), train_shards=train_shards,
+    return _Params(
+        urls=shard_urls, train=train, test=split == "test", num_frames=c.num_frames,
+        batch_size=c.batch_size, crop_size=c.crop_size, eval_crop_size=c.eval_crop_size,
+        resize_size=c.resize_size if c.resize_size is not None else defaults["resize_size"],
+        num_clips=1 if train else c.num_clips, num_crops=1 if train else c.num_crops,
+        flip=do_flip and train, flip_pairs=dict(flip_pairs), scales=tuple(c.scales),
+        num_classes=num_classes, shuffle_buffer=c.shuffle_buffer, seed=int(c.seed), rank=rank,
+        world_size=world_size, partial=(not train) if c.partial is None else bool(c.partial),
+        channels=None, jpeg_draft=c.jpeg_draft,
+        shard_counts=_shard_counts(manifest, shard_urls),
+        read_timeout=float(c.read_timeout), train_shards=c.train_shards,
     )
-    num_batches = None
-    if train and epoch_size is not None:
-        num_batches = max(1, epoch_size // (batch_size * world_size))
-    if train and train_shards == "split" and len(shard_urls) % (world_size * max(1, num_workers)):
+
+
+def _log_reader_split(p: _Params, num_workers: int, split: str) -> None:
+    """Say how the shards fall to the readers (ranks x workers) when they do not divide."""
+    readers = p.world_size * max(1, num_workers)
+    if p.train and p.train_shards == "split" and len(p.urls) % readers:
         log.warning("train_shards=split: %d shards over %d readers (ranks x workers) give "
                     "uneven shares: a short share is padded with resampled shards, a long one "
                     "is cut at the epoch's end; use a multiple of %d equal shards to read each "
-                    "sample exactly once per epoch", len(shard_urls),
-                    world_size * max(1, num_workers), world_size * max(1, num_workers))
-    if not train and len(shard_urls) < world_size * max(1, num_workers):
+                    "sample exactly once per epoch", len(p.urls), readers, readers)
+    if not p.train and len(p.urls) < readers:
         log.info("%d shards < %d readers: splitting %s by sample (every reader reads every "
-                 "shard)", len(shard_urls), world_size * max(1, num_workers), split)
-    return ClipLoader(ClipDataset(params), num_workers, num_batches, pin_memory=pin_memory,
-                      prefetch_factor=prefetch_factor)
+                 "shard)", len(p.urls), readers, split)

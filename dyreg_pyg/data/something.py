@@ -335,32 +335,8 @@ def convert_something(version: int, annotations: str | os.PathLike, out_dir: str
         limit: Convert only the first ``limit`` videos of the split (quick tests).
         workers: Processes decoding/encoding in parallel (the output does not depend on it).
     """
-    if version not in (1, 2):
-        raise ValueError(f"version: expected 1 or 2, got {version!r}")
-    if split not in _SPLITS:
-        raise ValueError(f"split: expected one of {_SPLITS}, got {split!r}")
-    if store is None:
-        store = "video" if version == 2 else "frames"
-    if store not in ("video", "frames"):
-        raise ValueError(f"store: expected 'video' or 'frames', got {store!r}")
-    if version == 1 and store == "video":
-        raise ValueError("store: V1 is released as JPEG frames, use store='frames'")
-    if workers < 1:
-        raise ValueError(f"workers: expected >= 1, got {workers}")
-    ann = Path(annotations)
-    files = SSV2_FILES if version == 2 else SSV1_FILES
-    for need in ("labels", split):
-        if not (ann / files[need]).exists():
-            raise ValueError(f"annotations: {files[need]} not found in {ann}")
-    if videos is None or not Path(videos).is_dir():
-        what = "<id>.webm videos" if version == 2 else "<id>/ frame folders"
-        raise ValueError(f"videos: expected the folder of {what}, got {videos!r}")
-    if version == 2:
-        labels = read_ssv2_labels(ann / files["labels"])
-        records, skipped = read_ssv2_split(ann / files[split], labels)
-    else:
-        labels = read_ssv1_labels(ann / files["labels"])
-        records, skipped = read_ssv1_split(ann / files[split], labels)
+    store = _check_conversion(version, split, store, workers, annotations, videos)
+    labels, records, skipped = _read_annotations(version, Path(annotations), split)
     if limit is not None:
         records = records[:limit]
     box_map = read_something_else_boxes(list(boxes), {r.id for r in records}) if boxes else {}
@@ -371,30 +347,10 @@ def convert_something(version: int, annotations: str | os.PathLike, out_dir: str
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob(f"{split}-[0-9]*.tar"):
         old.unlink()
-    counts = Counter()
     t0 = time.time()
     writer = ShardWriter(out, split, maxcount=maxcount, maxsize=maxsize)
     with writer:
-        if workers == 1:
-            results = map(_convert_one, jobs)
-            pool = None
-        else:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            pool = mp.get_context(method).Pool(workers)
-            results = pool.imap(_convert_one, jobs, chunksize=4)
-        try:
-            for (vid, members, reason), job in zip(results, jobs):
-                if members is None:
-                    log.warning("skipping video %s: %s", vid, reason)
-                    skipped.append((vid, reason))
-                    continue
-                writer.write(vid, members)
-                if job["record"].label is not None:
-                    counts[job["record"].label] += 1
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
+        counts = _write_jobs(writer, jobs, workers, skipped)
     shards = writer.shards
     reasons = Counter(r.split(":")[0] for _, r in skipped)
     names = [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])]
@@ -416,3 +372,70 @@ def convert_something(version: int, annotations: str | os.PathLike, out_dir: str
     log.info("%s v%d %s: %d samples in %d shards, %d skipped %s (%.1f s)", out, version, split,
              manifest["num_samples"], len(shards), len(skipped), dict(reasons), time.time() - t0)
     return manifest
+
+
+def _check_conversion(version: int, split: str, store: str | None, workers: int,
+                      annotations: str | os.PathLike, videos: str | os.PathLike | None) -> str:
+    """:func:`convert_something`'s checks of its arguments; returns the ``store`` to use."""
+    if version not in (1, 2):
+        raise ValueError(f"version: expected 1 or 2, got {version!r}")
+    if split not in _SPLITS:
+        raise ValueError(f"split: expected one of {_SPLITS}, got {split!r}")
+    if store is None:
+        store = "video" if version == 2 else "frames"
+    if store not in ("video", "frames"):
+        raise ValueError(f"store: expected 'video' or 'frames', got {store!r}")
+    if version == 1 and store == "video":
+        raise ValueError("store: V1 is released as JPEG frames, use store='frames'")
+    if workers < 1:
+        raise ValueError(f"workers: expected >= 1, got {workers}")
+    ann = Path(annotations)
+    files = SSV2_FILES if version == 2 else SSV1_FILES
+    for need in ("labels", split):
+        if not (ann / files[need]).exists():
+            raise ValueError(f"annotations: {files[need]} not found in {ann}")
+    if videos is None or not Path(videos).is_dir():
+        what = "<id>.webm videos" if version == 2 else "<id>/ frame folders"
+        raise ValueError(f"videos: expected the folder of {what}, got {videos!r}")
+    return store
+
+
+def _read_annotations(version: int, ann: Path, split: str
+                      ) -> tuple[dict[str, int], list[VideoRecord], list[tuple[str, str]]]:
+    """``(labels, records, skipped)`` of ``split`` from the official files in ``ann``."""
+    files = SSV2_FILES if version == 2 else SSV1_FILES
+    if version == 2:
+        labels = read_ssv2_labels(ann / files["labels"])
+        records, skipped = read_ssv2_split(ann / files[split], labels)
+    else:
+        labels = read_ssv1_labels(ann / files["labels"])
+        records, skipped = read_ssv1_split(ann / files[split], labels)
+    return labels, records, skipped
+
+
+def _write_jobs(writer: ShardWriter, jobs: list[dict[str, Any]], workers: int,
+                skipped: list[tuple[str, str]]) -> Counter:
+    """Convert ``jobs`` (``workers`` processes) into ``writer``, in order; the videos that
+    cannot be used are logged and appended to ``skipped``. Returns the samples per label."""
+    counts: Counter = Counter()
+    if workers == 1:
+        results = map(_convert_one, jobs)
+        pool = None
+    else:
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        pool = mp.get_context(method).Pool(workers)
+        results = pool.imap(_convert_one, jobs, chunksize=4)
+    try:
+        for (vid, members, reason), job in zip(results, jobs):
+            if members is None:
+                log.warning("skipping video %s: %s", vid, reason)
+                skipped.append((vid, reason))
+                continue
+            writer.write(vid, members)
+            if job["record"].label is not None:
+                counts[job["record"].label] += 1
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return counts

@@ -295,53 +295,8 @@ def make_clip(sample: dict[str, Any], spec: ClipSpec, rng: np.random.Generator
     p = spec
     key = str(sample["__key__"])
     label = _label(sample, spec)
-    meta: dict[str, Any] = {}
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"])
-        except Exception as exn:
-            raise CorruptSample("bad_json", repr(exn)) from exn
-        if not isinstance(meta, dict):
-            raise CorruptSample("bad_json", f"expected an object, got {type(meta).__name__}")
-
-    def choose(n: int) -> np.ndarray:
-        if p.train:
-            return train_indices(n, p.num_frames, rng)[None]
-        return eval_indices(n, p.num_frames, p.num_clips)
-
-    video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
-    draft = None
-    if p.jpeg_draft and p.crop_size:
-        draft = max(p.resize_size or 0, p.crop_size, p.eval_crop_size or 0)
-    if "frames.npy" in sample or "npy" in sample:
-        arr = decode_npy_frames(sample.get("frames.npy", sample.get("npy")))
-        idx = choose(len(arr))
-        uniq, inv = np.unique(idx, return_inverse=True)
-        frames = arr[uniq]
-        if frames.ndim == 3:
-            frames = frames[..., None]
-    elif video_ext is not None:
-        holder: dict[str, np.ndarray] = {}
-
-        def pick(n: int) -> np.ndarray:
-            holder["idx"] = choose(n)
-            holder["uniq"], holder["inv"] = np.unique(holder["idx"], return_inverse=True)
-            return holder["uniq"]
-
-        decoded, _, _ = decode_video(sample[video_ext], pick)
-        idx, uniq, inv = holder["idx"], holder["uniq"], holder["inv"]
-        frames = _stack(decoded)
-    else:
-        names = frame_members(sample)
-        if not names:
-            found = sorted(k for k in sample if not k.startswith("_"))
-            raise CorruptSample("no_frames", f"members {found}")
-        idx = choose(len(names))
-        uniq, inv = np.unique(idx, return_inverse=True)
-        frames = _stack([decode_jpeg(sample[names[i]], draft=draft) for i in uniq])
-    if p.channels is not None and frames.shape[-1] != p.channels:
-        raise CorruptSample("bad_frames", f"expected {p.channels} channels, got "
-                            f"{frames.shape[-1]}")
+    meta = _sample_meta(sample)
+    frames, idx, inv = _decode_frames(sample, spec, rng)
     stored_h, stored_w = frames.shape[1:3]
     clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [K,C,H,W]
     views, scale = _views(clip, spec, rng)
@@ -365,19 +320,87 @@ def make_clip(sample: dict[str, Any], spec: ClipSpec, rng: np.random.Generator
     if idx.shape[0] > 1:
         meta["clip_frame_indices"] = idx.tolist()
     meta["num_views"] = len(out_views)
-    if views:
-        v0 = views[0]
-        size = meta.get("frame_size")  # boxes are in pixels of the stored frames
-        ow, oh = (size if isinstance(size, list) and len(size) == 2
-                  else (stored_w, stored_h))
-        sx, sy = stored_w / float(ow), stored_h / float(oh)
-        if isinstance(meta.get("boxes"), list):
-            meta["boxes"] = transform_boxes(meta["boxes"], (sx, sy), v0)
-        meta["frame_size"] = [v0.out_w, v0.out_h]
-        meta["flipped"] = flipped
-    else:
-        meta.setdefault("frame_size", [int(stored_w), int(stored_h)])
+    _view_meta(meta, views, stored_w, stored_h, flipped)
     return {"video": video, "label": label, "key": key, "meta": meta}
+
+
+def _sample_meta(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample's JSON object (``{}`` without one); ``bad_json`` when it is not one."""
+    if "json" not in sample:
+        return {}
+    try:
+        meta = json.loads(sample["json"])
+    except Exception as exn:
+        raise CorruptSample("bad_json", repr(exn)) from exn
+    if not isinstance(meta, dict):
+        raise CorruptSample("bad_json", f"expected an object, got {type(meta).__name__}")
+    return meta
+
+
+def _decode_frames(sample: dict[str, Any], spec: ClipSpec, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(frames, idx, inv)``: the distinct frames the clips need, decoded ``[K, H, W, C]``
+    from the sample's array, video or JPEG members; the chosen frame indices ``[clips, T]``;
+    each chosen frame's position in ``frames`` (flat)."""
+    p = spec
+
+    def choose(n: int) -> np.ndarray:
+        if p.train:
+            return train_indices(n, p.num_frames, rng)[None]
+        return eval_indices(n, p.num_frames, p.num_clips)
+
+    video_ext = next((e for e in VIDEO_EXTS if e in sample), None)
+    if "frames.npy" in sample or "npy" in sample:
+        arr = decode_npy_frames(sample.get("frames.npy", sample.get("npy")))
+        idx = choose(len(arr))
+        uniq, inv = np.unique(idx, return_inverse=True)
+        frames = arr[uniq]
+        if frames.ndim == 3:
+            frames = frames[..., None]
+    elif video_ext is not None:
+        holder: dict[str, np.ndarray] = {}
+
+        def pick(n: int) -> np.ndarray:
+            holder["idx"] = choose(n)
+            holder["uniq"], holder["inv"] = np.unique(holder["idx"], return_inverse=True)
+            return holder["uniq"]
+
+        decoded, _, _ = decode_video(sample[video_ext], pick)
+        idx, inv = holder["idx"], holder["inv"]
+        frames = _stack(decoded)
+    else:
+        names = frame_members(sample)
+        if not names:
+            found = sorted(k for k in sample if not k.startswith("_"))
+            raise CorruptSample("no_frames", f"members {found}")
+        idx = choose(len(names))
+        uniq, inv = np.unique(idx, return_inverse=True)
+        draft = None
+        if p.jpeg_draft and p.crop_size:
+            draft = max(p.resize_size or 0, p.crop_size, p.eval_crop_size or 0)
+        frames = _stack([decode_jpeg(sample[names[i]], draft=draft) for i in uniq])
+    if p.channels is not None and frames.shape[-1] != p.channels:
+        raise CorruptSample("bad_frames", f"expected {p.channels} channels, got "
+                            f"{frames.shape[-1]}")
+    return frames, idx, inv
+
+
+def _view_meta(meta: dict[str, Any], views: list[View], stored_w: int, stored_h: int,
+               flipped: bool) -> None:
+    """Fill ``meta`` for the output: ``frame_size``, ``flipped`` and the ``boxes`` mapped into
+    the pixels of view 0 (the stored frames' size when there are no views)."""
+    if not views:
+        meta.setdefault("frame_size", [int(stored_w), int(stored_h)])
+        return
+    v0 = views[0]
+    size = meta.get("frame_size")  # boxes are in pixels of the stored frames
+    ow, oh = (size if isinstance(size, list) and len(size) == 2
+              else (stored_w, stored_h))
+    sx, sy = stored_w / float(ow), stored_h / float(oh)
+    if isinstance(meta.get("boxes"), list):
+        meta["boxes"] = transform_boxes(meta["boxes"], (sx, sy), v0)
+    meta["frame_size"] = [v0.out_w, v0.out_h]
+    meta["flipped"] = flipped
 
 def _label(sample: dict[str, Any], spec: ClipSpec) -> int:
     p = spec

@@ -22,7 +22,8 @@ Protocol (following the synthetic datasets of the DyReg-GNN and RSTG papers):
 * ``label="sync"`` (a reduced task, ours, not the paper's): the same videos, but the label is
   one bit, "sync" (0) or "no sync" (1), whatever the classes; "no sync" has probability 1/2
   unless ``p_no_sync`` says otherwise. The digits' appearance says nothing of it for
-  SyncMNIST (:func:`appearance_only_accuracy` is ``max(p_no_sync, 1 - p_no_sync)``).
+  SyncMNIST (:func:`~dyreg_pyg.metrics.syncmnist_bounds.appearance_only_accuracy` is
+  ``max(p_no_sync, 1 - p_no_sync)``).
 * ``label="direction"`` (a reduced task, ours, not the paper's; issue 15 item 5): one digit
   drifts horizontally - every jump moves it ``1..J`` pixels the same way,
   ``J = min(max_jump, (canvas - digit_size) // (frames - 1))``, with no vertical motion - and
@@ -76,7 +77,6 @@ disjoint digit images.
 from __future__ import annotations
 
 import gzip
-import itertools
 import json
 import logging
 import math
@@ -99,10 +99,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SYNCMNIST_NUM_CLASSES", "MULTISYNCMNIST_NUM_CLASSES", "SyncMNISTConfig", "DigitPool",
     "load_digit_pool", "syncmnist_label", "syncmnist_class_names", "syncmnist_num_classes",
-    "generate_video", "write_syncmnist_shards", "appearance_only_table",
-    "appearance_only_accuracy", "appearance_only_loss", "GEOMETRIES", "authors_label_order",
-    "SYNCMNIST_TASKS", "syncmnist_task_of", "direction_one_frame_accuracy",
-    "binding_one_frame_accuracy", "DATA_RULES", "data_rule_of",
+    "generate_video", "write_syncmnist_shards", "GEOMETRIES", "authors_label_order",
+    "SYNCMNIST_TASKS", "syncmnist_task_of", "DATA_RULES", "data_rule_of", "syncmnist_pairs",
 ]
 
 #: Number of classes of SyncMNIST (45 unordered pairs of distinct digits + "no sync").
@@ -127,7 +125,9 @@ def _check_variant(variant: str) -> None:
 
 
 @lru_cache(maxsize=2)
-def _pairs(variant: str) -> tuple[tuple[int, int], ...]:
+def syncmnist_pairs(variant: str) -> tuple[tuple[int, int], ...]:
+    """The in-sync pairs ``(lo, hi)`` in class-index order (``lo < hi`` for ``"single"``,
+    ``lo <= hi`` for ``"multi"``); "no sync" follows them."""
     _check_variant(variant)
     same = variant == "multi"
     return tuple((a, b) for a in range(10) for b in range(a, 10) if a < b or same)
@@ -136,7 +136,7 @@ def _pairs(variant: str) -> tuple[tuple[int, int], ...]:
 def syncmnist_label(variant: str, pair: tuple[int, int] | None) -> int:
     """Class index of an in-sync pair ``(smallest, largest)`` digit class, or of "no sync"
     (``pair=None``)."""
-    pairs = _pairs(variant)
+    pairs = syncmnist_pairs(variant)
     if pair is None:
         return len(pairs)
     lo, hi = min(pair), max(pair)
@@ -148,11 +148,11 @@ def syncmnist_label(variant: str, pair: tuple[int, int] | None) -> int:
 
 def syncmnist_class_names(variant: str) -> list[str]:
     """Human-readable class names in class-index order (``"3-7"``, ..., ``"no sync"``)."""
-    return [f"{a}-{b}" for a, b in _pairs(variant)] + ["no sync"]
+    return [f"{a}-{b}" for a, b in syncmnist_pairs(variant)] + ["no sync"]
 
 
 def _label_pair(variant: str, label: int) -> tuple[int, int] | None:
-    pairs = _pairs(variant)
+    pairs = syncmnist_pairs(variant)
     return None if label == len(pairs) else pairs[label]
 
 
@@ -370,6 +370,17 @@ class SyncMNISTConfig:
             return (1 - q) ** n + n * q * (1 - q) ** (n - 1)
         return 1.0 / self.num_classes if self.p_no_sync is None else self.p_no_sync
 
+    @property
+    def is_drift(self) -> bool:
+        """Whether the label is a drift task (``"direction"`` or ``"binding"``)."""
+        return self.label in _DRIFT_LABELS
+
+    @property
+    def drift_max_jump(self) -> int:
+        """``J``: the largest jump of a drift (``label="direction"`` or ``"binding"``) that
+        always stays on the canvas."""
+        return min(self.max_jump, (self.canvas - self.digit_size) // (self.frames - 1))
+
     def _multi_subset(self) -> bool:
         """Whether the in-sync subset's size is drawn (MultiSyncMNIST's pair / sync labels)."""
         return self.variant == "multi" and self.label not in _DRIFT_LABELS
@@ -475,7 +486,7 @@ def authors_label_order(variant: str = "multi") -> list[int]:
     MultiSyncMNIST only). Use it to read their checkpoints' classifier rows or predictions.
     """
     out = []
-    for pair in list(_pairs(variant)) + [None]:
+    for pair in list(syncmnist_pairs(variant)) + [None]:
         if pair is None:
             out.append(45)
         elif pair[0] == pair[1]:
@@ -708,196 +719,6 @@ def _draw_sync_size(cfg: SyncMNISTConfig, rng: np.random.Generator) -> int:
     return int(sizes[int(rng.choice(len(sizes), p=np.array([probs[k] for k in sizes])))])
 
 
-def _multisets(values: range, k: int) -> list[tuple[tuple[int, ...], float]]:
-    """Every multiset of ``k`` i.i.d. uniform draws from ``values``, with its probability."""
-    out = []
-    for combo in itertools.combinations_with_replacement(values, k):
-        ways = math.factorial(k)
-        for c in set(combo):
-            ways //= math.factorial(combo.count(c))
-        out.append((combo, ways / len(values) ** k))
-    return out
-
-
-def appearance_only_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndarray]:
-    """Exact joint probabilities ``P(digit classes, label)`` of the generator.
-
-    Key: the sorted digit classes of a video (what a model that sees every digit's class but
-    no motion can know); value: ``[num_classes]`` probabilities of that key with each label.
-    Mirrors the sampling of :func:`generate_video` (label first, then the classes); under
-    ``label="sync"`` the pair labels' columns are summed into "sync" and "no sync"; under
-    ``label="direction"`` and ``"binding"`` every set of distinct classes holds half its
-    probability in each column (the classes say nothing).
-    """
-    cfg.validate()
-    if cfg.label in _DRIFT_LABELS:  # distinct classes, drawn independently of the label
-        p = 0.5 / math.comb(10, cfg.digits)
-        return {c: np.array([p, p]) for c in itertools.combinations(range(10), cfg.digits)}
-    table = _pair_table(cfg)
-    if cfg.label == "pair":
-        return table
-    return {k: np.array([v[:-1].sum(), v[-1]]) for k, v in table.items()}
-
-
-def _pair_table(cfg: SyncMNISTConfig) -> dict[tuple[int, ...], np.ndarray]:
-    """:func:`appearance_only_table` of the pair label."""
-    nc, n = cfg.num_pair_classes, cfg.digits
-    table: dict[tuple[int, ...], np.ndarray] = {}
-
-    def add(classes: tuple[int, ...], label: int, p: float) -> None:
-        key = tuple(sorted(classes))
-        if key not in table:
-            table[key] = np.zeros(nc)
-        table[key][label] += p
-
-    p_none = cfg.no_sync_probability
-    p_pair = (1.0 - p_none) / (nc - 1)
-    if cfg.variant == "single":  # distinct classes: uniform subsets
-        for subset in itertools.combinations(range(10), n):
-            add(subset, nc - 1, p_none / math.comb(10, n))
-        for label, (lo, hi) in enumerate(_pairs(cfg.variant)):
-            rest = [c for c in range(10) if c not in (lo, hi)]
-            for others in itertools.combinations(rest, n - 2):
-                add((lo, hi, *others), label, p_pair / math.comb(8, n - 2))
-        return table
-    for classes, p in _multisets(range(10), n):
-        add(classes, nc - 1, p_none * p)
-    p_size = cfg.sync_size_probabilities()
-    if cfg.class_rule == "iid":
-        # Given the multiset of classes, the in-sync subset is a uniform k-subset of the
-        # digits: enumerate the k-subsets of the sorted classes' positions.
-        for classes, p in _multisets(range(10), n):
-            for k, pk in p_size.items():
-                subsets = list(itertools.combinations(classes, k))
-                for sub in subsets:
-                    label = syncmnist_label(cfg.variant, (min(sub), max(sub)))
-                    add(classes, label, (1.0 - p_none) * p * pk / len(subsets))
-        return table
-    for label, (lo, hi) in enumerate(_pairs(cfg.variant)):
-        for k, pk in p_size.items():
-            for extra, pe in _multisets(range(lo, hi + 1), k - 2):
-                for others, po in _multisets(range(10), n - k):
-                    add((lo, hi, *extra, *others), label, p_pair * pk * pe * po)
-    return table
-
-
-def appearance_only_accuracy(cfg: SyncMNISTConfig) -> float:
-    """Top-1 accuracy of the best classifier that knows every digit's class but nothing of
-    the motion (the Bayes rule on :func:`appearance_only_table`): the accuracy a model reaches
-    without detecting synchrony at all."""
-    return float(sum(p.max() for p in appearance_only_table(cfg).values()))
-
-
-def _drift_max_jump(cfg: SyncMNISTConfig) -> int:
-    """``J``: the largest jump of a ``label="direction"`` drift that always stays on the canvas."""
-    return min(cfg.max_jump, (cfg.canvas - cfg.digit_size) // (cfg.frames - 1))
-
-
-def direction_one_frame_accuracy(cfg: SyncMNISTConfig, frame: int | None = None,
-                                 known_mover: bool = False) -> float:
-    """Top-1 accuracy of the best classifier of ``label="direction"`` that sees the digits'
-    horizontal canvas positions in one frame, and knows which frame of the clip it is.
-
-    The drift must stay on the canvas, so where a digit is tells something of where it is
-    going: a "right" drift starts in ``[0, limit - travel]``, a "left" one in
-    ``[travel, limit]``. This is the exact Bayes accuracy of that guess (positions in canvas
-    pixels, before the resize, so an upper bound on what one frame shows): a model beyond it
-    must compare frames. A model blind to the frames' order gets nothing from it (a reversed
-    clip is as likely as the other label's), so its ceiling stays 50 %.
-
-    Args:
-        cfg: a config with ``label="direction"``.
-        frame: the frame index; ``None``: the most telling frame.
-        known_mover: also told which digit drifts (else the positions come as an unordered
-            set; enumerated exactly, so at most 3 digits).
-    """
-    cfg.validate()
-    if cfg.label != "direction":
-        raise ValueError(f"cfg.label: expected 'direction', got {cfg.label!r}")
-    if frame is None:
-        return max(direction_one_frame_accuracy(cfg, t, known_mover) for t in range(cfg.frames))
-    if not 0 <= frame < cfg.frames:
-        raise ValueError(f"frame: expected 0..{cfg.frames - 1}, got {frame}")
-    if not known_mover and cfg.digits > 3:
-        raise ValueError(f"digits: the unordered case is enumerated, <= 3, got {cfg.digits}")
-    right, left = _drift_x_probabilities(cfg, frame)
-    if known_mover:
-        return float(0.5 * np.maximum(right, left).sum())
-    limit = cfg.canvas - cfg.digit_size
-    still = 1.0 / (limit + 1)
-    total = 0.0
-    for xs in itertools.product(range(limit + 1), repeat=cfg.digits):
-        idx = list(xs)
-        pr, pl = right[idx].sum(), left[idx].sum()   # x (1/n) x still^(n-1), common to both
-        total += max(pr, pl)
-    return float(0.5 * total * still ** (cfg.digits - 1) / cfg.digits)
-
-
-def binding_one_frame_accuracy(cfg: SyncMNISTConfig, frame: int | None = None) -> float:
-    """Top-1 accuracy of the best classifier of ``label="binding"`` (2 digits) that sees, in
-    one frame it knows the index of, each digit's class *and* its horizontal canvas position.
-
-    As for :func:`direction_one_frame_accuracy`, a drift that stays on the canvas starts
-    near the edge it moves away from, so the lower class's place in one frame tells
-    something of its direction; this is the exact Bayes accuracy of that guess (canvas
-    pixels, an upper bound on what one frame shows). Without the binding - the positions as
-    an unordered set, or the classes without the positions - the two labels are equally
-    likely (one digit drifts each way in every clip), and so they are for any model blind to
-    the frames' order: 50 %.
-
-    Args:
-        cfg: a config with ``label="binding"`` and 2 digits.
-        frame: the frame index; ``None``: the most telling frame.
-    """
-    cfg.validate()
-    if cfg.label != "binding" or cfg.digits != 2:
-        raise ValueError(f"cfg: expected label 'binding' with 2 digits, got {cfg.label!r} "
-                         f"with {cfg.digits}")
-    if frame is None:
-        return max(binding_one_frame_accuracy(cfg, t) for t in range(cfg.frames))
-    if not 0 <= frame < cfg.frames:
-        raise ValueError(f"frame: expected 0..{cfg.frames - 1}, got {frame}")
-    right, left = _drift_x_probabilities(cfg, frame)
-    # label 0: the lower class (at x_a) drifts right, the other (at x_b) left; label 1: mirrored
-    low_right = np.outer(right, left)
-    return float(0.5 * np.maximum(low_right, low_right.T).sum())
-
-
-def _drift_x_probabilities(cfg: SyncMNISTConfig, frame: int) -> tuple[np.ndarray, np.ndarray]:
-    """``P(x)`` ``[limit + 1]`` of a drifting digit's horizontal canvas position in frame
-    ``frame``, for a drift to the right and to the left (as :func:`_drift_path` draws it)."""
-    limit, steps = cfg.canvas - cfg.digit_size, cfg.frames - 1
-    top = _drift_max_jump(cfg)
-    one = np.full(top, 1.0 / top)
-
-    def sums(k: int) -> np.ndarray:  # P(sum of k jumps = s), s = 0..k * top
-        dist = np.array([1.0])
-        for _ in range(k):
-            dist = np.convolve(dist, np.concatenate([[0.0], one]))
-        return dist
-
-    before, after = sums(frame), sums(steps - frame)
-    right, left = np.zeros(limit + 1), np.zeros(limit + 1)
-    for s in np.flatnonzero(before):       # right: x_t = x0 + s, x0 uniform in [0, limit - T]
-        for r in np.flatnonzero(after):    # left: x_t = x0 + r (mirror roles); T = s + r
-            w = before[s] * after[r] / (limit - s - r + 1)
-            right[s:limit - r + 1] += w
-            left[r:limit - s + 1] += w
-    return right, left
-
-
-def appearance_only_loss(cfg: SyncMNISTConfig) -> float:
-    """The cross-entropy floor (nats) of a motion-blind classifier: the conditional entropy
-    ``H(label | digit classes)`` of :func:`appearance_only_table`, the expected loss of the
-    exact posterior ``P(label | classes)``. No model that ignores the motion can do better
-    in expectation; ``log(num_classes)`` is the loss of a uniform guess."""
-    total = 0.0
-    for joint in appearance_only_table(cfg).values():
-        p = joint[joint > 0]
-        total -= float((p * np.log(p / joint.sum())).sum())
-    return total
-
-
 def _start_positions(cfg: SyncMNISTConfig, in_sync: list[bool], rng: np.random.Generator
                      ) -> np.ndarray:
     """Top-left corners ``[digits, 2]`` of the first frame; the in-sync digits within
@@ -944,7 +765,7 @@ def _drift_positions(cfg: SyncMNISTConfig, right: bool, rng: np.random.Generator
     index: it moves ``1..J`` pixels per frame to the right (or left), the others stand still.
     Its start is uniform over the x that keep the whole drift on the canvas."""
     steps, limit = cfg.frames - 1, cfg.canvas - cfg.digit_size
-    jumps = rng.integers(1, _drift_max_jump(cfg) + 1, size=steps)
+    jumps = rng.integers(1, cfg.drift_max_jump + 1, size=steps)
     travel = int(jumps.sum())
     pos = np.repeat(rng.integers(0, limit + 1, size=(1, cfg.digits, 2)), cfg.frames, axis=0)
     mover = int(rng.integers(0, cfg.digits))
@@ -971,7 +792,7 @@ def _binding_positions(cfg: SyncMNISTConfig, label: int, classes: list[int],
     movers = [int(i) for i in rng.permutation(cfg.digits)[:2]]
     low = min(movers, key=lambda i: classes[i])
     for i in movers:
-        jumps = rng.integers(1, _drift_max_jump(cfg) + 1, size=steps)
+        jumps = rng.integers(1, cfg.drift_max_jump + 1, size=steps)
         x0 = int(rng.integers(0, limit - int(jumps.sum()) + 1))
         pos[:, i, 0] = _drift_path(jumps, x0, right=(i == low) == (label == 0))
     return pos, movers

@@ -89,19 +89,7 @@ def build_video_model(
             ``dyreg_at`` name that is not a block with a 4-D output (with the valid names),
             ``shift`` on a non-ResNet backbone, a missing ``pretrained_file``, bad sizes.
     """
-    for arg, value in (("num_classes", num_classes), ("num_frames", num_frames),
-                       ("in_chans", in_chans)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg}: expected a positive integer, got {value!r}")
-    if not 0.0 <= drop_rate < 1.0:
-        raise ValueError(f"drop_rate: expected a probability in [0, 1), got {drop_rate}")
-    if timm_kwargs.pop("pretrained", False):
-        raise ValueError(
-            "pretrained: hub weights are never downloaded (no network is assumed); pass "
-            "pretrained_file=<local state-dict file> instead"
-        )
-    if pretrained_file is not None and not os.path.isfile(pretrained_file):
-        raise ValueError(f"pretrained_file: no such file {pretrained_file!r}")
+    _check_arguments(num_classes, num_frames, in_chans, drop_rate, pretrained_file, timm_kwargs)
     cfg = as_config(dyreg)
     per_block = dict(dyreg_per_block or {})
     if set(per_block) - set(dyreg_at):
@@ -117,32 +105,7 @@ def build_video_model(
         return build_video3d_model(backbone, num_classes, num_frames, dyreg_at, cfg,
                                    drop_rate, input_size, in_chans, pretrained_file)
 
-    names = timm.list_models()
-    if backbone not in names and backbone.split(".")[0] not in names:
-        close = difflib.get_close_matches(backbone, names, n=5)
-        raise ValueError(
-            f"backbone: unknown model {backbone!r}; close timm names: {close} (torchvision "
-            f"3-D: {list(VIDEO_RESNETS)})"
-        )
-    create_kw: dict[str, Any] = dict(num_classes=0, global_pool="", in_chans=in_chans)
-    if pretrained_file is not None:
-        create_kw.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file))
-    try:
-        net = timm.create_model(backbone, **{**create_kw, **timm_kwargs})
-    except RuntimeError as err:
-        if pretrained_file is None:
-            raise
-        raise ValueError(
-            f"pretrained_file: {pretrained_file!r} does not fit backbone {backbone!r}: {err}"
-        ) from err
-    if pretrained_file is not None:
-        log.info("%s: loaded ImageNet weights from %s", backbone, pretrained_file)
-    for stage in remove_stages:
-        if stage not in dict(net.named_children()):
-            raise ValueError(f"remove_stages: {stage!r} is not a child of {backbone!r}; "
-                             f"children: {[n for n, _ in net.named_children()]}")
-        setattr(net, stage, nn.Identity())
-
+    net = _timm_backbone(backbone, in_chans, pretrained_file, remove_stages, timm_kwargs)
     if input_size is None:
         input_size = net.pretrained_cfg.get("input_size", (in_chans, 224, 224))
     size = size_pair(input_size)
@@ -173,3 +136,54 @@ def build_video_model(
     fixed = bool(shift or dyreg_at)
     return VideoModel(net, num_classes, num_frames, out_shape[1], drop_rate, in_chans, size,
                       fixed_frames=fixed)
+
+
+def _check_arguments(num_classes: int, num_frames: int, in_chans: int, drop_rate: float,
+                     pretrained_file: str | None, timm_kwargs: dict[str, Any]) -> None:
+    """:func:`build_video_model`'s checks of its plain arguments (``pretrained`` is taken out
+    of ``timm_kwargs``: hub weights are refused)."""
+    for arg, value in (("num_classes", num_classes), ("num_frames", num_frames),
+                       ("in_chans", in_chans)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg}: expected a positive integer, got {value!r}")
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate: expected a probability in [0, 1), got {drop_rate}")
+    if timm_kwargs.pop("pretrained", False):
+        raise ValueError(
+            "pretrained: hub weights are never downloaded (no network is assumed); pass "
+            "pretrained_file=<local state-dict file> instead"
+        )
+    if pretrained_file is not None and not os.path.isfile(pretrained_file):
+        raise ValueError(f"pretrained_file: no such file {pretrained_file!r}")
+
+
+def _timm_backbone(backbone: str, in_chans: int, pretrained_file: str | None,
+                   remove_stages: Sequence[str], timm_kwargs: dict[str, Any]) -> nn.Module:
+    """The timm model ``backbone`` without classifier nor pooling, its weights from
+    ``pretrained_file`` when given, the ``remove_stages`` children replaced by identity."""
+    names = timm.list_models()
+    if backbone not in names and backbone.split(".")[0] not in names:
+        close = difflib.get_close_matches(backbone, names, n=5)
+        raise ValueError(
+            f"backbone: unknown model {backbone!r}; close timm names: {close} (torchvision "
+            f"3-D: {list(VIDEO_RESNETS)})"
+        )
+    create_kw: dict[str, Any] = dict(num_classes=0, global_pool="", in_chans=in_chans)
+    if pretrained_file is not None:
+        create_kw.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file))
+    try:
+        net = timm.create_model(backbone, **{**create_kw, **timm_kwargs})
+    except RuntimeError as err:
+        if pretrained_file is None:
+            raise
+        raise ValueError(
+            f"pretrained_file: {pretrained_file!r} does not fit backbone {backbone!r}: {err}"
+        ) from err
+    if pretrained_file is not None:
+        log.info("%s: loaded ImageNet weights from %s", backbone, pretrained_file)
+    for stage in remove_stages:
+        if stage not in dict(net.named_children()):
+            raise ValueError(f"remove_stages: {stage!r} is not a child of {backbone!r}; "
+                             f"children: {[n for n, _ in net.named_children()]}")
+        setattr(net, stage, nn.Identity())
+    return net

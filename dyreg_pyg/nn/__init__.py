@@ -4,10 +4,13 @@ Eq. 1-6), kernels and node pooling (Eq. 5-7), position embeddings, message-passi
 re-mapping (Eq. 10), graph norms and the layer registry."""
 
 from .conv import AuthorsRSTGConv, RSTGConv
+from .inputs import GraphInputs, InputPlan
 from .registry import TESTED_LAYERS, available_layers, make_spatial_layer
 from .temporal import TEMPORAL_UPDATES, TemporalUpdate
 
 __all__ = [
+    "GraphInputs",
+    "InputPlan",
     "RSTGConv",
     "AuthorsRSTGConv",
     "TemporalUpdate",

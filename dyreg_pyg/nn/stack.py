@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import frame_edge_index
+from .inputs import GraphInputs, plan_of, space_inputs
 from .norm import GraphLayerNorm
 
 __all__ = ["paper_graph_stack", "authors_graph_stack", "call_space_layer",
@@ -39,9 +40,24 @@ def reports_edge_attention(layer: nn.Module) -> bool:
 
 
 def call_space_layer(layer: nn.Module, v: Tensor, edge_index: Tensor, batch: Tensor,
-                     num_graphs: int, want_attention: bool) -> tuple[Tensor, Tensor | None]:
+                     num_graphs: int, want_attention: bool,
+                     inputs: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
     """One space step (Eq. 8) on ``v [B*T*N, C]``: the new nodes and, for a layer that
-    reports it and when ``want_attention``, the per-edge attention ``[E]`` (else ``None``)."""
+    reports it and when ``want_attention``, the per-edge attention ``[E]`` (else ``None``).
+
+    A layer whose plan (:func:`~dyreg_pyg.nn.inputs.plan_of`, read from its ``forward`` at
+    construction) names more than ``(x, edge_index)`` is called with those arguments by name,
+    taken from ``inputs`` (:func:`~dyreg_pyg.nn.inputs.space_inputs`; floating ones in
+    ``v``'s dtype)."""
+    plan = plan_of(layer)
+    if not plan.plain:
+        given = {**(inputs or {}), "x": v, "edge_index": edge_index, "batch": batch}
+        kwargs = {n: given[n] if not given[n].is_floating_point() or given[n].dtype == v.dtype
+                  else given[n].to(v.dtype) for n in plan.names}
+        if want_attention and reports_edge_attention(layer):
+            v, (_, attention) = layer(**kwargs, return_attention_weights=True)
+            return v, attention
+        return layer(**kwargs), None
     args = (batch, num_graphs) if getattr(layer, "norms_per_graph", False) else ()
     if want_attention and reports_edge_attention(layer):
         v, (_, attention) = layer(v, edge_index, *args, return_attention_weights=True)
@@ -73,6 +89,7 @@ def paper_graph_stack(
     backend: str = "pyg",
     self_loops: bool = True,
     want_attention: bool = False,
+    graph_inputs: GraphInputs | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     r"""The paper's graph stack (Eq. 8-9): :math:`K \times (V \leftarrow \mathrm{Space}(V);
     \ V \leftarrow \mathrm{Time}(V))`.
@@ -88,6 +105,8 @@ def paper_graph_stack(
         self_loops: whether a node also sends to itself.
         want_attention: also return the attention of the last space step (see
             :func:`call_space_layer`).
+        graph_inputs: the live regions, for layers that take ``pos`` / ``edge_attr`` /
+            ``edge_weight`` (:mod:`dyreg_pyg.nn.inputs`; computed only for those).
 
     Returns:
         nodes ``[B, T, N, C']`` and the last attention ``[E]`` (or ``None``).
@@ -104,9 +123,11 @@ def paper_graph_stack(
         return v.view(b, t, n, -1), attention
     edge_index, batch = _frame_graphs(b * t, n, self_loops, nodes.device)
     v = nodes.reshape(b * t * n, -1)
+    inputs = space_inputs(spatial, edge_index, batch, v, graph_inputs)
     for k in range(iterations):
         idx = k if len(spatial) > 1 else 0
-        v, att = call_space_layer(spatial[idx], v, edge_index, batch, b * t, want_attention)
+        v, att = call_space_layer(spatial[idx], v, edge_index, batch, b * t, want_attention,
+                                  inputs)
         attention = att if att is not None else attention  # Eq. 8 (or any PyG layer)
         v = temporal[idx](v.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
     return v.view(b, t, n, -1), attention
@@ -122,6 +143,7 @@ def authors_graph_stack(
     backend: str = "pyg",
     self_loops: bool = True,
     want_attention: bool = False,
+    graph_inputs: GraphInputs | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     r"""The graph stack of their ``RSTG`` (Eq. 8-9 as their code runs them) on node tensors.
 
@@ -151,6 +173,8 @@ def authors_graph_stack(
         self_loops: whether a node also sends to itself (theirs: yes).
         want_attention: also return the attention of the last space step (see
             :func:`call_space_layer`).
+        graph_inputs: the live regions, for layers that take the geometry (as
+            :func:`paper_graph_stack`).
 
     Returns:
         nodes ``[B, T, N, C]`` and the last attention ``[E]`` (or ``None``).
@@ -162,8 +186,11 @@ def authors_graph_stack(
     nodes = input_norm.forward_dense(nodes.reshape(b * t, n, c), 2)  # LN over (N, C)
     attention = None
     edge_index = batch = None
+    inputs: dict[str, Tensor] = {}
     if backend == "pyg":
         edge_index, batch = _frame_graphs(b * t, n, self_loops, nodes.device)
+        inputs = space_inputs(spatial, edge_index, batch, nodes.reshape(b * t * n, -1),
+                              graph_inputs)
     for k in range(iterations):
         idx = k if len(spatial) > 1 else 0
         nodes = temporal[idx](nodes.view(b, t, n, -1)).reshape(b * t, n, -1)  # Eq. 9
@@ -172,7 +199,7 @@ def authors_graph_stack(
             nodes = layer.forward_dense(nodes, self_loops=self_loops)  # Eq. 8
             continue
         v, att = call_space_layer(layer, nodes.reshape(b * t * n, -1), edge_index, batch,
-                                  b * t, want_attention)  # Eq. 8 (or any PyG layer)
+                                  b * t, want_attention, inputs)  # Eq. 8 (or any PyG layer)
         attention = att if att is not None else attention
         nodes = v.view(b * t, n, -1)
     return temporal_out(nodes.view(b, t, n, -1)), attention  # their extra (external) GRU

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TemporalUpdate", "TEMPORAL_UPDATES", "gru_over_time"]
+__all__ = ["TemporalUpdate", "TEMPORAL_UPDATES", "TemporalSpec", "resolve_temporal",
+           "gru_over_time"]
 
 TEMPORAL_UPDATES = ("gru", "lstm", "none")
 
@@ -106,6 +109,56 @@ def gru_over_time(gru: nn.RNNBase, x: Tensor) -> Tensor:
     return out.reshape(b, s, t, -1).transpose(1, 2).reshape(b, t, *rest, out.shape[-1])
 
 
+TemporalSpec = str | Callable[[int], nn.Module]
+"""What ``temporal=`` takes: a name of :data:`TEMPORAL_UPDATES` (any case) or a callable
+``(channels) -> module`` mapping ``[B, T, N, C]`` to ``[B, T, N, C]``."""
+
+
+def resolve_temporal(spec: TemporalSpec) -> str | Callable[[int], nn.Module]:
+    """``spec`` as :class:`TemporalUpdate` takes it: a name in lower case (checked) or the
+    callable itself.
+
+    Raises:
+        ValueError: an unknown name, or neither a name nor a callable (one line).
+    """
+    if isinstance(spec, str):
+        name = spec.strip().lower()
+        if name not in TEMPORAL_UPDATES:
+            raise ValueError(f"temporal: unknown update {spec!r}; expected one of "
+                             f"{TEMPORAL_UPDATES} (any case) or a callable (channels) -> module "
+                             f"mapping [B, T, N, C] to [B, T, N, C]")
+        return name
+    if callable(spec):
+        return spec
+    raise ValueError(f"temporal: expected a name of {TEMPORAL_UPDATES} or a callable "
+                     f"(channels) -> module, got {type(spec).__name__}")
+
+
+def _check_temporal_module(module: object, channels: int) -> nn.Module:
+    """Refuse what a ``temporal=`` callable returned unless it is a module mapping
+    ``[B, T, N, C]`` to the same shape (run once on a small zero input, no gradient)."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"temporal: the callable must return an nn.Module, got "
+                         f"{type(module).__name__}")
+    ref = next(iter(module.parameters()), None)
+    x = torch.zeros(1, 2, 3, channels, device=None if ref is None else ref.device,
+                    dtype=ref.dtype if ref is not None and ref.is_floating_point()
+                    else torch.float32)
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except Exception as err:  # noqa: BLE001 - any failure means it cannot run as the stack does
+        raise ValueError(f"temporal: {type(module).__name__} cannot run on nodes of shape "
+                         f"[B, T, N, C] = {tuple(x.shape)} ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+                         ) from err
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"temporal: {type(module).__name__} returned {got} for nodes of shape "
+                         f"{tuple(x.shape)}; expected the same shape [B, T, N, C]")
+    return module
+
+
 class TemporalUpdate(nn.Module):
     r"""Updates each node across time with a recurrent cell shared by all nodes (Eq. 9).
 
@@ -117,27 +170,42 @@ class TemporalUpdate(nn.Module):
 
     Args:
         channels: node feature size ``C``.
-        kind: ``"gru"`` (paper), ``"lstm"``, or ``"none"`` (identity, no temporal update).
+        kind: ``"gru"`` (paper), ``"lstm"``, or ``"none"`` (identity, no temporal update), in
+            any case; or a callable ``(channels) -> module`` whose module maps
+            ``[B, T, N, C]`` to ``[B, T, N, C]`` (``kind`` is then ``"custom"`` and the module
+            ``self.module``), checked once on a small input.
+
+    Raises:
+        ValueError: an unknown name, or a callable whose module does not keep the shape.
 
     Shapes:
         - **input:** ``[B, T, N, C]``
         - **output:** ``[B, T, N, C]``
     """
 
-    def __init__(self, channels: int, kind: str = "gru") -> None:
+    def __init__(self, channels: int, kind: TemporalSpec = "gru") -> None:
         super().__init__()
-        if kind not in TEMPORAL_UPDATES:
-            raise ValueError(f"temporal: expected one of {TEMPORAL_UPDATES}, got {kind!r}")
-        self.kind = kind
+        spec = resolve_temporal(kind)
         self.channels = channels
-        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(kind)
+        self.module: nn.Module | None = None
+        self.rnn: nn.RNNBase | None = None
+        if not isinstance(spec, str):
+            self.kind = "custom"
+            self.module = _check_temporal_module(spec(channels), channels)
+            return
+        self.kind = spec
+        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(spec)
         self.rnn = rnn(channels, channels, batch_first=True) if rnn is not None else None
 
     def reset_parameters(self) -> None:
         if self.rnn is not None:
             self.rnn.reset_parameters()
+        elif self.module is not None and hasattr(self.module, "reset_parameters"):
+            self.module.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.module is not None:
+            return self.module(x)
         if self.rnn is None:
             return x
         return gru_over_time(self.rnn, x)  # Eq. 9

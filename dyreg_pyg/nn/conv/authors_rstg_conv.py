@@ -163,7 +163,7 @@ class AuthorsRSTGConv(MessagePassing):
         s1 = scatter(m.sum(-1).double(), batch_i, 0, dim_size=num_graphs, reduce="sum")
         s2 = scatter((m * m).sum(-1).double(), batch_i, 0, dim_size=num_graphs, reduce="sum")
         self._sums = (s1, s2)
-        alpha = softmax(logits, index, ptr, size_i)
+        alpha = softmax(logits, index, ptr, size_i)  # a(v_j, v_i), Eq. 8 as theirs
         self._alpha = alpha
         return alpha.unsqueeze(-1) * m
 
