@@ -15,7 +15,9 @@ so that drifts of the machine hit them alike. Settings:
 - ``bf16``, ``bf16_channels_last``: CPU autocast to bfloat16 (regions and kernels stay float32,
   as under CUDA autocast; the loss is computed in float32).
 
-Prints videos/s and the ratio to ``eager`` per variant, and writes JSON
+Every variant and setting runs in the same interleaved rounds. Prints videos/s, the ratio to
+the first setting per variant and, when ``nograph`` is among the variants, the ratio to
+``nograph`` in the same setting (issue 37: DyReg's cost over the bare backbone), and writes JSON
 (``benchmarks/results/bench_train_speed.json`` by default). The study script
 (``study/reproduce_syncmnist.py``) uses the fastest faithful setting measured here.
 """
@@ -115,30 +117,37 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 10, 1, 64, 64, generator=gen)
     y = torch.randint(0, 56, (args.batch,), generator=gen)
-    rows = []
-    for variant in args.variants.split(","):
-        steppers, warm_s, times = {}, {}, {s: [] for s in settings}
+    variants = args.variants.split(",")
+    steppers, warm_s = {}, {}
+    for variant in variants:
         for s in settings:
-            model = _build(variant, s)
-            steppers[s] = (_stepper(model, s), x)  # 5-D clips; channels-last weights
+            steppers[variant, s] = _stepper(_build(variant, s), s)
             t0 = time.perf_counter()
             for _ in range(2):  # warm-up (and compilation)
-                steppers[s][0](x, y)
-            warm_s[s] = time.perf_counter() - t0
-        for _ in range(args.steps):
-            for s in settings:
-                fn, xs = steppers[s]
-                t0 = time.perf_counter()
-                fn(xs, y)
-                times[s].append(time.perf_counter() - t0)
-        base = args.batch / statistics.median(times[settings[0]])
+                steppers[variant, s](x, y)
+            warm_s[variant, s] = time.perf_counter() - t0
+    times = {key: [] for key in steppers}
+    for _ in range(args.steps):  # interleaved rounds over every variant and setting
+        for key, fn in steppers.items():
+            t0 = time.perf_counter()
+            fn(x, y)
+            times[key].append(time.perf_counter() - t0)
+    vps = {key: args.batch / statistics.median(t) for key, t in times.items()}
+    rows = []
+    for variant in variants:
+        base = vps[variant, settings[0]]
         for s in settings:
-            vps = args.batch / statistics.median(times[s])
-            rows.append({"variant": variant, "setting": s, "videos_per_s": vps,
-                         "ratio": vps / base, "warmup_s": warm_s[s], "batch": args.batch,
-                         "threads": torch.get_num_threads()})
-            print(f"{variant:10s} {s:18s} {vps:7.1f} videos/s  x{vps / base:5.2f} vs "
-                  f"{settings[0]}  (warm-up {warm_s[s]:.1f} s)", flush=True)
+            v = vps[variant, s]
+            row = {"variant": variant, "setting": s, "videos_per_s": v, "ratio": v / base,
+                   "warmup_s": warm_s[variant, s], "batch": args.batch,
+                   "threads": torch.get_num_threads()}
+            if "nograph" in variants:
+                row["ratio_to_nograph"] = v / vps["nograph", s]
+            rows.append(row)
+            vs_nograph = (f"  x{row['ratio_to_nograph']:5.2f} vs nograph"
+                          if "ratio_to_nograph" in row else "")
+            print(f"{variant:10s} {s:18s} {v:7.1f} videos/s  x{v / base:5.2f} vs "
+                  f"{settings[0]}{vs_nograph}  (warm-up {warm_s[variant, s]:.1f} s)", flush=True)
         if any(s.startswith("bf16") for s in settings):
             agree = grad_agreement(variant, x, y)
             rows.append({"variant": variant, "bf16_grad_cosine": agree})

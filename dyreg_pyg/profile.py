@@ -6,6 +6,11 @@ FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which co
 multiply-add as 2 FLOPs and only matrix products and convolutions (no element-wise ops). The
 paper's "FLOPS" column follows TSM's convention of counting multiply-adds (TSM-R50 at
 16 x 224 x 224: 65.8 G), so both are printed.
+
+:func:`count_step_ops` counts the aten operations of one training forward+backward (a
+:class:`~torch.utils._python_dispatch.TorchDispatchMode`): on a GPU nearly every non-view
+operation is a kernel launch, so this count, not the FLOPs, bounds a small model's step time
+there (``benchmarks/bench_step_ops.py`` tabulates it per preset).
 """
 
 from __future__ import annotations
@@ -13,13 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["ModelProfile", "profile_model", "format_profile", "PAPER_TABLE1_GMACS", "main"]
+__all__ = ["ModelProfile", "profile_model", "format_profile", "PAPER_TABLE1_GMACS", "StepOps",
+           "count_step_ops", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +140,77 @@ def format_profile(prof: ModelProfile, name: str = "model", paper: bool = False)
             line += f"{pb / pa:>9.2%}" if pa and pb is not None else ""
         out.append(line)
     return "\n".join(out)
+
+
+@dataclass
+class StepOps:
+    """aten operations dispatched by one step, by name (``mul``, ``select``, ...), split into
+    view operations (``select``, ``slice``, ``view``, ...: no data moved, no kernel on a GPU)
+    and the others."""
+
+    views: Counter[str] = field(default_factory=Counter)
+    compute: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        """All operations, views included."""
+        return self.num_views + self.num_compute
+
+    @property
+    def num_views(self) -> int:
+        """View operations."""
+        return sum(self.views.values())
+
+    @property
+    def num_compute(self) -> int:
+        """Non-view operations (roughly one kernel launch each on a GPU)."""
+        return sum(self.compute.values())
+
+    def top(self, n: int = 5) -> list[tuple[str, int]]:
+        """The ``n`` most frequent operations, views and others together."""
+        return (self.views + self.compute).most_common(n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "views": self.num_views, "non_views": self.num_compute,
+                "by_name": dict((self.views + self.compute).most_common())}
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts every aten operation that reaches the dispatcher while active."""
+
+    def __init__(self, ops: StepOps) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        name = func.overloadpacket.__name__
+        (self.ops.views if func.is_view else self.ops.compute)[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_step_ops(model: nn.Module, clips: torch.Tensor,
+                   labels: torch.Tensor | None = None) -> StepOps:
+    """Count the aten operations of one training forward, cross-entropy and backward.
+
+    The model runs in training mode (restored afterwards); its gradients are accumulated into
+    ``.grad`` as in a training step (no optimiser step). ``labels`` default to class 0.
+    Forward and backward run inside the counter (the autograd engine's operations included).
+    """
+    if clips.dim() != 5:
+        raise ValueError(f"count_step_ops: expected clips [B, T, C, H, W], got shape "
+                         f"{tuple(clips.shape)}")
+    if labels is None:
+        labels = torch.zeros(clips.shape[0], dtype=torch.long, device=clips.device)
+    was_training = model.training
+    model.train()
+    ops = StepOps()
+    try:
+        with _OpCounter(ops):
+            loss = F.cross_entropy(model(clips).float(), labels)
+            loss.backward()
+    finally:
+        model.train(was_training)
+    return ops
 
 
 def main(argv: list[str] | None = None) -> int:
