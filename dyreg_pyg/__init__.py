@@ -3,11 +3,13 @@
 from ._pyg import torch_geometric  # noqa: F401  (first: PyG without its jit warning)
 from .authors import AuthorsDyRegGNN  # the flavour "authors" (registered on import)
 from .config import DyRegConfig
+from .geometry import regions_to_boxes
 from .graph import build_graph_batch, complete_edge_index
-from .kernels import pool_nodes, region_kernels, regions_to_boxes, remap_nodes
 from .module import DyRegBlock, DyRegDetails, DyRegGNN, flavor_class, register_flavor
 from .nn import RSTGConv, TemporalUpdate, make_spatial_layer
-from .regions import REGION_MODES, make_region_generator
+from .nn.kernels import pool_nodes, region_kernels
+from .nn.regions import REGION_MODES, make_region_generator
+from .nn.remap import remap_nodes
 
 __version__ = "0.1.0"
 

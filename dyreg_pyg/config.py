@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from dataclasses import replace as _replace
 from typing import Any
 
-from .regions import INITS, REGION_MODES, default_init
+from .nn.regions import INITS, REGION_MODES, default_init
 
 __all__ = ["DyRegConfig", "FLAVORS", "BACKENDS", "NORMS", "POSITION_INPUTS"]
 
@@ -36,14 +36,15 @@ class DyRegConfig:
     Attributes:
         num_nodes: ``N`` regions / graph nodes per frame (paper: 9).
         node_channels: node feature size; ``None`` keeps the input's channel count.
-        regions: region mode, one of :data:`~dyreg_pyg.regions.REGION_MODES`.
+        regions: region mode, one of :data:`~dyreg_pyg.nn.regions.REGION_MODES`.
         init: reference points, ``"center"`` or ``"grid"``; ``None``: the mode's
-            (:func:`~dyreg_pyg.regions.default_init`: the grid for ``fixed`` and ``static``,
+            (:func:`~dyreg_pyg.nn.regions.default_init`: the grid for ``fixed`` and ``static``,
             which reject ``"center"`` - their N regions would be one region - and the centre
             for the others).
         init_size: starting kernel radius (normalised); ``None`` picks one per ``init``.
         init_jitter: per-node random offset of the references (0: the paper's start; > 0
-            breaks the symmetry of the centre start, see :class:`~dyreg_pyg.regions.RegionAlpha`).
+            breaks the symmetry of the centre start, see
+            :class:`~dyreg_pyg.nn.regions.RegionAlpha`).
         region_channels: ``C'`` of the region branch ``f``/``g``/GRU (Eq. 1-3); ``None``:
             the flavour's (paper 32, authors 128).
         gnn: spatial layer: ``"rstg"`` (the flavour's Eq. 8: :class:`~dyreg_pyg.nn.RSTGConv`
@@ -56,13 +57,13 @@ class DyRegConfig:
         self_loops: frame graphs include ``i -> i`` edges.
         position_embedding: add a position embedding to the nodes (Section 3.2).
         position_input: what it reads: ``"kernel"`` (the paper: ``Linear(vec K_i)``,
-            :class:`~dyreg_pyg.kernels.KernelPositionEmbedding`) or ``"region"`` (ours: a
+            :class:`~dyreg_pyg.nn.position.KernelPositionEmbedding`) or ``"region"`` (ours: a
             linear map of the region's ``(cx, cy, w, h)``,
-            :class:`~dyreg_pyg.kernels.RegionPositionEmbedding`, whose change under a
+            :class:`~dyreg_pyg.nn.position.RegionPositionEmbedding`, whose change under a
             displacement does not depend on the place).
         position_scale: constant multiplier of that embedding (1: the paper). Ours, for the
             study of issue 15: at 1 a trained node's motion reaches the graph at about 1/200
-            of the node (:class:`~dyreg_pyg.kernels.KernelPositionEmbedding`).
+            of the node (:class:`~dyreg_pyg.nn.position.KernelPositionEmbedding`).
         spatial_size: ``(H, W)`` the position embedding reads; ``None``: 14 x 14 unless the
             caller knows the feature-map size (the model factory infers it). An int ``s``
             means ``(s, s)``.

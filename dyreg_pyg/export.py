@@ -42,9 +42,8 @@ from torch import Tensor, nn
 from torch_geometric.data import Data, OnDiskDataset
 
 from ._io import write_atomic
-from .geometry import edge_attr_columns
+from .geometry import edge_attr_columns, regions_to_boxes
 from .graph import build_graph_batch, with_geometry
-from .kernels import regions_to_boxes
 
 __all__ = ["RegionGraphDataset", "RegionGraphWriter", "video_region_graphs",
            "record_region_graphs", "write_json_atomic", "EXPORT_FORMAT", "EXPORT_FORMAT_V1",

@@ -1,7 +1,7 @@
 r"""Region geometry on a graph: node positions and edge attributes from the regions.
 
 A node's region is ``(cx, cy, w, h)`` in the normalised coordinates of the feature map
-(:mod:`dyreg_pyg.kernels`: ``x, y`` in ``[0, 1]``, ``w, h`` the half-widths of the kernel's
+(:mod:`dyreg_pyg.nn.kernels`: ``x, y`` in ``[0, 1]``, ``w, h`` the half-widths of the kernel's
 support, so the region covers ``(cx - w, cy - h, cx + w, cy + h)``). Edges follow PyG:
 ``edge_index[0]`` is the sender ``j``, ``edge_index[1]`` the receiver ``i``.
 
@@ -54,7 +54,7 @@ __all__ = [
     "GEOMETRY_COLUMNS", "EDGE_KIND_COLUMNS", "SIZE_EPS", "region_centres", "region_sizes",
     "centre_offset", "centre_distance", "log_size_ratio", "box_iou", "edge_kind",
     "edge_kind_one_hot", "edge_geometry", "edge_attr", "edge_attr_columns",
-    "self_loop_edge_attr",
+    "self_loop_edge_attr", "check_regions", "regions_to_boxes",
 ]
 
 GEOMETRY_COLUMNS: tuple[str, ...] = ("dx", "dy", "distance", "log_w", "log_h", "iou")
@@ -63,6 +63,23 @@ EDGE_KIND_COLUMNS: tuple[str, ...] = ("spatial", "temporal")
 """The one-hot edge kind leading ``edge_attr`` on graphs with temporal edges."""
 SIZE_EPS = 1e-6
 """Smallest half-width used in the log size ratio and the IoU."""
+
+
+def check_regions(regions: Tensor) -> None:
+    """A clear error unless ``regions`` is ``[..., N, 4]``."""
+    if regions.dim() < 2 or regions.shape[-1] != 4:
+        raise ValueError(
+            f"regions: expected a tensor [..., N, 4] of (cx, cy, w, h), got shape "
+            f"{tuple(regions.shape)}"
+        )
+
+
+def regions_to_boxes(regions: Tensor) -> Tensor:
+    """``(cx, cy, w, h)`` -> ``(x0, y0, x1, y1)`` support boxes, clipped to ``[0, 1]``."""
+    check_regions(regions)
+    cx, cy, w, h = regions.unbind(-1)
+    return torch.stack((cx - w, cy - h, cx + w, cy + h), -1).clamp(0.0, 1.0)
+
 
 
 def _check(region: Tensor, edge_index: Tensor) -> None:

@@ -22,20 +22,15 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from .config import FLAVORS, DyRegConfig
+from .geometry import regions_to_boxes
 from .graph import build_graph_batch
-from .kernels import (
-    KernelPositionEmbedding,
-    RegionPositionEmbedding,
-    fold_norm,
-    pool_nodes,
-    regions_to_boxes,
-    remap_nodes,
-    remap_residual,
-)
 from .nn import TemporalUpdate, make_spatial_layer
+from .nn.kernels import pool_nodes
+from .nn.position import KernelPositionEmbedding, RegionPositionEmbedding
+from .nn.regions import make_region_generator
 from .nn.registry import SpatialLayerSpec
+from .nn.remap import fold_norm, remap_nodes, remap_residual
 from .nn.stack import paper_graph_stack
-from .regions import make_region_generator
 
 __all__ = ["DyRegConfig", "DyRegDetails", "DyRegGNN", "DyRegBlock", "register_flavor",
            "flavor_class", "FLAVOR_CLASSES"]
@@ -436,9 +431,9 @@ class DyRegBlock(nn.Module):
         """Residual DyReg update. With ``record=True`` the details land in ``self.last``.
 
         The normalisation's statistics are sums over the map of the re-mapped output, which
-        :func:`~dyreg_pyg.kernels.remap_moments` takes from the nodes; the normalisation and
+        :func:`~dyreg_pyg.nn.remap.remap_moments` takes from the nodes; the normalisation and
         ``gamma`` then fold into the nodes and a per-channel shift, and
-        :func:`~dyreg_pyg.kernels.remap_residual` writes ``x + gamma * norm(y)`` in one pass
+        :func:`~dyreg_pyg.nn.remap.remap_residual` writes ``x + gamma * norm(y)`` in one pass
         (the same function, without the re-mapped map ``y``, its normalised copy or their
         saved activations). Norm modules this does not cover (e.g. ``SyncBatchNorm``) take
         the plain path."""

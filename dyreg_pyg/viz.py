@@ -201,7 +201,7 @@ def export_regions(path: str | Path, keys: Sequence[str], regions: Tensor,
                    block: str = "") -> Path:
     """Write per-frame boxes as JSON: ``{key: {"block":..., "frames": [[[x0,y0,x1,y1], ...]]}}``
     with coordinates normalised to ``[0, 1]`` (``regions [B, T, N, 4]`` as ``(cx, cy, w, h)``)."""
-    from .kernels import regions_to_boxes
+    from .geometry import regions_to_boxes
 
     boxes = regions_to_boxes(regions.detach().cpu()).tolist()
     payload = {k: {"block": block, "format": "x0,y0,x1,y1 normalised", "frames": b}

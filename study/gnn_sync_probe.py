@@ -15,7 +15,7 @@ node's last state. Variants, side by side on the same data and steps:
 ``--flavor authors`` swaps in the graph stack of the authors' released code
 (:func:`dyreg_pyg.nn.stack.authors_graph_stack`, as ``DyRegConfig(flavor="authors")`` runs it):
 a LayerNorm over the frame's nodes, then K x (one internal GRU shared by the iterations, then
-their space step :class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv` with message and update
+their space step :class:`~dyreg_pyg.nn.conv.AuthorsRSTGConv` with message and update
 LayerNorms and a residual), then an external GRU. Its ``no_messages`` control runs the same
 stack, same parameters, with every node as its own one-node graph: each node receives only
 its own message and the LayerNorms over the frame's nodes become per node, so no node sees
@@ -111,9 +111,9 @@ from dyreg_pyg.data.syncmnist import (
 )
 from dyreg_pyg.geometry import GEOMETRY_COLUMNS, centre_distance, centre_offset
 from dyreg_pyg.graph import frame_edge_index
-from dyreg_pyg.kernels import region_kernels
 from dyreg_pyg.nn import TemporalUpdate, make_spatial_layer
-from dyreg_pyg.nn.authors import GraphLayerNorm
+from dyreg_pyg.nn.kernels import region_kernels
+from dyreg_pyg.nn.norm import GraphLayerNorm
 from dyreg_pyg.nn.stack import authors_graph_stack, paper_graph_stack
 from train.data import batch_object_boxes
 

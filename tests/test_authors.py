@@ -8,16 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from dyreg_pyg import DyRegBlock, DyRegConfig, DyRegGNN
-from dyreg_pyg.authors import (
-    AuthorsDyRegGNN,
+from dyreg_pyg.authors import AuthorsDyRegGNN
+from dyreg_pyg.compat import convert_official, load_official, official_key
+from dyreg_pyg.graph import build_graph_batch
+from dyreg_pyg.nn import make_spatial_layer
+from dyreg_pyg.nn.conv import AuthorsRSTGConv
+from dyreg_pyg.nn.regions import (
     authors_reference_points,
     authors_region_kernels,
     encoder_geometry,
 )
-from dyreg_pyg.compat import convert_official, load_official, official_key
-from dyreg_pyg.graph import build_graph_batch
-from dyreg_pyg.nn import make_spatial_layer
-from dyreg_pyg.nn.authors import AuthorsRSTGConv
 
 
 def _their_block_state(c: int, node: int, h: int, project: bool, gen: torch.Generator,
@@ -334,7 +334,7 @@ def test_authors_graph_stack_is_their_schedule_on_node_tensors():
     DyRegGNN(flavor="authors") runs the same function."""
     from dyreg_pyg.authors import authors_graph_stack
     from dyreg_pyg.nn import TemporalUpdate
-    from dyreg_pyg.nn.authors import GraphLayerNorm
+    from dyreg_pyg.nn.norm import GraphLayerNorm
 
     torch.manual_seed(0)
     c = 8

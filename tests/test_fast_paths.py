@@ -19,19 +19,15 @@ from torch import Tensor, nn
 from torch_geometric.utils import softmax
 
 import dyreg_pyg.authors as authors_mod
+import dyreg_pyg.nn.regions.authors_regions as authors_regions_mod
+import dyreg_pyg.nn.regions.generators as regions_mod
 import dyreg_pyg.nn.temporal as temporal_mod
-import dyreg_pyg.regions as regions_mod
 from dyreg_pyg import DyRegBlock, DyRegGNN
 from dyreg_pyg.authors import AuthorsDyRegGNN
 from dyreg_pyg.graph import frame_edge_index
-from dyreg_pyg.kernels import (
-    conv1x1,
-    pool_nodes,
-    remap_moments,
-    remap_nodes,
-    remap_residual,
-)
-from dyreg_pyg.nn.authors import AuthorsRSTGConv, edge_dot
+from dyreg_pyg.nn.conv import AuthorsRSTGConv, edge_dot
+from dyreg_pyg.nn.kernels import pool_nodes
+from dyreg_pyg.nn.remap import conv1x1, remap_moments, remap_nodes, remap_residual
 from dyreg_pyg.nn.temporal import gru_over_time
 
 # ---- the frozen straightforward implementations (before issue 20) -----------------------
@@ -104,11 +100,11 @@ def old_block_forward(self, x, regions=None):
 
 
 def patch_old(mp: pytest.MonkeyPatch) -> None:
-    for mod in (temporal_mod, regions_mod, authors_mod):
+    for mod in (temporal_mod, regions_mod, authors_regions_mod, authors_mod):
         if hasattr(mod, "gru_over_time"):
             mp.setattr(mod, "gru_over_time", old_gru_over_time)
-    mp.setattr(regions_mod, "conv1x1", old_conv1x1)
-    mp.setattr(authors_mod, "conv1x1", old_conv1x1)
+    for mod in (regions_mod, authors_regions_mod, authors_mod):
+        mp.setattr(mod, "conv1x1", old_conv1x1)
     mp.setattr(AuthorsRSTGConv, "forward", old_authors_conv_forward)
     mp.setattr(AuthorsRSTGConv, "forward_dense", old_authors_conv_dense)
     mp.setattr(DyRegGNN, "forward", old_gnn_forward)

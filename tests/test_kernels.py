@@ -1,15 +1,11 @@
 import pytest
 import torch
 
-from dyreg_pyg.kernels import (
-    KernelPositionEmbedding,
-    kernel_1d,
-    pool_nodes,
-    region_kernels,
-    regions_to_boxes,
-    remap_nodes,
-)
-from dyreg_pyg.regions import reference_points
+from dyreg_pyg.geometry import regions_to_boxes
+from dyreg_pyg.nn.kernels import kernel_1d, pool_nodes, region_kernels
+from dyreg_pyg.nn.position import KernelPositionEmbedding
+from dyreg_pyg.nn.regions import reference_points
+from dyreg_pyg.nn.remap import remap_nodes
 
 
 def test_kernel_values_match_eq6():

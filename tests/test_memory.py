@@ -400,7 +400,7 @@ def test_boxes_follow_their_clips_through_sorting_and_batching():
                          [[18 / 64, 0.5, 0.125, 0.25], [18 / 64, 20 / 64, 0.25, 0.25]]])
     assert torch.allclose(boxes[0], want) and bool(mask.all())
     # the region's support is the box itself (w, h are half-widths, as in Eq. 6)
-    from dyreg_pyg.kernels import regions_to_boxes
+    from dyreg_pyg.geometry import regions_to_boxes
     assert torch.allclose(regions_to_boxes(boxes[0, 0]) * 64,
                           torch.tensor([[8.0, 16, 24, 48], [0, 0, 32, 32]]))
     centres, cmask = batch_object_centres(batch)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dyreg_pyg import DyRegBlock, DyRegConfig, DyRegGNN
-from dyreg_pyg.regions import INITS, REGION_MODES, reference_points
+from dyreg_pyg.nn.regions import INITS, REGION_MODES, reference_points
 
 B, T, C, H, W = 2, 3, 12, 6, 7
 
@@ -245,7 +245,7 @@ def test_position_scale_changes_only_the_position_part_of_the_nodes():
 
 @pytest.mark.parametrize("backend", ["pyg", "dense"])
 def test_region_position_embedding_reads_the_regions_numbers(backend):
-    from dyreg_pyg.kernels import KernelPositionEmbedding, RegionPositionEmbedding
+    from dyreg_pyg.nn.position import KernelPositionEmbedding, RegionPositionEmbedding
 
     torch.manual_seed(0)
     m = DyRegGNN(C, 8, regions="external", num_nodes=2, position_input="region",

@@ -10,7 +10,7 @@ from torch import nn
 from dyreg_pyg import DyRegConfig, DyRegGNN
 from dyreg_pyg.graph import complete_edge_index, frame_edge_index
 from dyreg_pyg.nn import RSTGConv, make_spatial_layer
-from dyreg_pyg.regions import REGION_MODES, RegionAlpha, reference_points
+from dyreg_pyg.nn.regions import REGION_MODES, RegionAlpha, reference_points
 
 B, T, C, H, W = 2, 3, 12, 5, 6
 

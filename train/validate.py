@@ -18,7 +18,7 @@ from torch import nn
 from dyreg_pyg._checks import NonFiniteError, check_finite_logits
 from dyreg_pyg.data import EmptyDataError, explain_skips
 from dyreg_pyg.metrics import DistanceMeter, confusion_matrix, topk_correct
-from dyreg_pyg.regions import reference_points
+from dyreg_pyg.nn.regions import reference_points
 
 from .config import TrainConfig
 from .data import batch_object_centres, external_regions, make_loader, normalise

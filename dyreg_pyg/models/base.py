@@ -6,9 +6,10 @@ dummy forward that finds the blocks' feature-map shapes (:func:`probe_maps`) and
 of the builders' arguments. Both builders import this module; it imports neither of them.
 
 A DyReg block is attached to a backbone block as its child ``dyreg_after`` and run by a
-forward hook on that block, so the backbone keeps its own module tree and parameter names (a
-pretrained state dict loads unchanged) and the block names used in ``dyreg_at`` are exactly
-``backbone.named_modules()`` names.
+forward hook on that block - or, for a plain ``nn.Sequential``, which runs every child in
+order, as its last child (a hook as well would run it twice) -, so the backbone keeps its own
+module tree and parameter names (a pretrained state dict loads unchanged) and the block names
+used in ``dyreg_at`` are exactly ``backbone.named_modules()`` names.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def attach_dyreg(block: nn.Module, dyreg: DyRegBlock, num_frames: int | None = N
         raise ValueError(f"block: {type(block).__name__} already has a DyReg block attached")
     adapter = _DyRegAfter3D(dyreg) if num_frames is None else _DyRegAfter2D(dyreg, num_frames)
     block.add_module(ATTACHMENT_NAME, adapter)
-    block.register_forward_hook(_run_attachment)
+    if type(block).forward is not nn.Sequential.forward:  # a Sequential runs its children,
+        block.register_forward_hook(_run_attachment)  # the attachment last: no hook there
 
 
 @torch.no_grad()

@@ -1,11 +1,15 @@
-"""Message-passing layers (Eq. 8), temporal updates (Eq. 9) and the layer registry."""
+"""The model's parts, one room per step of the paper: region generators (``regions/``,
+Eq. 1-6), kernels and node pooling (Eq. 5-7), position embeddings, message-passing layers
+(``conv/``, Eq. 8), temporal updates (Eq. 9), the graph stacks (the K iterations),
+re-mapping (Eq. 10), graph norms and the layer registry."""
 
+from .conv import AuthorsRSTGConv, RSTGConv
 from .registry import TESTED_LAYERS, available_layers, make_spatial_layer
-from .rstg import RSTGConv
 from .temporal import TEMPORAL_UPDATES, TemporalUpdate
 
 __all__ = [
     "RSTGConv",
+    "AuthorsRSTGConv",
     "TemporalUpdate",
     "TEMPORAL_UPDATES",
     "make_spatial_layer",

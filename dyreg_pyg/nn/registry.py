@@ -14,8 +14,7 @@ from torch import nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.resolver import normalize_string, resolver
 
-from .authors import AuthorsRSTGConv
-from .rstg import RSTGConv
+from .conv import AuthorsRSTGConv, RSTGConv
 
 __all__ = ["make_spatial_layer", "available_layers", "TESTED_LAYERS"]
 
@@ -75,7 +74,7 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int) -> MessagePassing:
 
     Args:
         spec: ``"rstg"`` (Eq. 8, default of :class:`~dyreg_pyg.DyRegGNN`); ``"rstg_authors"``
-            (:class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv`, the authors' code); the name of a
+            (:class:`~dyreg_pyg.nn.conv.AuthorsRSTGConv`, the authors' code); the name of a
             ``torch_geometric.nn`` conv class whose constructor takes
             ``(in_channels, out_channels)`` (case-insensitive, the ``Conv`` suffix optional,
             e.g. ``"GATConv"``, ``"gatv2"``, ``"sage"``); ``"GINConv"`` gets a 2-layer MLP; or

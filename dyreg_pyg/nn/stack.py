@@ -15,7 +15,7 @@ How a space layer is called follows ONE rule, read from two documented class att
   :func:`~dyreg_pyg.graph.frame_edge_index` (our RSTG layers). Other layers (e.g. PyG's
   ``GATConv``, which re-adds self-loops and reports ``[E', heads]``) report no attention.
 - ``norms_per_graph = True``: ``layer(x, edge_index, batch, num_graphs)`` - the layer
-  normalises per frame graph (:class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv`).
+  normalises per frame graph (:class:`~dyreg_pyg.nn.conv.AuthorsRSTGConv`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import frame_edge_index
-from .authors import GraphLayerNorm
+from .norm import GraphLayerNorm
 
 __all__ = ["paper_graph_stack", "authors_graph_stack", "call_space_layer",
            "reports_edge_attention"]
@@ -130,7 +130,7 @@ def authors_graph_stack(
         \ V \leftarrow \mathrm{Space}(V)\big);\quad V \leftarrow \mathrm{GRU}_{ext}(V)
 
     Each frame is one complete graph of its ``N`` nodes (:func:`~dyreg_pyg.graph.frame_edge_index`);
-    the input LayerNorm and those of :class:`~dyreg_pyg.nn.authors.AuthorsRSTGConv` run per
+    the input LayerNorm and those of :class:`~dyreg_pyg.nn.conv.AuthorsRSTGConv` run per
     frame graph. :class:`~dyreg_pyg.authors.AuthorsDyRegGNN` runs it on its pooled nodes; it
     runs as well on nodes from anywhere else (``study/gnn_sync_probe.py --flavor authors``).
 

@@ -2,7 +2,7 @@
 
 Every generator maps a clip of feature maps ``x [B, T, C, H, W]`` to regions
 ``[B, T, N, 4]`` as ``(cx, cy, w, h)`` in normalised map coordinates (see
-:mod:`dyreg_pyg.kernels`) and to the kernels ``[B, T, N, H, W]`` that pool the nodes. Regions
+:mod:`dyreg_pyg.nn.kernels`) and to the kernels ``[B, T, N, H, W]`` that pool the nodes. Regions
 and kernels are computed in float32, also under autocast (in float64 for a float64 input,
 i.e. a module cast with ``.double()``; half-precision modules are not supported - use
 autocast).
@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import conv1x1, region_kernels
-from .nn.temporal import gru_over_time
+from ..kernels import region_kernels
+from ..remap import conv1x1
+from ..temporal import gru_over_time
 
 log = logging.getLogger(__name__)
 

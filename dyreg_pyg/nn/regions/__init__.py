@@ -1,0 +1,58 @@
+"""Region generators (Eq. 1-6): one small class per region mode, registered by name
+(:func:`register_region_mode`, like timm's models), and the authors' region branch."""
+
+from .authors_regions import (
+    AUTHORS_REGION_CHANNELS,
+    AuthorsRegionEncoder,
+    AuthorsRegions,
+    authors_reference_points,
+    authors_region_kernels,
+    encoder_geometry,
+)
+from .generators import (
+    INITS,
+    REGION_GENERATORS,
+    REGION_MODES,
+    ConstantTimeRegions,
+    DynamicRegions,
+    ExternalRegions,
+    FixedRegions,
+    PositionOnlyRegions,
+    RegionAlpha,
+    RegionGenerator,
+    SemanticRegions,
+    StaticRegions,
+    ZeroLinear,
+    default_init,
+    default_init_size,
+    make_region_generator,
+    reference_points,
+    register_region_mode,
+)
+
+__all__ = [
+    "REGION_MODES",
+    "REGION_GENERATORS",
+    "register_region_mode",
+    "make_region_generator",
+    "INITS",
+    "reference_points",
+    "default_init",
+    "default_init_size",
+    "RegionAlpha",
+    "RegionGenerator",
+    "DynamicRegions",
+    "PositionOnlyRegions",
+    "ConstantTimeRegions",
+    "StaticRegions",
+    "FixedRegions",
+    "SemanticRegions",
+    "ExternalRegions",
+    "ZeroLinear",
+    "AUTHORS_REGION_CHANNELS",
+    "encoder_geometry",
+    "AuthorsRegionEncoder",
+    "AuthorsRegions",
+    "authors_reference_points",
+    "authors_region_kernels",
+]
