@@ -55,6 +55,38 @@ the positions (the inputs' scale against the one-hot classes).
 (the table a user trying other GNN layers wants, on this diagnostic task):
 
     python study/gnn_sync_probe.py --layer GATv2Conv --variants graph
+
+``--edge-attr offsets|motion`` (issue 35 item 6: does geometry help?) also hands the spatial
+layer edge attributes computed from the nodes' true positions (after ``--pos-scale``), on the
+frame graphs' edges ``j -> i`` (self-loops included), with :mod:`dyreg_pyg.geometry`'s offset
+and distance:
+
+* ``offsets``: ``(dx, dy, distance)`` = ``c_j - c_i`` and its length, within the frame - what
+  the module's frame graphs carry from their regions (the first three of
+  :data:`~dyreg_pyg.geometry.GEOMETRY_COLUMNS`; the probe's digits have no size, so no size
+  ratio or IoU);
+* ``motion``: those three, then ``(ddx, ddy, dd)`` = how the same offset changed since the
+  previous frame, ``(c_j - c_i)(t) - (c_j - c_i)(t - 1)`` (0 in the first frame), and its
+  length: the relative offset across frames. It is ``v_j - v_i``, the difference of the two
+  nodes' displacements, so ``dd`` is 0 in every frame exactly when the two move in sync.
+
+Why across-frame relations come as columns on the frame edges rather than as a space-time
+graph: the stack's time step is the per-node GRU, so the spatial layer sees one frame at a
+time. An edge from ``j`` at ``t - 1`` to ``i`` at ``t`` would carry ``c_j(t-1) - c_i(t)``,
+the pair's old offset minus ``i``'s own motion; telling whether ``j`` and ``i`` move together
+from it needs the old within-frame offset as well, which the layer at ``t`` does not see (only
+the GRU could remember it), and running the layer on a graph that spans frames changes the
+paper's stack (space would then also mix time, next to the GRU) and doubles its edges. The
+change of the within-frame offset is that relation computed where the layer can read it, on
+the edges it already has. The distances are there because layers that project
+``edge_attr`` linearly cannot form a length themselves (as in :mod:`dyreg_pyg.geometry`).
+
+Only layers whose forward takes ``edge_attr`` accept it: ``TransformerConv`` and
+``GATv2Conv`` (built with ``edge_dim``) and ``GINEConv`` (the 2-layer MLP of ``GINConv``,
+``edge_dim``); the probe builds them itself and runs the paper's stack (space, then GRU,
+``K`` times, shared weights) with the edge attributes passed at every space step:
+
+    python study/gnn_sync_probe.py --task label --layer TransformerConv --edge-attr motion
 """
 
 from __future__ import annotations
@@ -69,8 +101,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch_geometric.nn import GATv2Conv, GINEConv, TransformerConv
 
 from dyreg_pyg.data.syncmnist import SyncMNISTConfig, generate_video, load_digit_pool
+from dyreg_pyg.geometry import GEOMETRY_COLUMNS, centre_distance, centre_offset
+from dyreg_pyg.graph import frame_edge_index
 from dyreg_pyg.metrics.syncmnist_bounds import appearance_only_accuracy
 from dyreg_pyg.nn import TemporalUpdate, make_spatial_layer
 from dyreg_pyg.nn.kernels import region_kernels
@@ -116,6 +151,48 @@ def regions_to_kernel_inputs(regions: Tensor, grid: int) -> Tensor:
     return region_kernels(regions, grid, grid).flatten(-2)
 
 
+EDGE_ATTR_COLUMNS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "offsets": GEOMETRY_COLUMNS[:3],
+    "motion": GEOMETRY_COLUMNS[:3] + ("ddx", "ddy", "dd"),
+}
+"""The columns of each ``--edge-attr`` choice (see the module docstring)."""
+EDGE_LAYERS = ("TransformerConv", "GATv2Conv", "GINEConv")
+"""The spatial layers the probe builds with ``edge_dim`` for ``--edge-attr``."""
+
+
+def probe_edge_attr(coords: Tensor, kind: str, self_loops: bool = True) -> Tensor:
+    """Edge attributes ``[B*T*E, D]`` of the probe's frame graphs (edges in the order of
+    :func:`~dyreg_pyg.graph.frame_edge_index` over the ``B*T`` frames) from the nodes'
+    positions ``coords [B, T, N, 2]``; ``kind`` and the columns: :data:`EDGE_ATTR_COLUMNS`."""
+    if kind not in EDGE_ATTR_COLUMNS or kind == "none":
+        raise ValueError(f"edge attributes: expected 'offsets' or 'motion', got {kind!r}")
+    b, t, n, _ = coords.shape
+    edge_index = frame_edge_index(b * t, n, self_loops, coords.device)
+    offset = centre_offset(coords.reshape(b * t * n, 2), edge_index)  # c_j - c_i, [B*T*E, 2]
+    columns = [offset, centre_distance(offset)]
+    if kind == "motion":  # the same pair's offset, one frame earlier (0 change in frame 0)
+        per_frame = offset.view(b, t, -1, 2)
+        change = torch.cat((torch.zeros_like(per_frame[:, :1]),
+                            per_frame[:, 1:] - per_frame[:, :-1]), 1).reshape(-1, 2)
+        columns += [change, centre_distance(change)]
+    return torch.cat(columns, -1)
+
+
+def make_edge_layer(name: str, channels: int, edge_dim: int) -> nn.Module:
+    """A ``channels -> channels`` layer of :data:`EDGE_LAYERS` that reads ``edge_attr [E,
+    edge_dim]`` (built as ``make_spatial_layer`` builds it, plus ``edge_dim``)."""
+    if name == "TransformerConv":
+        return TransformerConv(channels, channels, edge_dim=edge_dim)
+    if name == "GATv2Conv":
+        return GATv2Conv(channels, channels, edge_dim=edge_dim)
+    if name == "GINEConv":
+        mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(),
+                            nn.Linear(channels, channels))
+        return GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
+    raise ValueError(f"layer: edge attributes need one of {EDGE_LAYERS}, got {name!r}")
+
+
 class GraphProbe(nn.Module):
     """Positions ``[B, T, N, 2]`` -> per-node logits ``[B, N]`` through the DyReg graph stack;
     with ``num_classes``, positions and digit classes ``[B, N]`` -> video logits
@@ -138,12 +215,15 @@ class GraphProbe(nn.Module):
             :func:`~dyreg_pyg.nn.stack.authors_graph_stack`).
         pos_features: how many numbers describe a node's position (2: coordinates; ``g**2``:
             a flattened kernel map, :func:`regions_to_kernel_inputs`).
+        edge_attr: ``"none"`` or the edge attributes the spatial layer also reads
+            (:data:`EDGE_ATTR_COLUMNS`, from the coordinates; paper flavour, ``layer`` one of
+            :data:`EDGE_LAYERS`, ``pos_features == 2``).
     """
 
     def __init__(self, channels: int = 64, iterations: int = 3, messages: bool = True,
                  num_classes: int | None = None, flavor: str = "paper",
                  layer: str = "rstg", classes_at: str | None = "default",
-                 pos_features: int = 2) -> None:
+                 pos_features: int = 2, edge_attr: str = "none") -> None:
         super().__init__()
         if flavor not in ("paper", "authors"):
             raise ValueError(f"flavor: expected 'paper' or 'authors', got {flavor!r}")
@@ -152,11 +232,23 @@ class GraphProbe(nn.Module):
         if classes_at not in (None, "nodes", "head"):
             raise ValueError(f"classes_at: expected None, 'nodes' or 'head', got {classes_at!r}")
         self.classes_at = classes_at
+        if edge_attr not in EDGE_ATTR_COLUMNS:
+            raise ValueError(f"edge_attr: expected one of {list(EDGE_ATTR_COLUMNS)}, "
+                             f"got {edge_attr!r}")
+        if edge_attr != "none" and (flavor != "paper" or pos_features != 2):
+            raise ValueError(f"edge_attr: needs the paper flavour and 2 coordinates per node, "
+                             f"got flavor={flavor!r}, pos_features={pos_features}")
+        self.edge_attr = edge_attr
         inputs = pos_features + 10 * (classes_at == "nodes")
         self.embed = nn.Sequential(nn.Linear(inputs, channels), nn.ReLU(),
                                    nn.Linear(channels, channels))
         if flavor == "paper":
-            self.spatial = make_spatial_layer(layer, channels) if messages else None
+            if not messages:
+                self.spatial = None
+            elif edge_attr == "none":
+                self.spatial = make_spatial_layer(layer, channels)
+            else:
+                self.spatial = make_edge_layer(layer, channels, len(EDGE_ATTR_COLUMNS[edge_attr]))
             self.temporal = TemporalUpdate(channels, "gru")
         else:  # their modules, one internal GRU and one space step shared by the K iterations
             self.input_norm = GraphLayerNorm(channels)
@@ -172,6 +264,7 @@ class GraphProbe(nn.Module):
 
     def forward(self, pos: Tensor, classes: Tensor | None = None) -> Tensor:
         b, t, n, _ = pos.shape
+        coords = pos[..., :2]  # before the classes join the node inputs
         if self.classes_at is not None:
             if classes is None:
                 raise ValueError("classes: the label task needs the digit classes [B, N]")
@@ -181,7 +274,7 @@ class GraphProbe(nn.Module):
         if self.flavor == "authors":
             last = self._authors_stack(self.embed(pos))[:, -1]
         else:
-            last = self._paper_stack(self.embed(pos))
+            last = self._paper_stack(self.embed(pos), coords)
         if self.num_classes is None:
             return self.head(last).squeeze(-1)
         video = last.mean(1)
@@ -201,14 +294,30 @@ class GraphProbe(nn.Module):
             out = out.reshape(b, n, t, c).permute(0, 2, 1, 3)
         return out
 
-    def _paper_stack(self, v: Tensor) -> Tensor:
+    def _paper_stack(self, v: Tensor, coords: Tensor) -> Tensor:
         """``[B, T, N, C]`` through (space, GRU) x K
         (:func:`~dyreg_pyg.nn.stack.paper_graph_stack`, as the module runs it); without
-        messages the space step passes the nodes through. Returns the last frame
-        ``[B, N, C]``."""
+        messages the space step passes the nodes through. With ``edge_attr``, the same
+        stack with the edge attributes of ``coords [B, T, N, 2]`` passed to the space step.
+        Returns the last frame ``[B, N, C]``."""
+        if self.edge_attr != "none" and self.spatial is not None:
+            return self._edge_stack(v, probe_edge_attr(coords, self.edge_attr))[:, -1]
         spatial = self.spatial if self.spatial is not None else _NoMessages()
         out, _ = paper_graph_stack(v, [spatial], [self.temporal], self.iterations)
         return out[:, -1]
+
+
+    def _edge_stack(self, v: Tensor, attr: Tensor) -> Tensor:
+        """The paper's stack (space, then GRU, K times, as
+        :func:`~dyreg_pyg.nn.stack.paper_graph_stack` runs it on complete frame graphs with
+        self-loops), the space step called as ``layer(x, edge_index, attr)``."""
+        b, t, n, c = v.shape
+        edge_index = frame_edge_index(b * t, n, True, v.device)
+        x = v.reshape(b * t * n, c)
+        for _ in range(self.iterations):
+            x = self.spatial(x, edge_index, attr)  # Eq. 8 with edge attributes
+            x = self.temporal(x.view(b, t, n, -1)).reshape(b * t * n, -1)  # Eq. 9
+        return x.view(b, t, n, -1)
 
 
 class _NoMessages(nn.Module):
@@ -306,6 +415,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=None, help="frames per video (default 10)")
     ap.add_argument("--p-no-sync", type=float, default=None,
                     help="probability that nothing is in sync (default: 1 / classes)")
+    ap.add_argument("--edge-attr", choices=tuple(EDGE_ATTR_COLUMNS), default="none",
+                    help="edge attributes from the true positions for the spatial layer: "
+                         "within-frame offsets (dx, dy, distance), or those and their change "
+                         "since the previous frame (motion); needs --layer one of "
+                         + ", ".join(EDGE_LAYERS))
     ap.add_argument("--out", default=None, help="also write the results here (JSON)")
     args = ap.parse_args()
     cfg = SyncMNISTConfig.from_geometry(args.geometry, variant=args.variant, digits=args.digits,
@@ -315,6 +429,10 @@ def main() -> None:
         raise SystemExit(f"--variants: expected some of graph,no_messages, got {args.variants}")
     if args.flavor == "authors" and args.layer != "rstg":
         raise SystemExit("--layer: only the paper flavour's stack takes another spatial layer")
+    if args.edge_attr != "none" and (args.layer not in EDGE_LAYERS or args.flavor != "paper"
+                                     or args.pos_input != "coords"):
+        raise SystemExit(f"--edge-attr: needs --flavor paper, --pos-input coords and --layer "
+                         f"one of {', '.join(EDGE_LAYERS)}, got --layer {args.layer}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -341,7 +459,8 @@ def main() -> None:
         t0 = time.time()
         model = GraphProbe(messages=messages, num_classes=num_classes, flavor=args.flavor,
                            layer=args.layer,
-                           classes_at=classes_at, pos_features=data[0].shape[-1])
+                           classes_at=classes_at, pos_features=data[0].shape[-1],
+                           edge_attr=args.edge_attr)
         results[name] = train_probe(model,
                                     data, val, args.steps, args.batch_size, args.lr, args.seed,
                                     args.eval_every)

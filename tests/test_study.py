@@ -664,3 +664,66 @@ def test_appearance_ceiling_rule_table():
     nearest = min(rows.values(), key=lambda r: abs(r["minus_paper"]))
     assert nearest is named["2to5"]
     assert all(0.0 < r["p_no_sync"] < 0.2 for r in rows.values())
+
+
+def test_sync_probe_edge_attr_offsets_and_motion_reach_the_layer(tmp_path):
+    probe = _load(ROOT / "study" / "gnn_sync_probe.py")
+    from torch_geometric.nn import TransformerConv
+
+    from dyreg_pyg.graph import frame_edge_index
+
+    # 3 frames, 3 nodes: 0 and 1 move together by (0.1, 0), node 2 alone by (0, 0.2)
+    t = torch.arange(3.0).view(3, 1, 1)
+    start = torch.tensor([[0.1, 0.1], [0.5, 0.5], [0.9, 0.1]])
+    step = torch.tensor([[0.1, 0.0], [0.1, 0.0], [0.0, 0.2]])
+    coords = (start + t * step)[None]  # [1, 3, 3, 2]
+    attr = probe.probe_edge_attr(coords, "motion")
+    src, dst = frame_edge_index(3, 3)
+    assert attr.shape == (27, 6) and len(probe.EDGE_ATTR_COLUMNS["motion"]) == 6
+    frame = dst // 3
+    j, i = src % 3, dst % 3
+    one_to_zero = (j == 1) & (i == 0)
+    assert torch.allclose(attr[one_to_zero, :3],
+                          torch.tensor([0.4, 0.4, 0.32 ** 0.5]).expand(3, 3))
+    assert (attr[i == j] == 0).all()  # self-loops: no offset, no change
+    pair = ((j == 0) & (i == 1)) | one_to_zero
+    assert (attr[pair, 3:].abs() < 1e-6).all()  # in sync: the offset never changes
+    two_to_zero = (j == 2) & (i == 0)
+    assert (attr[two_to_zero & (frame == 0), 3:] == 0).all()  # nothing before frame 0
+    assert torch.allclose(attr[two_to_zero & (frame > 0), 3:],
+                          torch.tensor([-0.1, 0.2, 0.05 ** 0.5]).expand(2, 3))
+    assert torch.equal(probe.probe_edge_attr(coords, "offsets"), attr[:, :3])
+    # the layer reads them: zeroing the edge attributes on their way in changes the output
+    pos, _, classes, _ = probe.make_positions(3, seed=0)
+    torch.manual_seed(0)
+    model = probe.GraphProbe(channels=16, iterations=2, num_classes=56,
+                             layer="TransformerConv", edge_attr="motion").eval()
+    assert isinstance(model.spatial, TransformerConv) and model.spatial.lin_edge is not None
+    seen = []
+
+    def zero_attr(module, args):
+        seen.append(args[2].shape)
+        return args[0], args[1], torch.zeros_like(args[2])
+
+    with torch.no_grad():
+        out = model(pos, classes)
+        handle = model.spatial.register_forward_pre_hook(zero_attr)
+        zeroed = model(pos, classes)
+        handle.remove()
+    assert seen == [(3 * 10 * 25, 6)] * 2  # B*T frames x 25 edges (self-loops), K = 2 calls
+    assert not torch.allclose(out, zeroed)
+    with pytest.raises(ValueError, match="edge attributes need"):
+        probe.GraphProbe(num_classes=56, edge_attr="motion")  # rstg takes no edge_attr
+    with pytest.raises(ValueError, match="edge_attr"):
+        probe.GraphProbe(num_classes=56, layer="TransformerConv", edge_attr="iou")
+    out_json = tmp_path / "probe.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "study" / "gnn_sync_probe.py"), "--task", "label",
+         "--variant", "single", "--digits", "2", "--p-no-sync", "0.5", "--layer", "GINEConv",
+         "--edge-attr", "offsets", "--variants", "graph", "--train", "16", "--val", "8",
+         "--steps", "2", "--batch-size", "4", "--threads", "1", "--out", str(out_json)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    saved = json.loads(out_json.read_text())
+    assert saved["args"]["edge_attr"] == "offsets" and saved["args"]["layer"] == "GINEConv"
+    assert 0 <= saved["results"]["graph"]["top1"] <= 1
