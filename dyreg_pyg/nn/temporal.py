@@ -82,14 +82,17 @@ class _GRUSequence(torch.autograd.Function):
         hid = w_hh.shape[1]
         xt = x.transpose(0, 1).reshape(t * b * s, c)  # time-major rows
         # r and z see b_ih + b_hh; n sees b_ih, and b_hn inside r * (W_hn h + b_hn)
-        bias = torch.cat((b_ih[: 2 * hid] + b_hh[: 2 * hid], b_ih[2 * hid:]))
-        gi = torch.addmm(bias, xt, w_ih.t()).view(t, b * s, 3 * hid)
-        w_rz, w_n, b_n = w_hh[: 2 * hid].t(), w_hh[2 * hid:].t(), b_hh[2 * hid:]
-        out, ghn, n = (x.new_empty(t, b * s, hid) for _ in range(3))
+        b_rz, b_n = b_hh.split([2 * hid, hid])
+        bias = b_ih.clone()
+        bias[: 2 * hid].add_(b_rz)
+        gi_rz, gi_n = torch.addmm(bias, xt, w_ih.t()).view(t, b * s, 3 * hid).split(
+            [2 * hid, hid], -1)
+        w_rz, w_n = (w.t() for w in w_hh.split([2 * hid, hid]))
+        out, ghn, n = x.new_empty(3, t, b * s, hid).unbind()
         rz = x.new_empty(t, b * s, 2 * hid)
-        steps = zip(gi[..., : 2 * hid].unbind(), gi[..., 2 * hid:].unbind(), out.unbind(),
-                    rz.unbind(), rz[..., :hid].unbind(), rz[..., hid:].unbind(),
-                    ghn.unbind(), n.unbind())
+        r, z = rz.split(hid, -1)
+        steps = zip(gi_rz.unbind(), gi_n.unbind(), out.unbind(), rz.unbind(), r.unbind(),
+                    z.unbind(), ghn.unbind(), n.unbind())
         h = x.new_zeros(b * s, hid)
         for gi_rz, gi_n, h_k, rz_k, r_k, z_k, ghn_k, n_k in steps:
             torch.addmm(gi_rz, h, w_rz, out=rz_k).sigmoid_()
@@ -134,10 +137,11 @@ def _gru_state_gradients(grad: Tensor, hprev: Tensor, rz: Tensor, n: Tensor, ghn
     for all steps at once, so the loop runs 3 operations a step: ``dh[k] = grad[k] +
     dh[k+1] z[k+1] + d_gh[k+1] W_hh`` and ``d_gh[k] = dh[k] coef[k]``."""
     t, rows, hid = grad.shape
-    r, z = rz[..., :hid], rz[..., hid:]
-    c_n = (1 - z) * (1 - n * n)  # d h / d n_pre
+    r, z = rz.split(hid, -1)
+    one_z = 1 - z
+    c_n = one_z * (1 - n * n)  # d h / d n_pre
     coef = torch.stack((c_n * ghn * r * (1 - r),  # d h / d r_pre
-                        (hprev - n) * z * (1 - z),  # d h / d z_pre
+                        (hprev - n) * z * one_z,  # d h / d z_pre
                         c_n * r), 2)  # d h / d (W_hn h + b_hn)
     d_gh = grad.new_empty(t, rows, 3, hid)
     dh = grad.new_empty(t, rows, hid)
