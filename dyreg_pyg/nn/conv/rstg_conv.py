@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
-from torch_geometric.utils import degree, softmax
+from torch_geometric.utils import softmax
 
 __all__ = ["RSTGConv"]
 
@@ -95,7 +95,14 @@ class RSTGConv(MessagePassing):
             torch.nn.init.zeros_(self.bias)
 
     def _projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.lin_query(x), self.lin_key(x), self.lin_src(x), self.lin_dst(x)
+        """Query, key, source and destination projections of ``x`` as one matrix product
+        (fewer operations, forward and backward, than four ``Linear`` calls)."""
+        lins = (self.lin_query, self.lin_key, self.lin_src, self.lin_dst)
+        y = F.linear(x, torch.cat([lin.weight for lin in lins]))
+        q, k, hs, hd = y.split([lin.weight.shape[0] for lin in lins], -1)
+        if self.lin_dst.bias is not None:
+            hd = hd + self.lin_dst.bias
+        return q, k, hs, hd
 
     def forward(
         self,
@@ -115,8 +122,8 @@ class RSTGConv(MessagePassing):
         self._alpha = None
         out = self.lin_out(out)
         if self.bias is not None:
-            has_in = degree(edge_index[1], x.shape[0], dtype=out.dtype).clamp_max(1.0)
-            out = out + has_in.unsqueeze(-1) * self.bias
+            has_in = out.new_zeros(x.shape[0]).index_fill_(0, edge_index[1], 1.0)
+            out = torch.addcmul(out, has_in.unsqueeze(-1), self.bias)
         if return_attention_weights:
             return out, (edge_index, alpha)
         return out
