@@ -87,7 +87,7 @@ def _check_init_jitter(init_jitter: Any) -> None:
     if isinstance(init_jitter, bool) or not isinstance(init_jitter, numbers.Real) or not (
         init_jitter >= 0
     ):
-        raise ValueError(f"init_jitter: expected a number >= 0, got {init_jitter!r}")
+        raise ValueError(f"init_jitter: expected >= 0 (a number), got {init_jitter!r}")
 
 
 def default_init(mode: str) -> str:
