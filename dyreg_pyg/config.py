@@ -82,6 +82,7 @@ class DyRegConfig:
             ``edge_attr`` attached to autograd, so a PyG head on the region graph trains with
             the video model (its loss reaches the backbone and the region generator); ``False``
             (default): detached, nothing kept for backward beyond the forward's own graph.
+            Refused with ``backend="dense"``, which builds no graph (``details.graph`` None).
         norm: normalisation of the block output in :class:`~dyreg_pyg.DyRegBlock`; ``None``:
             the flavour's (paper ``"batch"``, authors ``"layer"``: their LayerNorm write-back).
         gate_init: starting value of :class:`~dyreg_pyg.DyRegBlock`'s residual scale
