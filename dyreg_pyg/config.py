@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from dataclasses import replace as _replace
 from typing import Any
 
-from .nn.regions import INITS, REGION_GENERATORS, default_init
+from .nn.regions import REGION_GENERATORS, check_region_init, default_init, encoder_geometry
 from .nn.temporal import resolve_temporal
 
 __all__ = ["DyRegConfig", "FLAVORS", "BACKENDS", "NORMS", "POSITION_INPUTS"]
@@ -82,6 +82,7 @@ class DyRegConfig:
             ``edge_attr`` attached to autograd, so a PyG head on the region graph trains with
             the video model (its loss reaches the backbone and the region generator); ``False``
             (default): detached, nothing kept for backward beyond the forward's own graph.
+            Refused with ``backend="dense"``, which builds no graph (``details.graph`` None).
         norm: normalisation of the block output in :class:`~dyreg_pyg.DyRegBlock`; ``None``:
             the flavour's (paper ``"batch"``, authors ``"layer"``: their LayerNorm write-back).
         gate_init: starting value of :class:`~dyreg_pyg.DyRegBlock`'s residual scale
@@ -165,8 +166,13 @@ class DyRegConfig:
         if self.regions not in REGION_GENERATORS:  # the registry: built-in and registered
             raise ValueError(f"regions: unknown mode {self.regions!r}; expected one of "
                              f"{tuple(REGION_GENERATORS)}")
+        check_region_init(self.regions, self.num_nodes, self.init, self.init_size,
+                          self.init_jitter)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "dense" and self.live_graph is True:
+            raise ValueError("live_graph: expected False with backend='dense' (it builds no "
+                             "PyG graph, details.graph is None); got True - use backend='pyg'")
         if self.backend == "dense" and self.gnn not in ("rstg", "rstg_authors"):
             raise ValueError(
                 f"backend: 'dense' implements gnn='rstg' and 'rstg_authors' only, got "
@@ -191,8 +197,8 @@ class DyRegConfig:
                 f"num_nodes: flavor='authors' places the nodes on a square grid (theirs: "
                 f"3 x 3), got {self.num_nodes}"
             )
-        if self.init not in INITS:
-            raise ValueError(f"init: expected 'center' or 'grid', got {self.init!r}")
+        for side in self.spatial_size or ():
+            encoder_geometry(side)  # their region encoder's map sides (<= 50, and fitting)
         if self.init_size is not None:
             raise ValueError(
                 "init_size: flavor='authors' starts every region at the radius "

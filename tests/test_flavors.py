@@ -107,3 +107,30 @@ def test_legacy_keys_are_renamed():
         "temporal_out.rnn.w": 3, "gnn.spatial.0.lin_key.bias": 4, "head.authors_count": 5}
     with pytest.raises(ValueError, match="both map to 'gnn.regions.gain'"):
         remap_legacy_keys({"gnn.authors.regions.gain": 1, "gnn.regions.gain": 2})
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"init": "foo"}, r"init: expected one of \('center', 'grid'\), got 'foo'"),
+    ({"init_size": 5.0}, r"init_size: expected None or a radius in \(0, 1\], got 5.0"),
+    ({"init_jitter": -1}, r"init_jitter: expected >= 0 \(a number\), got -1"),
+    ({"regions": "fixed", "init": "center"}, "init: regions='fixed' with init='center'"),
+    ({"num_nodes": 5, "init": "grid"}, "num_nodes: init='grid' needs a perfect square .* 5"),
+    ({"regions": "fixed", "init_jitter": 0.1}, "init_jitter: only for learned regions"),
+    ({"flavor": "authors", "spatial_size": 56}, "spatial_size: flavor='authors' .* up to 50"),
+    ({"backend": "dense", "live_graph": True}, "live_graph: expected False with backend='dense'"),
+])
+def test_config_refuses_bad_region_starts_at_construction(kwargs, match):
+    """Issue 34: these were accepted by the config and refused only when the module was built
+    (or, dense + live_graph, never: details.graph was silently None)."""
+    with pytest.raises(ValueError, match=match):
+        DyRegConfig(**kwargs)
+
+
+def test_the_region_rules_are_the_same_for_config_and_generator():
+    """make_region_generator applies the very rules of the config (check_region_init)."""
+    from dyreg_pyg.nn.regions import make_region_generator
+
+    with pytest.raises(ValueError, match="init_size: expected None or a radius"):
+        make_region_generator("dyreg", 4, init_size=5.0)
+    cfg = DyRegConfig(regions="static", init="center", init_jitter=0.1, init_size=0.3)
+    assert (cfg.init, cfg.init_size, cfg.init_jitter) == ("center", 0.3, 0.1)

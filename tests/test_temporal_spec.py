@@ -96,3 +96,24 @@ def test_gnn_and_temporal_refuse_the_same_mistakes_alike(spec, tail):
     for field in ("gnn", "temporal"):
         with pytest.raises(ValueError, match=f"^{field}: .*{tail}$"):
             DyRegGNN(C, 8, **{field: spec})
+
+
+class NormedTime(nn.Module):
+    """A temporal module with a BatchNorm: its probe at construction must not move the stats."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(channels)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:  # [B, T, N, C]
+        return self.bn(v.reshape(-1, v.shape[-1]) + 1.0).view_as(v)
+
+
+def test_the_construction_probe_leaves_batchnorm_statistics_and_mode_alone():
+    """The shape probe ran in training mode: a BatchNorm's running mean moved toward the
+    probe's input (1.0 here) before any data was seen."""
+    update = TemporalUpdate(C, NormedTime)
+    bn = update.module.bn
+    assert torch.equal(bn.running_mean, torch.zeros(C))
+    assert int(bn.num_batches_tracked) == 0
+    assert update.module.training and bn.training

@@ -249,7 +249,8 @@ def resolve_temporal(spec: TemporalSpec) -> str | Callable[[int], nn.Module]:
 
 def _check_temporal_module(module: object, channels: int) -> nn.Module:
     """Refuse what a ``temporal=`` callable returned unless it is a module mapping
-    ``[B, T, N, C]`` to the same shape (run once on a small zero input, no gradient)."""
+    ``[B, T, N, C]`` to the same shape (run once on a small zero input, no gradient, in eval
+    mode - a BatchNorm's running statistics do not move - then back to its mode)."""
     if not isinstance(module, nn.Module):
         raise ValueError(f"temporal: the callable must return an nn.Module, got "
                          f"{type(module).__name__}")
@@ -257,6 +258,8 @@ def _check_temporal_module(module: object, channels: int) -> nn.Module:
     x = torch.zeros(1, 2, 3, channels, device=None if ref is None else ref.device,
                     dtype=ref.dtype if ref is not None and ref.is_floating_point()
                     else torch.float32)
+    was_training = module.training
+    module.eval()
     try:
         with torch.no_grad():
             out = module(x)
@@ -265,6 +268,8 @@ def _check_temporal_module(module: object, channels: int) -> nn.Module:
                          f"[B, T, N, C] = {tuple(x.shape)} ({type(err).__name__}: "
                          f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})"
                          ) from err
+    finally:
+        module.train(was_training)
     if not isinstance(out, Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"temporal: {type(module).__name__} returned {got} for nodes of shape "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "SemanticRegions",
     "ExternalRegions",
     "make_region_generator",
+    "check_region_init",
     "reference_points",
     "default_init",
     "ZeroLinear",
@@ -50,18 +52,42 @@ INITS = ("center", "grid")
 
 def reference_points(num_nodes: int, init: str) -> Tensor:
     """Reference centres ``c_i`` ``[N, 2]``: all at the frame centre, or on a sqrt(N) grid."""
-    if init not in INITS:
-        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+    _check_init(num_nodes, init)
     if init == "center":
         return torch.full((num_nodes, 2), 0.5)
     side = math.isqrt(num_nodes)
-    if side * side != num_nodes:
-        raise ValueError(
-            f"num_nodes: init='grid' needs a perfect square number of nodes, got {num_nodes}"
-        )
     ticks = (torch.arange(side, dtype=torch.float32) + 0.5) / side
     ys, xs = torch.meshgrid(ticks, ticks, indexing="ij")
     return torch.stack((xs.reshape(-1), ys.reshape(-1)), -1)
+
+
+def _check_init(num_nodes: int, init: Any) -> None:
+    """The rule for ``init``: one of :data:`INITS`; ``"grid"`` needs a perfect square ``N``."""
+    if init not in INITS:
+        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+    side = math.isqrt(num_nodes)
+    if init == "grid" and side * side != num_nodes:
+        raise ValueError(
+            f"num_nodes: init='grid' needs a perfect square number of nodes, got {num_nodes}"
+        )
+
+
+def _check_init_size(init_size: Any) -> None:
+    """The rule for ``init_size``: ``None`` (the default radius) or a radius in ``(0, 1]``."""
+    if init_size is None:
+        return
+    if isinstance(init_size, bool) or not isinstance(init_size, numbers.Real) or not (
+        0.0 < init_size <= 1.0
+    ):
+        raise ValueError(f"init_size: expected None or a radius in (0, 1], got {init_size!r}")
+
+
+def _check_init_jitter(init_jitter: Any) -> None:
+    """The rule for ``init_jitter``: a number >= 0."""
+    if isinstance(init_jitter, bool) or not isinstance(init_jitter, numbers.Real) or not (
+        init_jitter >= 0
+    ):
+        raise ValueError(f"init_jitter: expected >= 0 (a number), got {init_jitter!r}")
 
 
 def default_init(mode: str) -> str:
@@ -109,15 +135,13 @@ class RegionAlpha(nn.Module):
         learn_size: bool = True, init_jitter: float = 0.0,
     ) -> None:
         super().__init__()
+        _check_init_size(init_size)
+        _check_init_jitter(init_jitter)
         ref = reference_points(num_nodes, init).clamp(1e-4, 1 - 1e-4)
         self.register_buffer("ref_logit", torch.logit(ref), persistent=False)
-        if init_jitter < 0:
-            raise ValueError(f"init_jitter: expected >= 0, got {init_jitter}")
         jitter = torch.randn(num_nodes, 2) * init_jitter if init_jitter > 0 else None
         self.register_buffer("ref_jitter", jitter)  # None: not in the state dict
         size = default_init_size(num_nodes, init) if init_size is None else float(init_size)
-        if not 0.0 < size <= 1.0:
-            raise ValueError(f"init_size: expected a radius in (0, 1], got {size}")
         self.init_size = size
         self.learn_size = learn_size
 
@@ -537,6 +561,34 @@ REGION_MODES = tuple(REGION_GENERATORS)
 """The built-in region modes, in registration order."""
 
 
+def check_region_init(
+    mode: str, num_nodes: int, init: Any, init_size: Any = None, init_jitter: Any = 0.0,
+) -> None:
+    """The one place of the rules on a region mode's start (used by
+    :class:`~dyreg_pyg.DyRegConfig` at construction and by :func:`make_region_generator`):
+    ``init`` one of :data:`INITS` (``"grid"``: ``num_nodes`` a perfect square), ``init_size``
+    ``None`` or in ``(0, 1]``, ``init_jitter`` >= 0 and non-zero only for the learned modes,
+    and no ``init="center"`` for ``fixed`` (nor ``static`` without jitter).
+
+    Raises:
+        ValueError: one line naming the field, what was expected and what was received.
+    """
+    _check_init(num_nodes, init)
+    _check_init_size(init_size)
+    _check_init_jitter(init_jitter)
+    if init_jitter and mode not in LEARNED_MODES:
+        raise ValueError(f"init_jitter: only for learned regions, got mode {mode!r}")
+    if init == "center" and num_nodes > 1 and (
+        mode == "fixed" or (mode == "static" and not init_jitter)
+    ):
+        raise ValueError(
+            f"init: regions={mode!r} with init='center' gives {num_nodes} identical regions "
+            f"that nothing can separate (they do not depend on the input); expected "
+            f"init='grid' (the default of this mode)"
+            + (" or init_jitter > 0" if mode == "static" else "") + ", got init='center'"
+        )
+
+
 def make_region_generator(
     mode: str,
     in_channels: int,
@@ -567,20 +619,6 @@ def make_region_generator(
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ValueError(f"region_channels: expected a positive integer, got {channels!r}")
     init = default_init(mode) if init is None else init
-    if init not in INITS:
-        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
-    if init == "grid":
-        reference_points(num_nodes, init)  # validates the perfect square
-    if init_jitter and mode not in LEARNED_MODES:
-        raise ValueError(f"init_jitter: only for learned regions, got mode {mode!r}")
-    if init == "center" and num_nodes > 1 and (
-        mode == "fixed" or (mode == "static" and not init_jitter)
-    ):
-        raise ValueError(
-            f"init: regions={mode!r} with init='center' gives {num_nodes} identical regions "
-            f"that nothing can separate (they do not depend on the input); expected "
-            f"init='grid' (the default of this mode)"
-            + (" or init_jitter > 0" if mode == "static" else "") + ", got init='center'"
-        )
+    check_region_init(mode, num_nodes, init, init_size, init_jitter)
     return REGION_GENERATORS[mode](in_channels, num_nodes, init, init_size, channels,
                                    init_jitter)
