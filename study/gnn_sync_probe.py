@@ -245,8 +245,8 @@ class GraphProbe(nn.Module):
         if flavor == "paper":
             if not messages:
                 self.spatial = None
-            elif edge_attr == "none":
-                self.spatial = make_spatial_layer(layer, channels)
+            elif edge_attr == "none":  # the layer as it was built before edge geometry
+                self.spatial = make_spatial_layer(layer, channels, geometry=False)
             else:
                 self.spatial = make_edge_layer(layer, channels, len(EDGE_ATTR_COLUMNS[edge_attr]))
             self.temporal = TemporalUpdate(channels, "gru")

@@ -198,9 +198,10 @@ def test_checkpoint_from_before_the_split_resumes_a_schedule_exactly(shards, tmp
     fit(load_config("syncmnist_demo", _overrides(shards, ref, 8) + sched))
     monkeypatch.undo()
     old = load_checkpoint(tmp_path / "old.pt")
-    # the layout of before the split, plus the manifest's class names (written since then)
-    assert set(old) - {"class_names"} == {"model", "optimizer", "plateau", "scaler", "state",
-                                          "rng", "config", "num_classes"}
+    # the layout of before the split, plus the manifest's class names and the checkpoint
+    # format (both written since then)
+    assert set(old) - {"class_names", "format"} == {
+        "model", "optimizer", "plateau", "scaler", "state", "rng", "config", "num_classes"}
     assert set(old["plateau"]) == {"best", "bad_epochs", "reductions"}
     assert (old["state"]["step"], old["state"]["epoch"], old["state"]["epoch_step"]) == (6, 1, 2)
     run = tmp_path / "run"
