@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .module import DyRegGNN, register_flavor
-from .nn.inputs import GraphInputs
+from .nn.inputs import GraphInputs, edge_dim
 from .nn.kernels import pool_nodes
 from .nn.norm import GraphLayerNorm
 from .nn.position import KernelPositionEmbedding
@@ -110,8 +110,9 @@ class AuthorsDyRegGNN(DyRegGNN):
         self.input_norm = GraphLayerNorm(channels)
         gnn = "rstg_authors" if cfg.gnn == "rstg" else cfg.gnn
         n_layers = 1 if cfg.share_weights else cfg.iterations
-        self.spatial = nn.ModuleList(make_spatial_layer(gnn, channels, cfg.edge_geometry)
-                                     for _ in range(n_layers))
+        self.spatial = nn.ModuleList(
+            make_spatial_layer(gnn, channels, cfg.edge_geometry, edge_dim(cfg.edge_motion))
+            for _ in range(n_layers))
         self.temporal = nn.ModuleList(
             TemporalUpdate(channels, cfg.temporal) for _ in range(n_layers))
         self.temporal_out = TemporalUpdate(channels, cfg.temporal)

@@ -78,6 +78,11 @@ class DyRegConfig:
             ``edge_dim`` to their constructors; ``False``: ``(x, edge_index)`` only, as before
             issue 35 (configs saved before it load so, :func:`~dyreg_pyg.compat.legacy_config`).
             The RSTG layers take none either way.
+        edge_motion: append to that ``edge_attr`` the change of each pair's offset since the
+            previous frame and its length (:func:`~dyreg_pyg.geometry.pair_motion`; 9
+            columns, ``edge_dim=9``): ours, not the paper's - a relation across frames handed
+            to the space layer, which sees one frame at a time (issue 35 item 6). Needs
+            ``edge_geometry``; the RSTG layers take no ``edge_attr`` and ignore it.
         live_graph: ``details.graph`` (``return_details=True``) keeps its ``x``, ``pos`` and
             ``edge_attr`` attached to autograd, so a PyG head on the region graph trains with
             the video model (its loss reaches the backbone and the region generator); ``False``
@@ -112,6 +117,7 @@ class DyRegConfig:
     spatial_size: tuple[int, int] | None = None
     backend: str = "pyg"
     edge_geometry: bool = True
+    edge_motion: bool = False
     live_graph: bool = False
     norm: str | None = None
     gate_init: float = 0.0
@@ -179,9 +185,12 @@ class DyRegConfig:
                 f"gnn={self.gnn!r}"
             )
         for key in ("self_loops", "share_weights", "position_embedding", "edge_geometry",
-                    "live_graph"):
+                    "edge_motion", "live_graph"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key}: expected True or False, got {getattr(self, key)!r}")
+        if self.edge_motion and not self.edge_geometry:
+            raise ValueError("edge_motion: expected False with edge_geometry=False (the motion "
+                             "columns extend the edge geometry); got True")
         _positive_int("iterations", self.iterations)
         if isinstance(self.gate_init, bool) or not isinstance(self.gate_init, (int, float)):
             raise ValueError(f"gate_init: expected a number, got {self.gate_init!r}")

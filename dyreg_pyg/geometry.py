@@ -32,6 +32,16 @@ units of the receiver's size: DyReg's regions are about a grid cell or larger, s
 offsets would bring nothing the columns above lack and would grow unboundedly for small
 regions.
 
+**Motion columns** (``DyRegConfig(edge_motion=True)``, on the frame graphs handed to a space
+layer): :data:`MOTION_COLUMNS` appended after the six, ``[E, 9]`` - ``ddx``, ``ddy``: how the
+same pair's offset changed since the previous frame, ``(c_j - c_i)(t) - (c_j - c_i)(t - 1)``
+(0 in a video's first frame), which is ``v_j - v_i``, the difference of the two regions'
+displacements; ``dd``: its length, 0 exactly when the two move together
+(:func:`pair_motion`). The frame graphs hold one frame each (the stack's time step is the
+per-node GRU), so this is how a relation across frames reaches a space layer: computed on
+the edges it already has rather than on edges that span frames, whose single offset
+``c_j(t-1) - c_i(t)`` mixes the pair's old offset with ``i``'s own motion.
+
 Graphs with temporal edges (``build_graph_batch(temporal_edges=True)``, the export) carry
 :data:`EDGE_KIND_COLUMNS` first, the edge kind as a one-hot (``spatial``: the two nodes are in
 one frame; ``temporal``: in different frames), then the six geometry columns: ``[E, 8]``. For
@@ -51,7 +61,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "GEOMETRY_COLUMNS", "EDGE_KIND_COLUMNS", "SIZE_EPS", "region_centres", "region_sizes",
+    "GEOMETRY_COLUMNS", "MOTION_COLUMNS", "EDGE_KIND_COLUMNS", "SIZE_EPS", "pair_motion",
+    "region_centres", "region_sizes",
     "centre_offset", "centre_distance", "log_size_ratio", "box_iou", "edge_kind",
     "edge_kind_one_hot", "edge_geometry", "edge_attr", "edge_attr_columns",
     "self_loop_edge_attr", "check_regions", "regions_to_boxes",
@@ -59,6 +70,8 @@ __all__ = [
 
 GEOMETRY_COLUMNS: tuple[str, ...] = ("dx", "dy", "distance", "log_w", "log_h", "iou")
 """The geometry columns of ``edge_attr`` (see the module docstring)."""
+MOTION_COLUMNS: tuple[str, ...] = ("ddx", "ddy", "dd")
+"""The motion columns appended with ``edge_motion`` (:func:`pair_motion`)."""
 EDGE_KIND_COLUMNS: tuple[str, ...] = ("spatial", "temporal")
 """The one-hot edge kind leading ``edge_attr`` on graphs with temporal edges."""
 SIZE_EPS = 1e-6
@@ -109,6 +122,19 @@ def centre_offset(region: Tensor, edge_index: Tensor) -> Tensor:
 def centre_distance(offset: Tensor) -> Tensor:
     """``|c_j - c_i|`` from :func:`centre_offset`'s ``[E, 2]``: ``[E, 1]``."""
     return torch.linalg.vector_norm(offset, dim=-1, keepdim=True)
+
+
+def pair_motion(offset: Tensor) -> Tensor:
+    """:data:`MOTION_COLUMNS` from the per-frame offsets ``c_j - c_i`` of frame graphs that
+    all have the same edges, ``offset [..., T, E_f, 2]`` -> ``[..., T, E_f, 3]``: the change
+    of each edge's offset since the same edge one frame earlier (0 in the first frame) and
+    its length."""
+    if offset.dim() < 3 or offset.shape[-1] != 2:
+        raise ValueError(f"offset: expected [..., T, E_f, 2] (frames, edges per frame, "
+                         f"dx/dy), got shape {tuple(offset.shape)}")
+    change = torch.cat((torch.zeros_like(offset[..., :1, :, :]),
+                        offset[..., 1:, :, :] - offset[..., :-1, :, :]), -3)
+    return torch.cat((change, centre_distance(change)), -1)
 
 
 def log_size_ratio(region: Tensor, edge_index: Tensor) -> Tensor:

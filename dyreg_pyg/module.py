@@ -25,7 +25,7 @@ from .config import FLAVORS, DyRegConfig
 from .geometry import regions_to_boxes
 from .graph import build_graph_batch
 from .nn import TemporalUpdate, make_spatial_layer
-from .nn.inputs import GraphInputs, needs_geometry
+from .nn.inputs import GraphInputs, edge_dim, needs_geometry
 from .nn.kernels import pool_nodes
 from .nn.position import KernelPositionEmbedding, RegionPositionEmbedding
 from .nn.regions import make_region_generator
@@ -218,7 +218,8 @@ class DyRegGNN(nn.Module):
         cfg = self.config
         n_layers = 1 if cfg.share_weights else cfg.iterations
         self.spatial = nn.ModuleList(
-            make_spatial_layer(cfg.gnn, channels, cfg.edge_geometry) for _ in range(n_layers))
+            make_spatial_layer(cfg.gnn, channels, cfg.edge_geometry, edge_dim(cfg.edge_motion))
+            for _ in range(n_layers))
         self.temporal = nn.ModuleList(
             TemporalUpdate(channels, cfg.temporal) for _ in range(n_layers))
 
@@ -334,7 +335,8 @@ class DyRegGNN(nn.Module):
         b, t = x.shape[:2]
         xf, regions, kernels = self.compute_regions(x, regions)  # Eq. 1-6
         nodes = self.embed_nodes(xf, regions, kernels)  # Eq. 7
-        inputs = GraphInputs(regions) if needs_geometry(self.spatial) else None
+        inputs = (GraphInputs(regions, self.config.edge_motion)
+                  if needs_geometry(self.spatial) else None)
         nodes, attention = self.graph_stack(nodes.reshape(b, t, self.num_nodes, -1),
                                             want_attention, inputs)  # Eq. 8-9
         return nodes.reshape(b * t, self.num_nodes, -1), regions, kernels, attention

@@ -101,10 +101,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GATv2Conv, GINEConv, TransformerConv
 
 from dyreg_pyg.data.syncmnist import SyncMNISTConfig, generate_video, load_digit_pool
-from dyreg_pyg.geometry import GEOMETRY_COLUMNS, centre_distance, centre_offset
+from dyreg_pyg.geometry import (
+    GEOMETRY_COLUMNS,
+    MOTION_COLUMNS,
+    centre_distance,
+    centre_offset,
+    pair_motion,
+)
 from dyreg_pyg.graph import frame_edge_index
 from dyreg_pyg.metrics.syncmnist_bounds import appearance_only_accuracy
 from dyreg_pyg.nn import TemporalUpdate, make_spatial_layer
@@ -154,7 +159,7 @@ def regions_to_kernel_inputs(regions: Tensor, grid: int) -> Tensor:
 EDGE_ATTR_COLUMNS: dict[str, tuple[str, ...]] = {
     "none": (),
     "offsets": GEOMETRY_COLUMNS[:3],
-    "motion": GEOMETRY_COLUMNS[:3] + ("ddx", "ddy", "dd"),
+    "motion": GEOMETRY_COLUMNS[:3] + MOTION_COLUMNS,
 }
 """The columns of each ``--edge-attr`` choice (see the module docstring)."""
 EDGE_LAYERS = ("TransformerConv", "GATv2Conv", "GINEConv")
@@ -172,25 +177,8 @@ def probe_edge_attr(coords: Tensor, kind: str, self_loops: bool = True) -> Tenso
     offset = centre_offset(coords.reshape(b * t * n, 2), edge_index)  # c_j - c_i, [B*T*E, 2]
     columns = [offset, centre_distance(offset)]
     if kind == "motion":  # the same pair's offset, one frame earlier (0 change in frame 0)
-        per_frame = offset.view(b, t, -1, 2)
-        change = torch.cat((torch.zeros_like(per_frame[:, :1]),
-                            per_frame[:, 1:] - per_frame[:, :-1]), 1).reshape(-1, 2)
-        columns += [change, centre_distance(change)]
+        columns.append(pair_motion(offset.view(b, t, -1, 2)).reshape(-1, 3))
     return torch.cat(columns, -1)
-
-
-def make_edge_layer(name: str, channels: int, edge_dim: int) -> nn.Module:
-    """A ``channels -> channels`` layer of :data:`EDGE_LAYERS` that reads ``edge_attr [E,
-    edge_dim]`` (built as ``make_spatial_layer`` builds it, plus ``edge_dim``)."""
-    if name == "TransformerConv":
-        return TransformerConv(channels, channels, edge_dim=edge_dim)
-    if name == "GATv2Conv":
-        return GATv2Conv(channels, channels, edge_dim=edge_dim)
-    if name == "GINEConv":
-        mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(),
-                            nn.Linear(channels, channels))
-        return GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
-    raise ValueError(f"layer: edge attributes need one of {EDGE_LAYERS}, got {name!r}")
 
 
 class GraphProbe(nn.Module):
@@ -248,7 +236,8 @@ class GraphProbe(nn.Module):
             elif edge_attr == "none":  # the layer as it was built before edge geometry
                 self.spatial = make_spatial_layer(layer, channels, geometry=False)
             else:
-                self.spatial = make_edge_layer(layer, channels, len(EDGE_ATTR_COLUMNS[edge_attr]))
+                self.spatial = make_spatial_layer(layer, channels,
+                                                  edge_dim=len(EDGE_ATTR_COLUMNS[edge_attr]))
             self.temporal = TemporalUpdate(channels, "gru")
         else:  # their modules, one internal GRU and one space step shared by the K iterations
             self.input_norm = GraphLayerNorm(channels)

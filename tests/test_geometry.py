@@ -11,10 +11,12 @@ from torch_geometric.data import Data
 from dyreg_pyg import DyRegGNN
 from dyreg_pyg.geometry import (
     GEOMETRY_COLUMNS,
+    MOTION_COLUMNS,
     edge_attr,
     edge_attr_columns,
     edge_geometry,
     edge_kind,
+    pair_motion,
     self_loop_edge_attr,
 )
 from dyreg_pyg.graph import (
@@ -158,3 +160,64 @@ def test_pyg_transforms_and_hetero_on_a_space_time_graph():
     assert h["region"].pos.shape == (9, 2)
     with pytest.raises(ValueError, match="frame"):
         to_hetero(Data(edge_index=d.edge_index, num_nodes=9))
+
+
+def test_pair_motion_by_hand():
+    """The motion columns: the change of each edge's offset since the previous frame, 0 in
+    the first frame, and 0 in every frame for two regions that move together."""
+    # one video, 3 frames, one edge per frame: offsets (0.1, 0), (0.3, 0), (0.3, -0.4)
+    offset = torch.tensor([[[[0.1, 0.0]], [[0.3, 0.0]], [[0.3, -0.4]]]], dtype=torch.float64)
+    out = pair_motion(offset)
+    assert MOTION_COLUMNS == ("ddx", "ddy", "dd") and out.shape == (1, 3, 1, 3)
+    expect = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.0, 0.2], [0.0, -0.4, 0.4]],
+                          dtype=torch.float64)
+    torch.testing.assert_close(out.view(3, 3), expect, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"offset: expected \[\.\.\., T, E_f, 2\]"):
+        pair_motion(torch.zeros(4, 2))
+
+
+def test_edge_motion_reaches_the_space_layer_with_its_gradient():
+    """``edge_motion=True``: the space layer gets ``edge_attr [E, 9]`` - the six geometry
+    columns, then ``pair_motion`` of the live regions (0 in frame 0) - a constructor's
+    ``edge_dim`` is 9, and a loss on the motion columns trains the region generator."""
+    from torch_geometric.nn import MessagePassing
+
+    seen = []
+
+    class Recorder(MessagePassing):
+        def __init__(self, c):
+            super().__init__()
+            self.lin = torch.nn.Linear(c, c)
+
+        def forward(self, x, edge_index, edge_attr):
+            seen.append(edge_attr)
+            return self.lin(x) + edge_attr[:, 6:].sum() * 0
+
+    torch.manual_seed(5)
+    gnn = DyRegGNN(8, num_nodes=3, iterations=1, region_channels=4, gnn=Recorder,
+                   edge_motion=True)
+    with torch.no_grad():  # regions that differ between frames (at init they are constant)
+        for p in gnn.region_generator.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    seen.clear()
+    _, details = gnn(torch.randn(2, 3, 8, 6, 6), return_details=True)
+    attr, regions = seen[0], details.live_regions  # [B, T, N, 4]
+    b, t, n = regions.shape[:3]
+    assert attr.shape == (b * t * n * n, 9)
+    flat = regions.reshape(-1, 4)
+    from dyreg_pyg.graph import frame_edge_index
+    ei = frame_edge_index(b * t, n, True)
+    torch.testing.assert_close(attr[:, :6], edge_geometry(flat, ei))
+    offset = (flat[ei[0], :2] - flat[ei[1], :2]).view(b, t, n * n, 2)
+    motion = attr[:, 6:].view(b, t, n * n, 3)
+    assert float(motion[:, 0].detach().abs().max()) == 0.0
+    torch.testing.assert_close(motion[:, 1:, :, :2], offset[:, 1:] - offset[:, :-1])
+    assert float(motion[:, 1:, :, 2].detach().max()) > 0.01  # the regions move
+    motion.pow(2).sum().backward()
+    grads = [p.grad for p in gnn.region_generator.parameters() if p.grad is not None]
+    assert grads and max(float(g.abs().max()) for g in grads) > 0
+    layer = DyRegGNN(8, num_nodes=3, gnn="TransformerConv", edge_motion=True).spatial[0]
+    assert layer.lin_edge.in_channels == 9
+    assert DyRegGNN(8, num_nodes=3, gnn="TransformerConv").spatial[0].lin_edge.in_channels == 6
+    with pytest.raises(ValueError, match="edge_motion: expected False with edge_geometry=False"):
+        DyRegGNN(8, num_nodes=3, edge_motion=True, edge_geometry=False)

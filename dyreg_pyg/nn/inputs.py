@@ -5,7 +5,10 @@ and ``edge_index`` (complete graph per frame, :func:`~dyreg_pyg.graph.frame_edge
 
 - ``pos [B*T*N, 2]``: the region centres (:func:`~dyreg_pyg.geometry.region_centres`);
 - ``edge_attr [E, 6]``: the edge geometry (:func:`~dyreg_pyg.geometry.edge_geometry`,
-  columns :data:`~dyreg_pyg.geometry.GEOMETRY_COLUMNS`);
+  columns :data:`~dyreg_pyg.geometry.GEOMETRY_COLUMNS`); ``[E, 9]`` with
+  ``DyRegConfig(edge_motion=True)``, followed by the change of each pair's offset since the
+  previous frame (:func:`~dyreg_pyg.geometry.pair_motion`,
+  :data:`~dyreg_pyg.geometry.MOTION_COLUMNS`);
 - ``edge_weight [E]``: the proximity :math:`\exp(-|c_j - c_i|)` of the two centres, in
   ``(0, 1]``, 1 on a self-loop - positive everywhere, so a weighted layer (``GCNConv``) still
   sees every region of the frame, nearer ones more;
@@ -32,17 +35,25 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..geometry import GEOMETRY_COLUMNS, edge_geometry, region_centres
+from ..geometry import (
+    GEOMETRY_COLUMNS,
+    MOTION_COLUMNS,
+    edge_geometry,
+    pair_motion,
+    region_centres,
+)
 
 __all__ = ["InputPlan", "GraphInputs", "input_plan", "forward_plan", "plan_of", "space_inputs",
-           "SUPPLIED_INPUTS", "GEOMETRY_INPUTS", "EDGE_DIM", "POS_DIM", "needs_geometry"]
+           "SUPPLIED_INPUTS", "GEOMETRY_INPUTS", "EDGE_DIM", "POS_DIM", "needs_geometry",
+           "edge_dim"]
 
 GEOMETRY_INPUTS = ("pos", "edge_attr", "edge_weight")
 """Inputs computed from the regions."""
 SUPPLIED_INPUTS = ("x", "edge_index", *GEOMETRY_INPUTS, "batch", "x_0")
 """Every ``forward`` argument the frame graphs supply, by its PyG name."""
 EDGE_DIM = len(GEOMETRY_COLUMNS)
-"""Width of ``edge_attr`` on the frame graphs (the ``edge_dim`` given to constructors)."""
+"""Width of ``edge_attr`` on the frame graphs (the ``edge_dim`` given to constructors),
+without the motion columns (:func:`edge_dim`)."""
 POS_DIM = 2
 """Width of ``pos`` (the centre ``(cx, cy)``)."""
 
@@ -68,6 +79,11 @@ class InputPlan:
 
 
 PLAIN = InputPlan()
+
+
+def edge_dim(motion: bool = False) -> int:
+    """Width of the frame graphs' ``edge_attr``: 6, or 9 with the motion columns."""
+    return EDGE_DIM + (len(MOTION_COLUMNS) if motion else 0)
 
 
 def input_plan(layer: nn.Module, geometry: bool = True) -> InputPlan:
@@ -116,9 +132,11 @@ def needs_geometry(layers: Iterable[nn.Module]) -> bool:
 class GraphInputs:
     """What the space step may need besides the nodes, for one forward: the live predicted
     regions ``[B, T, N, 4]`` (``(cx, cy, w, h)``), from which :func:`space_inputs` computes the
-    geometry of the frame graphs' edges when a layer asks for it."""
+    geometry of the frame graphs' edges when a layer asks for it; ``motion``: append the
+    motion columns to ``edge_attr`` (``DyRegConfig.edge_motion``)."""
 
     regions: Tensor | None = None
+    motion: bool = False
 
 
 def space_inputs(layers: Sequence[nn.Module], edge_index: Tensor, batch: Tensor, x_0: Tensor,
@@ -144,5 +162,9 @@ def space_inputs(layers: Sequence[nn.Module], edge_index: Tensor, batch: Tensor,
     if wanted & {"edge_attr", "edge_weight"}:
         geometry = edge_geometry(region, edge_index)
         out["edge_attr"] = geometry
+        if graph.motion:  # ours, not the paper's: the pair's relative motion across frames
+            b, t = graph.regions.shape[:2]
+            offset = geometry[:, :2].reshape(b, t, -1, 2)
+            out["edge_attr"] = torch.cat((geometry, pair_motion(offset).reshape(-1, 3)), -1)
         out["edge_weight"] = torch.exp(-geometry[:, 2])  # proximity of the centres
     return out

@@ -10,7 +10,7 @@ from functools import partial
 
 import torch
 import torch_geometric.nn as pyg_nn
-from torch import nn
+from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.resolver import normalize_string, resolver
 
@@ -54,12 +54,13 @@ def pyg_conv_classes() -> list[str]:
                   and issubclass(cls, nn.Module) and cls is not MessagePassing)
 
 
-def _factories() -> dict[str, Callable[[int, bool], nn.Module]]:
-    """``{normalised name: (channels, geometry) -> layer}`` for
+def _factories() -> dict[str, Callable[[int, bool, int], nn.Module]]:
+    """``{normalised name: (channels, geometry, edge_dim) -> layer}`` for
     :func:`torch_geometric.resolver.resolver`: our two RSTG layers and every PyG conv under
     its name with and without ``Conv``."""
-    out: dict[str, Callable[[int, bool], nn.Module]] = {
-        "rstg": lambda c, g: RSTGConv(c, c), "rstgauthors": lambda c, g: AuthorsRSTGConv(c)}
+    out: dict[str, Callable[[int, bool, int], nn.Module]] = {
+        "rstg": lambda c, g, e: RSTGConv(c, c),
+        "rstgauthors": lambda c, g, e: AuthorsRSTGConv(c)}
     for name in available_layers()[2:]:
         build = partial(_build_pyg, getattr(pyg_nn.conv, name))
         low = normalize_string(name)
@@ -73,11 +74,11 @@ def _mlp(inp: int, out: int, hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, out))
 
 
-def _networks(name: str, c: int) -> dict[str, object]:
+def _networks(name: str, c: int, e: int = EDGE_DIM) -> dict[str, object]:
     """Constructor arguments that are networks (or need a choice), per PyG class: sized for
-    ``c`` node channels, :data:`~dyreg_pyg.nn.inputs.EDGE_DIM` edge and
-    :data:`~dyreg_pyg.nn.inputs.POS_DIM` position columns."""
-    e, p = EDGE_DIM, POS_DIM
+    ``c`` node channels, ``e`` edge and :data:`~dyreg_pyg.nn.inputs.POS_DIM` position
+    columns."""
+    p = POS_DIM
     table: dict[str, Callable[[], dict[str, object]]] = {
         "GINConv": lambda: {"nn": _mlp(c, c, c), "train_eps": True},
         "GINEConv": lambda: {"nn": _mlp(c, c, c), "train_eps": True},
@@ -102,23 +103,23 @@ _REQUIRED_DEFAULTS: dict[str, object] = {
 """Values for required constructor arguments that have a harmless small choice."""
 
 
-def _constructor_kwargs(cls: type[nn.Module], channels: int, geometry: bool
-                        ) -> dict[str, object]:
+def _constructor_kwargs(cls: type[nn.Module], channels: int, geometry: bool,
+                        edge_dim: int = EDGE_DIM) -> dict[str, object]:
     """Keyword arguments for ``cls``: channels, ``edge_dim`` (or ``dim`` /
     ``in_edge_channels``) where its ``forward`` takes ``edge_attr``, the networks of
     :func:`_networks`; a one-line ``ValueError`` naming the arguments left without a value."""
     fwd = inspect.signature(cls.forward).parameters
     edge = geometry and "edge_attr" in fwd
-    kwargs, missing = _networks(cls.__name__, channels), []
+    kwargs, missing = _networks(cls.__name__, channels, edge_dim), []
     for name, par in inspect.signature(cls.__init__).parameters.items():
         if name == "self" or name in kwargs or par.kind in (par.VAR_POSITIONAL, par.VAR_KEYWORD):
             continue
         if name in ("in_channels", "out_channels", "channels", "hidden_channels"):
             kwargs[name] = channels
         elif name in ("edge_dim", "in_edge_channels") and edge:
-            kwargs[name] = EDGE_DIM
+            kwargs[name] = edge_dim
         elif name == "dim" and (edge or (geometry and "pos" in fwd)):
-            kwargs[name] = EDGE_DIM if edge else POS_DIM
+            kwargs[name] = edge_dim if edge else POS_DIM
         elif par.default is inspect.Parameter.empty:
             if name not in _REQUIRED_DEFAULTS:
                 missing.append(name)
@@ -151,9 +152,10 @@ def _check_forward(cls: type[nn.Module], geometry: bool) -> None:
     forward_plan(cls.forward, name, geometry)
 
 
-def _build_pyg(cls: type[MessagePassing], channels: int, geometry: bool = True) -> nn.Module:
+def _build_pyg(cls: type[MessagePassing], channels: int, geometry: bool = True,
+               edge_dim: int = EDGE_DIM) -> nn.Module:
     _check_forward(cls, geometry)
-    kwargs = _constructor_kwargs(cls, channels, geometry)
+    kwargs = _constructor_kwargs(cls, channels, geometry, edge_dim)
     try:
         layer = cls(**kwargs)
     except Exception as err:  # noqa: BLE001 - missing packages, asserts on the arguments
@@ -162,7 +164,7 @@ def _build_pyg(cls: type[MessagePassing], channels: int, geometry: bool = True) 
             f"({_first_line(err)}); pass a callable (channels) -> "
             f"MessagePassing instead"
         ) from err
-    return _with_plan(layer, channels, geometry)
+    return _with_plan(layer, channels, geometry, edge_dim)
 
 
 def _first_line(err: BaseException) -> str:
@@ -171,8 +173,8 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
-def make_spatial_layer(spec: SpatialLayerSpec, channels: int, geometry: bool = True
-                       ) -> MessagePassing:
+def make_spatial_layer(spec: SpatialLayerSpec, channels: int, geometry: bool = True,
+                       edge_dim: int = EDGE_DIM) -> MessagePassing:
     """Build a ``channels -> channels`` message-passing layer, with the plan of its inputs
     (``layer.dyreg_inputs``, :func:`~dyreg_pyg.nn.inputs.input_plan`).
 
@@ -188,6 +190,10 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int, geometry: bool = T
         channels: node feature size.
         geometry: hand the region geometry (``pos``, ``edge_attr``, ``edge_weight``) to
             layers that take it (:class:`~dyreg_pyg.DyRegConfig` ``edge_geometry``).
+        edge_dim: width of the ``edge_attr`` the layer will be given (its ``edge_dim`` and
+            the input width of the networks that read edges): :data:`~dyreg_pyg.nn.inputs.EDGE_DIM`
+            (6), 9 with the motion columns (:func:`~dyreg_pyg.nn.inputs.edge_dim`), or the
+            width of a caller's own edge attributes.
 
     Raises:
         ValueError: unknown name, or a layer that needs what the region graph cannot supply
@@ -198,7 +204,7 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int, geometry: bool = T
         if not isinstance(layer, nn.Module):
             raise ValueError(f"gnn: the callable must return an nn.Module, got "
                              f"{type(layer).__name__}")
-        return _with_plan(layer, channels, geometry)
+        return _with_plan(layer, channels, geometry, edge_dim)
     if not isinstance(spec, str):
         raise ValueError(f"gnn: expected a layer name or a callable, got {type(spec).__name__}")
     try:  # PyG's own resolver, on a table of builders (it returns them as they are)
@@ -208,20 +214,28 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int, geometry: bool = T
             f"gnn: unknown layer {spec!r}; expected 'rstg', 'rstg_authors', a callable, or "
             f"one of {available_layers()[2:]}"
         ) from None
-    return build(channels, geometry)
+    return build(channels, geometry, edge_dim)
 
 
-def _with_plan(layer: nn.Module, channels: int, geometry: bool) -> nn.Module:
+def _with_plan(layer: nn.Module, channels: int, geometry: bool, edge_dim: int = EDGE_DIM
+               ) -> nn.Module:
     """Store ``layer.dyreg_inputs`` and check that the layer runs on a small frame graph."""
     plan = input_plan(layer, geometry)
     if isinstance(layer, pyg_nn.FAConv) and layer.normalize:  # it asserts edge_weight=None
         plan = InputPlan(tuple(n for n in plan.names if n != "edge_weight"))
     if not plan.plain:
         layer.dyreg_inputs = plan
-    return _check_runs(layer, channels)
+    return _check_runs(layer, channels, edge_dim)
 
 
-def _check_runs(layer: nn.Module, channels: int) -> nn.Module:
+def _fit_columns(attr: Tensor, width: int) -> Tensor:
+    """``attr [E, D]`` cut or zero-padded to ``[E, width]``."""
+    if attr.shape[1] >= width:
+        return attr[:, :width]
+    return torch.cat((attr, attr.new_zeros(attr.shape[0], width - attr.shape[1])), -1)
+
+
+def _check_runs(layer: nn.Module, channels: int, edge_dim: int = EDGE_DIM) -> nn.Module:
     """Run the layer once as the graph stack calls it (its plan's inputs) on a small complete
     graph (deterministic input and regions, no gradient, eval mode) and reject layers that
     fail there or do not map ``channels`` to ``channels``, at construction rather than deep
@@ -241,7 +255,10 @@ def _check_runs(layer: nn.Module, channels: int) -> nn.Module:
     layer.eval()
     try:
         with torch.no_grad():
-            inputs = space_inputs([layer], edge_index, batch, x, GraphInputs(regions))
+            graph = GraphInputs(regions.view(1, 2, 3, 4), motion=edge_dim > EDGE_DIM)
+            inputs = space_inputs([layer], edge_index, batch, x, graph)
+            if "edge_attr" in inputs:  # the width the layer was built for
+                inputs["edge_attr"] = _fit_columns(inputs["edge_attr"], edge_dim)
             out, _ = call_space_layer(layer, x, edge_index, batch, 2, False, inputs)
     except Exception as err:  # noqa: BLE001 - any failure means it cannot run as the module does
         raise ValueError(
