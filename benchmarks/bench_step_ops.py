@@ -82,18 +82,21 @@ def cuda_kernels(model: torch.nn.Module, clips: torch.Tensor) -> int:
 
 
 def count_row(row: Row, batch: int, frames: int, size: int,
-              device: str = "cpu") -> dict[str, Any]:
-    """Build the row's model at ``frames`` x ``size`` and count one step (after a warm-up)."""
+              device: str = "cpu", by_source: int = 0) -> dict[str, Any]:
+    """Build the row's model at ``frames`` x ``size`` and count one step (after a warm-up);
+    ``by_source > 0``: also by module (names cut to that many parts) and autograd node."""
     torch.manual_seed(0)
     model = build_preset(row.preset, num_frames=frames, input_size=size,
                          **copy.deepcopy(row.overrides)).to(device)
     clips = torch.randn(batch, frames, model.in_chans, size, size, device=device)
     count_step_ops(model, clips)  # warm-up: lazily built buffers and caches
     model.zero_grad(set_to_none=True)
-    ops: StepOps = count_step_ops(model, clips)
+    ops: StepOps = count_step_ops(model, clips, by_source=by_source > 0)
     out: dict[str, Any] = {"preset": row.preset, "flavor": row.flavor, "label": row.label,
                            "baseline": row.baseline, "batch": batch, "frames": frames,
                            "size": size, **ops.to_dict(), "top5": ops.top(5)}
+    if by_source > 0:
+        out["by_source"] = dict(ops.by_source(by_source).most_common())
     if device.startswith("cuda"):
         model.zero_grad(set_to_none=True)
         out["cuda_kernels"] = cuda_kernels(model, clips)
@@ -148,6 +151,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (adds a kernel count)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--by-source", type=int, default=0, metavar="DEPTH",
+                    help="also count by module (names cut to DEPTH parts) and autograd node, "
+                         "and print each row's 15 largest")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.family.split(",")) - set(FAMILIES))
     if unknown:
@@ -167,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for family in args.family.split(","):
         for row in FAMILIES[family]:
-            results.append(count_row(row, *shapes[family], device=args.device))
+            results.append(count_row(row, *shapes[family], device=args.device,
+                                     by_source=args.by_source))
     add_ratios(results)
     print(f"torch {torch.__version__}, {platform.machine()}, device {args.device}; one "  # noqa: T201
           f"training forward + cross-entropy + backward; 'x': ratio to the family's no-graph row")
     print(format_table(results))  # noqa: T201 - command-line output
+    for r in results if args.by_source else ():
+        top = list(r["by_source"].items())[:15]
+        print(f"\n{r['label']}: operations by source (15 largest of {r['total']})")  # noqa: T201
+        print("\n".join(f"{n:7d}  {where}" for where, n in top))  # noqa: T201
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"torch": torch.__version__,

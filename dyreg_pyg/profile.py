@@ -150,6 +150,11 @@ class StepOps:
 
     views: Counter[str] = field(default_factory=Counter)
     compute: Counter[str] = field(default_factory=Counter)
+    sources: Counter[str] = field(default_factory=Counter)
+    """With ``count_step_ops(..., by_source=True)``: operations by where they ran -
+    ``forward:<module name>`` (the innermost module whose ``forward`` dispatched them,
+    ``forward:`` for the loss) and ``backward:<autograd node>`` (e.g.
+    ``backward:MulBackward0``, ``backward:AccumulateGrad``); views included."""
 
     @property
     def total(self) -> int:
@@ -171,30 +176,68 @@ class StepOps:
         return (self.views + self.compute).most_common(n)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "views": self.num_views, "non_views": self.num_compute,
-                "by_name": dict((self.views + self.compute).most_common())}
+        out = {"total": self.total, "views": self.num_views, "non_views": self.num_compute,
+               "by_name": dict((self.views + self.compute).most_common())}
+        if self.sources:
+            out["by_source"] = dict(self.sources.most_common())
+        return out
+
+    def by_source(self, depth: int = 3) -> Counter[str]:
+        """:attr:`sources` with module names cut to their first ``depth`` parts (a module's
+        operations counted with its ancestor's at that depth)."""
+        out: Counter[str] = Counter()
+        for key, n in self.sources.items():
+            phase, _, where = key.partition(":")
+            if phase == "forward":
+                where = ".".join(where.split(".")[:depth])
+            out[f"{phase}:{where}"] += n
+        return out
 
 
 class _OpCounter(TorchDispatchMode):
     """Counts every aten operation that reaches the dispatcher while active."""
 
-    def __init__(self, ops: StepOps) -> None:
+    def __init__(self, ops: StepOps, modules: list[str] | None = None) -> None:
         super().__init__()
         self.ops = ops
+        self.modules = modules  # the stack of running forwards, when counting by source
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         name = func.overloadpacket.__name__
         (self.ops.views if func.is_view else self.ops.compute)[name] += 1
+        if self.modules is not None:
+            self.ops.sources[self._source()] += 1
         return func(*args, **(kwargs or {}))
+
+    def _source(self) -> str:
+        current = getattr(torch._C, "_current_autograd_node", None)
+        node = current() if current is not None else None
+        if node is not None:
+            return f"backward:{node.name().rsplit('::', 1)[-1]}"
+        return f"forward:{self.modules[-1] if self.modules else ''}"
+
+
+def _track_forwards(model: nn.Module, stack: list[str]) -> list[Any]:
+    """Hooks that keep ``stack`` = the names of the modules whose ``forward`` is running."""
+    def leave(_module: nn.Module, _args: Any, _out: Any) -> None:
+        stack.pop()  # returns None: the output is kept
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(
+            lambda _m, _a, n=name: stack.append(n)))
+        handles.append(module.register_forward_hook(leave))
+    return handles
 
 
 def count_step_ops(model: nn.Module, clips: torch.Tensor,
-                   labels: torch.Tensor | None = None) -> StepOps:
+                   labels: torch.Tensor | None = None, by_source: bool = False) -> StepOps:
     """Count the aten operations of one training forward, cross-entropy and backward.
 
     The model runs in training mode (restored afterwards); its gradients are accumulated into
     ``.grad`` as in a training step (no optimiser step). ``labels`` default to class 0.
     Forward and backward run inside the counter (the autograd engine's operations included).
+    ``by_source``: also count them by module and autograd node (:attr:`StepOps.sources`).
     """
     if clips.dim() != 5:
         raise ValueError(f"count_step_ops: expected clips [B, T, C, H, W], got shape "
@@ -204,11 +247,15 @@ def count_step_ops(model: nn.Module, clips: torch.Tensor,
     was_training = model.training
     model.train()
     ops = StepOps()
+    stack: list[str] | None = [] if by_source else None
+    handles = _track_forwards(model, stack) if stack is not None else []
     try:
-        with _OpCounter(ops):
+        with _OpCounter(ops, stack):
             loss = F.cross_entropy(model(clips).float(), labels)
             loss.backward()
     finally:
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
     return ops
 

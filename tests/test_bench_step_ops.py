@@ -88,3 +88,25 @@ def test_benchmark_table_and_json(tmp_path, capsys, monkeypatch):
     data = json.loads(out.read_text())
     assert [r["label"] for r in data["rows"]] == ["syncmnist_r18_nograph/-"]
     assert data["rows"][0]["total"] == results[0]["total"]
+
+
+def test_counts_by_source_add_up_and_name_modules_and_autograd_nodes(counted):
+    """``by_source``: every counted operation lands in exactly one source; forward ones under
+    the module that ran them, backward ones under their autograd node; the hooks are removed
+    and the model's output is unchanged by counting."""
+    model = counted[2]  # counted once already: the warm-up the benchmark also does
+    clips = torch.randn(1, 2, 1, 32, 32)
+    model.zero_grad(set_to_none=True)
+    ops = count_step_ops(model, clips, by_source=True)
+    assert sum(ops.sources.values()) == ops.total
+    assert any(k.startswith("forward:backbone.layer2.dyreg_after.dyreg.gnn.temporal")
+               for k in ops.sources)
+    assert ops.sources["backward:_GRUSequenceBackward"] > 0
+    assert ops.sources["backward:AccumulateGrad"] > 0
+    cut = ops.by_source(2)
+    assert sum(cut.values()) == ops.total and "forward:backbone.layer2" in cut
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    model.zero_grad(set_to_none=True)  # the same gradient accumulation (into None) again
+    plain = count_step_ops(model, clips)
+    assert plain.total == ops.total and not plain.sources
+    assert "by_source" in ops.to_dict() and "by_source" not in plain.to_dict()
