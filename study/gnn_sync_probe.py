@@ -235,6 +235,9 @@ class GraphProbe(nn.Module):
                 self.spatial = None
             elif edge_attr == "none":  # the layer as it was built before edge geometry
                 self.spatial = make_spatial_layer(layer, channels, geometry=False)
+            elif layer not in EDGE_LAYERS:
+                raise ValueError(f"layer: edge attributes need one of {EDGE_LAYERS}, got "
+                                 f"{layer!r}")
             else:
                 self.spatial = make_spatial_layer(layer, channels,
                                                   edge_dim=len(EDGE_ATTR_COLUMNS[edge_attr]))
