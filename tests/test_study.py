@@ -1,13 +1,24 @@
 """The ablation-study script (study/reproduce_syncmnist.py) on a tiny budget."""
 
+import contextlib
 import importlib.util
+import io
 import json
+import logging
 import math
 import os
+import random
+import signal
 import subprocess
 import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,21 +28,125 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "study" / "reproduce_syncmnist.py"
 
 
-def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
+@dataclass
+class _Ran:
+    """What a script run left, as the fields of ``subprocess.CompletedProcess`` the tests read."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+_SCRIPTS: dict[Path, ModuleType] = {}  # each script loaded once: its imports are this process's
+
+
+def _run_script(path: Path, *argv: str) -> _Ran:
+    """``python <path> <argv...>`` (from the repository root) in this process: the script's
+    ``main()`` reads ``sys.argv`` as under ``if __name__ == "__main__"``, without the
+    ~10 s of CPU a fresh interpreter spends importing torch, torch_geometric, timm (and more
+    in fit: tensorboard, ...).
+
+    As in a fresh process, the root logger starts with no handler at WARNING, so the script's
+    ``logging.basicConfig(level=INFO)`` sends its log to ``stderr``; ``print`` and argparse
+    go to ``stdout`` / ``stderr``. A return is exit status 0, ``SystemExit`` its code (a
+    message: printed to ``stderr``, status 1, as the interpreter does), another exception 1
+    with its traceback in ``stderr``. Everything of the process the scripts and
+    ``train.loop.fit`` change is put back afterwards (:func:`_process_state_kept`)."""
+    module = _SCRIPTS.get(path)
+    if module is None:
+        module = _SCRIPTS[path] = _load(path)
+    out, err = io.StringIO(), io.StringIO()
+    with _process_state_kept(), contextlib.chdir(ROOT), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        sys.argv = [str(path), *argv]
+        root = logging.getLogger()
+        root.handlers = []
+        root.setLevel(logging.WARNING)
+        try:
+            module.main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+            if not isinstance(stop.code, int | None):
+                print(stop.code, file=sys.stderr)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return _Ran(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Put back what a script run changes in this process: torch's CPU threads (the scripts and
+    ``fit`` call ``torch.set_num_threads``), the RNGs (``fit`` and the probes seed torch's;
+    a resumed ``fit`` restores torch's and Python's from the checkpoint), the logging set-up
+    (``basicConfig`` installs a handler and sets the root level), ``sys.argv``, ``sys.path``,
+    ``os.environ``, the warning filters, the signal handlers and torch's global flags."""
+    threads = torch.get_num_threads()
+    rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    grad, dtype, matmul = (torch.is_grad_enabled(), torch.get_default_dtype(),
+                           torch.get_float32_matmul_precision())
+    determinism = (torch.are_deterministic_algorithms_enabled(),
+                   torch.is_deterministic_algorithms_warn_only_enabled())
+    anomaly = torch.is_anomaly_enabled()
+    backends = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+                torch.backends.mkldnn.enabled)
+    loggers = [logging.getLogger(), *(g for g in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(g, logging.Logger))]
+    logs = [(g, g.level, list(g.handlers), g.disabled, g.propagate) for g in loggers]
+    logging_off = logging.root.manager.disable
+    argv, argv_items, path, path_items = sys.argv, list(sys.argv), sys.path, list(sys.path)
+    environ = dict(os.environ)
+    handlers = {s: signal.getsignal(s) for s in signal.valid_signals()}
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng[0])
+        random.setstate(rng[1])
+        np.random.set_state(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        torch.set_grad_enabled(grad)
+        torch.set_default_dtype(dtype)
+        torch.set_float32_matmul_precision(matmul)
+        torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
+        torch.autograd.set_detect_anomaly(anomaly)
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+         torch.backends.mkldnn.enabled) = backends
+        for g, level, kept, off, propagate in logs:
+            g.setLevel(level)
+            g.handlers = kept
+            g.disabled, g.propagate = off, propagate
+        logging.disable(logging_off)
+        sys.argv, sys.path = argv, path
+        argv[:], path[:] = argv_items, path_items
+        if dict(os.environ) != environ:
+            os.environ.clear()
+            os.environ.update(environ)
+        for s, h in handlers.items():
+            if h is not None and signal.getsignal(s) != h:
+                signal.signal(s, h)
+
+
+def _run(out: Path, *args: str) -> _Ran:
     """A tiny study run. fp32 unless ``args`` name a precision: bf16 autocast is emulated on
     CPUs without native bf16 (~17x slower here), and these runs test the study's bookkeeping,
     not the arithmetic (one run below keeps the bf16 default)."""
     precision = () if "--precision" in args else ("--precision", "fp32")
-    cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--train-videos", "24",
-           "--val-videos", "8", "--budget", "16", "--batch-size", "8", "--threads", "1",
-           "--workers", "0", "--geometry", "demo", *precision, *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return _run_script(SCRIPT, "--out", str(out), "--train-videos", "24", "--val-videos", "8",
+                       "--budget", "16", "--batch-size", "8", "--threads", "1", "--workers", "0",
+                       "--geometry", "demo", *precision, *args)
 
 
 def test_study_tables_resume_and_investigation_rows(tmp_path):
     out = tmp_path / "study"
+    threads = torch.get_num_threads()
     done = _run(out, "--variants", "nograph,fixed", "--seeds", "0,1")
     assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.get_num_threads() == threads  # the run's --threads 1 did not stay
     rows = {r["variant"]: r for r in json.loads((out / "table.json").read_text())}
     assert list(rows) == ["nograph", "fixed"]
     assert rows["fixed"]["seeds"] == [0, 1] and rows["fixed"]["acc_std"] is not None
@@ -145,8 +260,7 @@ def test_parallel_study_generates_data_once_and_matches_sequential_runs(tmp_path
     small = ["--train-videos", "24", "--val-videos", "8", "--budget", "16", "--batch-size", "8",
              "--workers", "0", "--geometry", "demo", "--precision", "fp32"]
     only = tmp_path / "only"
-    data = subprocess.run([sys.executable, str(SCRIPT), "--out", str(only), "--data-only",
-                           *small], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    data = _run_script(SCRIPT, "--out", str(only), "--data-only", *small)
     assert data.returncode == 0, data.stderr[-2000:]
     assert (only / "data" / "train-manifest.json").exists()
     assert not list(only.glob("*/seed*"))  # no run started
@@ -236,19 +350,16 @@ def test_study_geometry_presets_run_names_and_data_refusal(tmp_path):
             study.make_data(data, 8, 8, geometry="authors")
     (data / "train-manifest.json").write_text(
         json.dumps({"num_samples": 8, "geometry": "authors"}))
-    refused = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--data-only",
-                              "--train-videos", "8", "--geometry", "demo"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+    refused = _run_script(SCRIPT, "--out", str(tmp_path), "--data-only", "--train-videos", "8",
+                          "--geometry", "demo")
     assert refused.returncode != 0 and "authors geometry, not demo" in refused.stderr
 
 
 def test_study_paper_protocol_on_the_authors_geometry_tiny_run(tmp_path):
     out = tmp_path / "study"
-    tiny = [sys.executable, str(SCRIPT), "--out", str(out), "--train-videos", "8",
-            "--val-videos", "8", "--budget", "8", "--threads", "1", "--workers", "0",
-            "--variants", "nograph", "--seeds", "0"]
-    done = subprocess.run([*tiny, "--protocol", "paper", "--batch-size", "8"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    tiny = ["--out", str(out), "--train-videos", "8", "--val-videos", "8", "--budget", "8",
+            "--threads", "1", "--workers", "0", "--variants", "nograph", "--seeds", "0"]
+    done = _run_script(SCRIPT, *tiny, "--protocol", "paper", "--batch-size", "8")
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((out / "data" / "train-manifest.json").read_text())
     assert manifest["geometry"] == "authors" and manifest["config"]["size"] == 128
@@ -279,9 +390,8 @@ def test_study_paper_protocol_on_the_authors_geometry_tiny_run(tmp_path):
     other.mkdir(parents=True)
     (other / "study-settings.json").write_text(json.dumps(
         {**json.loads((run / "study-settings.json").read_text()), "lr": 0.5}))
-    refused = subprocess.run([*tiny, "--variants", "fixed", "--protocol", "paper",
-                              "--batch-size", "8", "--resume"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
+    refused = _run_script(SCRIPT, *tiny, "--variants", "fixed", "--protocol", "paper",
+                          "--batch-size", "8", "--resume")
     assert refused.returncode != 0 and "started with other settings" in refused.stderr
 
 
@@ -367,9 +477,8 @@ def test_pixel_sync_probe_video_head_reads_all_nodes():
         assert out.shape == (2, 1)  # one answer per video
         assert torch.allclose(model(x, boxes.flip(2)), out, atol=1e-5)  # blind to node order
     # a position option on the variant without a position embedding is refused, not dropped
-    res = subprocess.run([sys.executable, str(ROOT / "study" / "pixel_sync_probe.py"),
-                          "--variants", "pooled", "--pos-scale", "10"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    res = _run_script(ROOT / "study" / "pixel_sync_probe.py", "--variants", "pooled",
+                      "--pos-scale", "10")
     assert res.returncode != 0 and "--pos-scale/--pos-input" in res.stderr
 
 
@@ -407,10 +516,9 @@ def test_sync_probe_authors_flavour_runs_and_its_control_has_no_messages(tmp_pat
     with pytest.raises(ValueError, match="flavor"):
         probe.GraphProbe(flavor="theirs")
     out = tmp_path / "probe.json"
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "study" / "gnn_sync_probe.py"), "--flavor", "authors",
-         "--train", "16", "--val", "8", "--steps", "3", "--batch-size", "4", "--threads", "1",
-         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    res = _run_script(ROOT / "study" / "gnn_sync_probe.py", "--flavor", "authors",
+                      "--train", "16", "--val", "8", "--steps", "3", "--batch-size", "4",
+                      "--threads", "1", "--out", str(out))
     assert res.returncode == 0, res.stderr
     saved = json.loads(out.read_text())
     assert saved["args"]["flavor"] == "authors"
@@ -445,27 +553,26 @@ def test_sync_probe_reduced_tasks_and_layer_swap(tmp_path):
     with pytest.raises(ValueError, match="classes_at"):
         probe.GraphProbe(num_classes=46, classes_at="frames")
     out = tmp_path / "probe.json"
-    cmd = [sys.executable, str(ROOT / "study" / "gnn_sync_probe.py"), "--task", "label",
-           "--variant", "single", "--digits", "2", "--p-no-sync", "0.5", "--layer", "GINConv",
-           "--variants", "graph", "--train", "16", "--val", "8", "--steps", "2",
-           "--batch-size", "4", "--threads", "1", "--out", str(out)]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    script = ROOT / "study" / "gnn_sync_probe.py"
+    cmd = ["--task", "label", "--variant", "single", "--digits", "2", "--p-no-sync", "0.5",
+           "--layer", "GINConv", "--variants", "graph", "--train", "16", "--val", "8",
+           "--steps", "2", "--batch-size", "4", "--threads", "1", "--out", str(out)]
+    res = _run_script(script, *cmd)
     assert res.returncode == 0, res.stderr
     saved = json.loads(out.read_text())
     assert saved["config"]["digits"] == 2 and saved["config"]["variant"] == "single"
     assert saved["appearance_only_ceiling"] == pytest.approx(0.5)
     assert "| appearance-only ceiling | 50.00 |" in res.stdout
     any_cmd = [c if c != "label" else "anysync" for c in cmd]
-    res = subprocess.run(any_cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    res = _run_script(script, *any_cmd)
     assert res.returncode == 0, res.stderr
     saved = json.loads(out.read_text())
     assert saved["args"]["task"] == "anysync" and saved["appearance_only_ceiling"] == 0.5
     assert 0 <= saved["results"]["graph"]["top1"] <= 1
-    res = subprocess.run([*cmd[:2], "--task", "sync", "--classes-at", "nodes"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    res = _run_script(script, "--task", "sync", "--classes-at", "nodes", "--train", "16",
+                      "--val", "8")  # refused after the data: a small amount of it
     assert res.returncode != 0 and "--classes-at" in res.stderr
-    res = subprocess.run([*cmd[:2], "--flavor", "authors", "--layer", "GINConv"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    res = _run_script(script, "--flavor", "authors", "--layer", "GINConv")
     assert res.returncode != 0 and "--layer" in res.stderr
 
 
@@ -622,10 +729,8 @@ def test_study_data_rules_levels_and_refusal(tmp_path):
     assert study.rule_of_result({}) == "2or3" and study.rule_of_result({"rule": "2to5"}) == "2to5"
     assert study.rule_of_result({"task": "sync2"}) is None
     assert study.budget_fraction(259_200) == "1/231-1/278"
-    refused = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "x"),
-                              "--task", "binding2", "--geometry", "demo", "--rule", "2to5",
-                              "--data-only"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=120)
+    refused = _run_script(SCRIPT, "--out", str(tmp_path / "x"), "--task", "binding2",
+                          "--geometry", "demo", "--rule", "2to5", "--data-only")
     assert refused.returncode != 0 and "--rule: the data rules are multisync's" in refused.stderr
 
 
@@ -717,12 +822,11 @@ def test_sync_probe_edge_attr_offsets_and_motion_reach_the_layer(tmp_path):
     with pytest.raises(ValueError, match="edge_attr"):
         probe.GraphProbe(num_classes=56, layer="TransformerConv", edge_attr="iou")
     out_json = tmp_path / "probe.json"
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "study" / "gnn_sync_probe.py"), "--task", "label",
-         "--variant", "single", "--digits", "2", "--p-no-sync", "0.5", "--layer", "GINEConv",
-         "--edge-attr", "offsets", "--variants", "graph", "--train", "16", "--val", "8",
-         "--steps", "2", "--batch-size", "4", "--threads", "1", "--out", str(out_json)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    res = _run_script(
+        ROOT / "study" / "gnn_sync_probe.py", "--task", "label", "--variant", "single",
+        "--digits", "2", "--p-no-sync", "0.5", "--layer", "GINEConv", "--edge-attr", "offsets",
+        "--variants", "graph", "--train", "16", "--val", "8", "--steps", "2", "--batch-size",
+        "4", "--threads", "1", "--out", str(out_json))
     assert res.returncode == 0, res.stderr
     saved = json.loads(out_json.read_text())
     assert saved["args"]["edge_attr"] == "offsets" and saved["args"]["layer"] == "GINEConv"
