@@ -425,6 +425,8 @@ def main() -> None:
                                      or args.pos_input != "coords"):
         raise SystemExit(f"--edge-attr: needs --flavor paper, --pos-input coords and --layer "
                          f"one of {', '.join(EDGE_LAYERS)}, got --layer {args.layer}")
+    if args.classes_at not in (None, "none") and args.task == "sync":  # before making data
+        raise SystemExit("--classes-at: the per-node task reads positions only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -436,8 +438,6 @@ def main() -> None:
     num_classes = {"label": cfg.num_classes, "anysync": 2}.get(args.task)
     classes_at = args.classes_at or ("nodes" if args.task == "label" else "none")
     classes_at = None if classes_at == "none" else classes_at
-    if classes_at is not None and args.task == "sync":
-        raise SystemExit("--classes-at: the per-node task reads positions only")
     if kernel:  # the oracle's regions as kernel maps replace the coordinates
         data, val = ((regions_to_kernel_inputs(d[4], args.grid), *d[1:4]) for d in (data, val))
     data, val = ((d[0] * args.pos_scale, *d[1:]) for d in (data, val))

@@ -193,11 +193,14 @@ def test_bad_input_raises(kwargs, x, regions, match):
 
 @pytest.mark.parametrize("backend", ["pyg", "dense"])
 def test_torch_compile_runs_on_cpu(backend):
+    """Inductor (the trainer's compiler) on the default backend; the dense backend through
+    Dynamo and AOT autograd without inductor's code generation (the same captured graph,
+    a third of the time)."""
     torch.manual_seed(0)
     m = DyRegGNN(C, 8, backend=backend)
     x = _x()
     ref = m(x)
-    compiled = torch.compile(m)
+    compiled = torch.compile(m, backend="inductor" if backend == "pyg" else "aot_eager")
     assert torch.allclose(compiled(x), ref, atol=1e-5)
 
 

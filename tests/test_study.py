@@ -569,9 +569,9 @@ def test_sync_probe_reduced_tasks_and_layer_swap(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["args"]["task"] == "anysync" and saved["appearance_only_ceiling"] == 0.5
     assert 0 <= saved["results"]["graph"]["top1"] <= 1
-    res = _run_script(script, "--task", "sync", "--classes-at", "nodes", "--train", "16",
-                      "--val", "8")  # refused after the data: a small amount of it
+    res = _run_script(script, "--task", "sync", "--classes-at", "nodes")  # default data size
     assert res.returncode != 0 and "--classes-at" in res.stderr
+    assert "positions of" not in res.stderr  # refused before making any data
     res = _run_script(script, "--flavor", "authors", "--layer", "GINConv")
     assert res.returncode != 0 and "--layer" in res.stderr
 
