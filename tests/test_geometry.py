@@ -221,3 +221,23 @@ def test_edge_motion_reaches_the_space_layer_with_its_gradient():
     assert DyRegGNN(8, num_nodes=3, gnn="TransformerConv").spatial[0].lin_edge.in_channels == 6
     with pytest.raises(ValueError, match="edge_motion: expected False with edge_geometry=False"):
         DyRegGNN(8, num_nodes=3, edge_motion=True, edge_geometry=False)
+
+
+def test_motion_columns_refuse_regions_without_frames_and_bad_edge_dim():
+    """The motion columns need regions ``[B, T, N, 4]`` (a flat ``[num_nodes, 4]`` would have
+    its frames guessed from the shape); ``edge_dim`` must be a width >= 1."""
+    from dyreg_pyg.graph import frame_edge_index
+    from dyreg_pyg.nn import GraphInputs, make_spatial_layer
+    from dyreg_pyg.nn.inputs import space_inputs
+
+    layer = make_spatial_layer("TransformerConv", 4, edge_dim=9)
+    ei = frame_edge_index(2, 3, True)
+    x, batch = torch.randn(6, 4), torch.arange(2).repeat_interleave(3)
+    regions = torch.rand(1, 2, 3, 4) * 0.3 + 0.1
+    out = space_inputs([layer], ei, batch, x, GraphInputs(regions, motion=True))
+    assert out["edge_attr"].shape == (18, 9)
+    with pytest.raises(ValueError, match=r"expected regions \[B, T, N, 4\], got shape \(6, 4\)"):
+        space_inputs([layer], ei, batch, x, GraphInputs(regions.reshape(6, 4), motion=True))
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="edge_dim: expected an integer >= 1"):
+            make_spatial_layer("TransformerConv", 4, edge_dim=bad)

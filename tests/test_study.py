@@ -56,8 +56,8 @@ def _run_script(path: Path, *argv: str) -> _Ran:
     if module is None:
         module = _SCRIPTS[path] = _load(path)
     out, err = io.StringIO(), io.StringIO()
-    with _process_state_kept(), contextlib.chdir(ROOT), contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
+    with _process_state_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        os.chdir(ROOT)  # put back by _process_state_kept (contextlib.chdir needs Python 3.11)
         sys.argv = [str(path), *argv]
         root = logging.getLogger()
         root.handlers = []
@@ -81,7 +81,8 @@ def _process_state_kept() -> Iterator[None]:
     ``fit`` call ``torch.set_num_threads``), the RNGs (``fit`` and the probes seed torch's;
     a resumed ``fit`` restores torch's and Python's from the checkpoint), the logging set-up
     (``basicConfig`` installs a handler and sets the root level), ``sys.argv``, ``sys.path``,
-    ``os.environ``, the warning filters, the signal handlers and torch's global flags."""
+    ``os.environ``, the working directory, the warning filters, the signal handlers and
+    torch's global flags."""
     threads = torch.get_num_threads()
     rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -97,7 +98,7 @@ def _process_state_kept() -> Iterator[None]:
     logs = [(g, g.level, list(g.handlers), g.disabled, g.propagate) for g in loggers]
     logging_off = logging.root.manager.disable
     argv, argv_items, path, path_items = sys.argv, list(sys.argv), sys.path, list(sys.path)
-    environ = dict(os.environ)
+    environ, cwd = dict(os.environ), os.getcwd()
     handlers = {s: signal.getsignal(s) for s in signal.valid_signals()}
     try:
         with warnings.catch_warnings():
@@ -123,6 +124,7 @@ def _process_state_kept() -> Iterator[None]:
         logging.disable(logging_off)
         sys.argv, sys.path = argv, path
         argv[:], path[:] = argv_items, path_items
+        os.chdir(cwd)
         if dict(os.environ) != environ:
             os.environ.clear()
             os.environ.update(environ)

@@ -163,6 +163,9 @@ def space_inputs(layers: Sequence[nn.Module], edge_index: Tensor, batch: Tensor,
         geometry = edge_geometry(region, edge_index)
         out["edge_attr"] = geometry
         if graph.motion:  # ours, not the paper's: the pair's relative motion across frames
+            if graph.regions.dim() != 4:  # the frames must be known, not guessed from a shape
+                raise ValueError(f"GraphInputs(motion=True): expected regions [B, T, N, 4], "
+                                 f"got shape {tuple(graph.regions.shape)}")
             b, t = graph.regions.shape[:2]
             offset = geometry[:, :2].reshape(b, t, -1, 2)
             out["edge_attr"] = torch.cat((geometry, pair_motion(offset).reshape(-1, 3)), -1)

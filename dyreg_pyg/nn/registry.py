@@ -196,9 +196,12 @@ def make_spatial_layer(spec: SpatialLayerSpec, channels: int, geometry: bool = T
             width of a caller's own edge attributes.
 
     Raises:
-        ValueError: unknown name, or a layer that needs what the region graph cannot supply
-            or fails on it (one line naming what).
+        ValueError: unknown name, a bad ``edge_dim``, or a layer that needs what the region
+            graph cannot supply or fails on it (one line naming what).
     """
+    if isinstance(edge_dim, bool) or not isinstance(edge_dim, int) or edge_dim < 1:
+        raise ValueError(f"edge_dim: expected an integer >= 1 (the width of edge_attr), got "
+                         f"{edge_dim!r}")
     if callable(spec) and not isinstance(spec, str):
         layer = spec(channels)
         if not isinstance(layer, nn.Module):
